@@ -1,0 +1,127 @@
+"""The FastAPI application: OpenAI routes, health, readiness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from . import replicas
+from .config import GatewayConfig
+from .disagg import PROTOCOLS
+from .errors import GatewayError, UpstreamStatus, error_dict
+from .relay import ClientWatch, StreamRelay
+from .requests import Route, parse_request
+from .router import Router
+
+log = logging.getLogger("pd_gateway")
+
+
+def create_app(config: GatewayConfig, router: Router | None = None) -> FastAPI:
+    router = router or Router(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await router.health.check_all()
+        tasks = [asyncio.create_task(router.health.run()), asyncio.create_task(router.watchdog.run())]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await router.upstream.close()
+
+    app = FastAPI(title="pd-gateway", lifespan=lifespan)
+    app.state.router = router
+
+    async def serve(route: Route, request: Request) -> Response | StreamRelay:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        raw = await request.body()
+        watch = ClientWatch(request.receive)
+        try:
+            result = await dispatch(route, raw, request_id)
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            log.info("rid=%s client disconnected before the response started", request_id)
+            router.metrics.inc("pd_gateway_requests_total", route=route, status="499")
+            return Response(status_code=499)
+        finally:
+            watch.callback = _ignore
+        if isinstance(result, StreamRelay):
+            result.watch = watch
+        else:
+            watch.close()
+        return result
+
+    async def dispatch(route: Route, raw: bytes, request_id: str) -> Response | StreamRelay:
+        try:
+            req = parse_request(route, raw)
+            pool = router.pool_for(req.model)
+            if pool.kind == "replicas":
+                result = await replicas.forward(router, pool, req, request_id)
+            else:
+                result = await PROTOCOLS[pool.protocol](router, pool, req, request_id)
+        except GatewayError as err:
+            log.info("rid=%s %s %d: %s", request_id, route, err.status, err.message)
+            router.metrics.inc("pd_gateway_requests_total", route=route, status=str(err.status))
+            return err.to_response(request_id)
+        except UpstreamStatus as err:
+            return _upstream_status(err, request_id, route, router)
+        router.metrics.inc("pd_gateway_requests_total", route=route, status="200")
+        return result
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await serve("completions", request)  # type: ignore[return-value]
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await serve("chat", request)  # type: ignore[return-value]
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": router.model_cards()})
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        pools = {p.name: p.ready for p in router.pools}
+        return JSONResponse({"ready": router.ready, "pools": pools}, 200 if router.ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(router.metrics.render(router.pools), media_type="text/plain; version=0.0.4")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(error_dict(str(exc.detail), exc.status_code), exc.status_code)
+
+    return app
+
+
+def _ignore() -> None:
+    pass
+
+
+def _upstream_status(err: UpstreamStatus, request_id: str, route: str, router: Router) -> Response:
+    """A worker's 4xx goes to the client as-is; a 5xx becomes a 502 naming the worker's message."""
+    router.metrics.inc("pd_gateway_requests_total", route=route, status=str(err.status))
+    headers = {"x-request-id": request_id}
+    if err.status < 500:
+        return Response(err.body, err.status, media_type=err.content_type, headers=headers)
+    detail = err.body[:500].decode(errors="replace")
+    log.warning("rid=%s worker answered %d: %s", request_id, err.status, detail)
+    body = error_dict(f"worker answered {err.status}: {detail}", 502, "upstream_error")
+    return Response(json.dumps(body), 502, media_type="application/json", headers=headers)

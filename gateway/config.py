@@ -1,0 +1,125 @@
+"""Gateway configuration: a YAML file, overridden by CLI flags, validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Listen(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+
+class Timeouts(_Strict):
+    connect_s: float = Field(5.0, gt=0)
+    # Long prompts on Trainium can take minutes to prefill.
+    first_byte_s: float = Field(600.0, gt=0)
+    between_chunks_s: float = Field(120.0, gt=0)
+    total_s: float = Field(3600.0, gt=0)
+
+
+class HealthCheck(_Strict):
+    interval_s: float = Field(2.0, gt=0)
+    timeout_s: float = Field(2.0, gt=0)
+    healthy_threshold: int = Field(1, ge=1)
+    unhealthy_threshold: int = Field(2, ge=1)
+
+
+def _check_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"worker URL must start with http:// or https://, got {url!r}")
+    return url.rstrip("/")
+
+
+class PoolConfig(_Strict):
+    name: str
+    kind: Literal["replicas", "pd"] = "replicas"
+    # Served model names; discovered from the workers' /v1/models when empty.
+    models: list[str] = []
+    workers: list[str] = []
+    protocol: Literal["nixl", "neuron-legacy"] | None = None
+    prefill: list[str] = []
+    decode: list[str] = []
+
+    @field_validator("workers", "prefill", "decode")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        return [_check_url(u) for u in urls]
+
+    @model_validator(mode="after")
+    def _shape(self) -> PoolConfig:
+        if self.kind == "replicas":
+            if not self.workers:
+                raise ValueError("a replicas pool needs at least one URL in 'workers'")
+            if self.prefill or self.decode or self.protocol:
+                raise ValueError("'prefill', 'decode' and 'protocol' belong to kind: pd pools")
+        else:
+            if not self.prefill or not self.decode:
+                raise ValueError("a pd pool needs at least one 'prefill' and one 'decode' URL")
+            if self.protocol is None:
+                raise ValueError("a pd pool needs 'protocol': nixl or neuron-legacy")
+            if self.workers:
+                raise ValueError("a pd pool lists 'prefill' and 'decode', not 'workers'")
+        return self
+
+
+class GatewayConfig(_Strict):
+    listen: Listen = Listen()
+    timeouts: Timeouts = Timeouts()
+    health: HealthCheck = HealthCheck()
+    pools: list[PoolConfig] = Field(min_length=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewayConfig:
+        names = [p.name for p in self.pools]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"pool names must be unique; repeated: {sorted(dup)}")
+        return self
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"config field '{where}': {e['msg']}")
+    return "invalid gateway config:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: dict) -> GatewayConfig:
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def load_config(path: str | Path | None, overrides: dict | None = None) -> GatewayConfig:
+    """Read YAML (if any), apply overrides (dotted keys like 'listen.port'), validate."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"cannot read config {path}: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path}: top level must be a mapping")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return parse_config(data)

@@ -1,0 +1,168 @@
+"""The "immediate first token" protocol (NeuronConnector, Neuron's vLLM 0.7.2 fork).
+
+P and D get the request at once, with the same X-Request-Id. P produces one token, which
+goes to the client immediately; D receives the KV and that token over the connector and
+re-emits the token as its own first output, which is dropped here. Non-streaming, D's
+answer already holds the whole completion exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Coroutine
+
+from starlette.responses import Response
+
+from ..leg import Leg
+from ..pool import Pool
+from ..relay import StreamRelay
+from ..replicas import guarded
+from ..requests import ApiRequest
+from ..router import Router
+from ..sse import DONE, event_data, split_events
+from .common import dumps, load_json, merge_usage, prefill_body
+
+
+async def _together(first: Coroutine, second: Coroutine) -> tuple:
+    """Run both; if either fails, cancel the other and raise the failure."""
+    tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return tasks[0].result(), tasks[1].result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _release(*legs: Leg) -> None:
+    for leg in legs:
+        leg.abort("the request ended")
+        leg.release()
+
+
+async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str) -> Response:
+    p = Leg(router, pool, "prefill", request_id, tokens=req.prompt_tokens)
+    d = Leg(router, pool, "decode", request_id)
+    try:
+        await _together(p.open(req.path, dumps(prefill_body(req.body))), d.open(req.path, req.raw))
+        if not req.stream:
+            p_raw, d_raw = await _together(p.read(), d.read())
+            return _non_stream(p_raw, d_raw, d, request_id)
+    except BaseException:
+        _release(p, d)
+        raise
+
+    def abort() -> None:
+        p.abort("client disconnected")
+        d.abort("client disconnected")
+
+    events = _stream(p, d, _choice_count(req))
+    return StreamRelay(guarded(events), request_id, on_disconnect=abort, on_close=lambda: _release(p, d))
+
+
+def _non_stream(p_raw: bytes, d_raw: bytes, d: Leg, request_id: str) -> Response:
+    headers = {"x-request-id": request_id}
+    p_usage = load_json(p_raw, "prefill worker").get("usage")
+    if not (p_usage or {}).get("prompt_tokens_details"):
+        return Response(d_raw, d.status, media_type=d.content_type, headers=headers)
+    answer = load_json(d_raw, "decode worker")
+    answer["usage"] = merge_usage(answer.get("usage"), p_usage)
+    return Response(dumps(answer), d.status, media_type="application/json", headers=headers)
+
+
+def _choice_count(req: ApiRequest) -> int:
+    n = req.body.get("n") or 1
+    prompt = req.body.get("prompt")
+    if req.route == "completions" and isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return n * len(prompt)
+    return n
+
+
+async def _stream(p: Leg, d: Leg, choices: int) -> AsyncIterator[bytes]:
+    first = _PrefillChunks()
+    async for run in p.events():
+        out = b"".join(first.rewrite(e) for e in split_events(run))
+        if out:
+            yield out
+    dedup = _DecodeChunks(first.chunk_id, first.usage, choices)
+    async for run in d.events():
+        yield run if dedup.passthrough else b"".join(dedup.rewrite(e) for e in split_events(run))
+
+
+class _PrefillChunks:
+    """P's stream minus its finish, usage and [DONE]: the client's first token(s)."""
+
+    def __init__(self) -> None:
+        self.chunk_id: str | None = None
+        self.usage: dict | None = None
+
+    def rewrite(self, event: bytes) -> bytes:
+        data = event_data(event)
+        if data is None or data == b"[DONE]":
+            return b""
+        chunk = load_json(data, "prefill worker")
+        if not chunk.get("choices"):
+            self.usage = chunk.get("usage")
+            return b""
+        self.chunk_id = self.chunk_id or chunk.get("id")
+        for choice in chunk["choices"]:
+            choice["finish_reason"] = None
+            if "stop_reason" in choice:
+                choice["stop_reason"] = None
+        return b"data: " + dumps(chunk) + b"\n\n"
+
+
+class _DecodeChunks:
+    """D's stream minus its role chunk and the first token it re-emits, per choice index."""
+
+    def __init__(self, chunk_id: str | None, p_usage: dict | None, choices: int) -> None:
+        self.chunk_id = chunk_id
+        self.id_prefix = b'data: {"id":' + json.dumps(chunk_id).encode() if chunk_id else b""
+        self.p_usage = p_usage
+        self.choices = choices
+        self.dropped: set[int] = set()
+        self.merge_usage = bool((p_usage or {}).get("prompt_tokens_details"))
+
+    @property
+    def passthrough(self) -> bool:
+        return len(self.dropped) >= self.choices and not self.merge_usage and bool(self.id_prefix)
+
+    def rewrite(self, event: bytes) -> bytes:
+        data = event_data(event)
+        if data is None:
+            return b""
+        if data == b"[DONE]":
+            return DONE
+        if len(self.dropped) >= self.choices and event.startswith(self.id_prefix) and b'"choices":[]' not in data:
+            return event + b"\n\n"
+        chunk = load_json(data, "decode worker")
+        if self.chunk_id:
+            chunk["id"] = self.chunk_id  # top-level only; nested ids (tool calls) stay as sent
+        if not chunk.get("choices"):
+            chunk["usage"] = merge_usage(chunk.get("usage"), self.p_usage)
+        else:
+            chunk["choices"] = [c for c in chunk["choices"] if self._keep(c)]
+            if not chunk["choices"]:
+                return b""
+        return b"data: " + dumps(chunk) + b"\n\n"
+
+    def _keep(self, choice: dict) -> bool:
+        index = choice.get("index", 0)
+        delta = choice.get("delta")
+        if isinstance(delta, dict):  # chat
+            delta.pop("role", None)  # P's role chunk already reached the client
+            if index not in self.dropped and delta.get("content"):
+                del delta["content"]
+                self.dropped.add(index)
+            has_news = any(v not in (None, "") for v in delta.values())
+        else:
+            if index not in self.dropped and choice.get("text"):
+                choice["text"] = ""
+                self.dropped.add(index)
+            has_news = bool(choice.get("text"))
+        return has_news or choice.get("finish_reason") is not None

@@ -1,0 +1,53 @@
+"""Active health checking: every endpoint's /health, with pass/fail thresholds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .config import HealthCheck
+from .pool import Endpoint
+from .upstream import Upstream
+
+log = logging.getLogger("pd_gateway.health")
+
+
+class HealthChecker:
+    def __init__(self, endpoints: list[Endpoint], upstream: Upstream, config: HealthCheck) -> None:
+        self.endpoints = endpoints
+        self.upstream = upstream
+        self.config = config
+
+    async def check_all(self) -> None:
+        await asyncio.gather(*(self.check(e) for e in self.endpoints))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.interval_s)
+            await self.check_all()
+
+    async def check(self, ep: Endpoint) -> None:
+        try:
+            ok = await self.upstream.get_ok(ep.url + "/health", self.config.timeout_s)
+            if ok and (not ep.models or not ep.healthy):
+                ep.models = await self._models(ep)
+        except Exception:  # any failure to answer is a failed check
+            ok = False
+        self._record(ep, ok)
+
+    async def _models(self, ep: Endpoint) -> list[dict]:
+        data = await self.upstream.get_json(ep.url + "/v1/models", self.config.timeout_s)
+        cards = data.get("data") if isinstance(data, dict) else None
+        return [c for c in cards or [] if isinstance(c, dict) and isinstance(c.get("id"), str)]
+
+    def _record(self, ep: Endpoint, ok: bool) -> None:
+        if ok:
+            ep.passes, ep.failures = ep.passes + 1, 0
+            if not ep.healthy and ep.passes >= self.config.healthy_threshold:
+                ep.healthy = True
+                log.info("endpoint %s (%s/%s) is healthy", ep.url, ep.pool, ep.role)
+        else:
+            ep.passes, ep.failures = 0, ep.failures + 1
+            if ep.healthy and ep.failures >= self.config.unhealthy_threshold:
+                ep.healthy = False
+                log.warning("endpoint %s (%s/%s) failed health checks", ep.url, ep.pool, ep.role)

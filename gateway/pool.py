@@ -1,0 +1,78 @@
+"""Endpoints (workers) and pools, with their health and load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .config import PoolConfig
+
+Role = Literal["replica", "prefill", "decode"]
+
+
+@dataclass(eq=False)
+class Endpoint:
+    url: str
+    role: Role
+    pool: str
+    healthy: bool = False  # unknown until the first health check passes
+    outstanding: int = 0  # requests in flight
+    outstanding_tokens: int = 0  # prompt tokens in flight (prefill load)
+    models: list[dict] = field(default_factory=list)  # last /v1/models "data"
+    passes: int = 0  # consecutive health-check passes
+    failures: int = 0  # consecutive health-check failures
+
+    def acquire(self, tokens: int = 0) -> None:
+        self.outstanding += 1
+        self.outstanding_tokens += tokens
+
+    def release(self, tokens: int = 0) -> None:
+        self.outstanding -= 1
+        self.outstanding_tokens -= tokens
+
+    @property
+    def model_ids(self) -> set[str]:
+        return {m.get("id") for m in self.models if isinstance(m, dict)}
+
+
+class Pool:
+    """A set of endpoints serving the same models: plain replicas, or prefill + decode."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.kind = config.kind
+        self.protocol = config.protocol
+        self.ties = 0  # round-robin cursor among equally loaded endpoints
+        if config.kind == "replicas":
+            self.groups: dict[Role, list[Endpoint]] = {
+                "replica": [Endpoint(u, "replica", self.name) for u in config.workers]
+            }
+        else:
+            self.groups = {
+                "prefill": [Endpoint(u, "prefill", self.name) for u in config.prefill],
+                "decode": [Endpoint(u, "decode", self.name) for u in config.decode],
+            }
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return [e for group in self.groups.values() for e in group]
+
+    def healthy(self, role: Role) -> list[Endpoint]:
+        return [e for e in self.groups.get(role, []) if e.healthy]
+
+    @property
+    def ready(self) -> bool:
+        """Every role of the pool has at least one healthy endpoint."""
+        return all(any(e.healthy for e in group) for group in self.groups.values())
+
+    def serves(self, model: str) -> bool:
+        if self.config.models:
+            return model in self.config.models
+        return any(model in e.model_ids for e in self.endpoints)
+
+    def model_cards(self) -> list[dict]:
+        """Model objects for /v1/models: configured names, else what the workers report."""
+        if self.config.models:
+            return [{"id": m, "object": "model", "owned_by": "pd-gateway"} for m in self.config.models]
+        return [m for e in self.endpoints if e.healthy for m in e.models]

@@ -1,0 +1,90 @@
+"""Reading the few request fields the gateway must understand; everything else passes through."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import GatewayError
+
+Route = Literal["completions", "chat"]
+PATHS: dict[Route, str] = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+
+
+@dataclass
+class ApiRequest:
+    route: Route
+    raw: bytes  # forwarded byte for byte where the gateway changes nothing
+    body: dict
+    model: str
+    stream: bool
+    include_usage: bool
+    prompt_tokens: int  # an estimate, for prefill load balancing
+
+    @property
+    def path(self) -> str:
+        return PATHS[self.route]
+
+
+def _bad(message: str, code: str = "invalid_request") -> GatewayError:
+    return GatewayError(400, message, code)
+
+
+def _optional_int(body: dict, key: str, low: int) -> None:
+    value = body.get(key)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _bad(f"'{key}' must be an integer >= {low}, got {json.dumps(value)}")
+
+
+def _check_prompt(prompt: object) -> int:
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return sum(len(p) for p in prompt)
+        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+            return 4 * len(prompt)
+        if all(isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompt):
+            return 4 * sum(len(p) for p in prompt)
+    raise _bad("'prompt' must be a string, a list of strings, or token ids")
+
+
+def _check_messages(messages: object) -> int:
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' must be a non-empty list")
+    if not all(isinstance(m, dict) for m in messages):
+        raise _bad("every item of 'messages' must be an object")
+    return sum(len(json.dumps(m.get("content", ""))) for m in messages)
+
+
+def parse_request(route: Route, raw: bytes) -> ApiRequest:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise _bad(f"request body is not valid JSON: {err}", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise _bad("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("'model' is required and must be a non-empty string")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _bad("'stream' must be a boolean")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad("'stream_options' must be an object")
+    include_usage = bool(options and options.get("include_usage"))
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        _optional_int(body, key, 1)
+    if route == "chat":
+        chars = _check_messages(body.get("messages"))
+    else:
+        if "prompt" not in body:
+            raise _bad("'prompt' is required")
+        chars = _check_prompt(body["prompt"])
+    return ApiRequest(route, raw, body, model, stream, include_usage, max(1, chars // 4))

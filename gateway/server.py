@@ -1,0 +1,69 @@
+"""Running the gateway under uvicorn, in the caller's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import uvicorn
+
+from .app import create_app
+from .config import GatewayConfig
+
+
+class RunningGateway:
+    def __init__(self, server: uvicorn.Server, task: asyncio.Task, sock: socket.socket) -> None:
+        self.server = server
+        self.task = task
+        self.port = sock.getsockname()[1]
+        self.host = sock.getsockname()[0]
+        self.app = server.config.app
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def router(self):
+        return self.app.state.router
+
+    async def close(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+    async def wait(self) -> None:
+        await self.task
+
+
+def bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+async def start_gateway(config: GatewayConfig, install_signal_handlers: bool = False) -> RunningGateway:
+    """Start serving on config.listen (port 0 picks a free port); returns once accepting."""
+    sock = bind(config.listen.host, config.listen.port)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            http="httptools",
+            loop="none",
+            lifespan="on",
+            access_log=False,
+            log_level=config.log_level,
+            timeout_graceful_shutdown=30,
+        )
+    )
+    if not install_signal_handlers:
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("gateway exited during start-up")
+        await asyncio.sleep(0.01)
+    return RunningGateway(server, task, sock)
