@@ -1,0 +1,88 @@
+"""Simulated worker configuration (dataclass + CLI flags)."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Sequence
+
+Role = Literal["both", "prefill", "decode"]
+KVProtocol = Literal["nixl", "neuron-legacy"]
+
+
+@dataclass
+class SimConfig:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = ephemeral
+    model: str = "sim-model"
+    ttft_ms: float = 0.0
+    prefill_ms_per_token: float = 0.0
+    itl_ms: float = 0.0
+    max_model_len: int = 4096
+    role: Role = "both"
+    kv_protocol: KVProtocol = "nixl"
+    kv_peers: list[str] = field(default_factory=list)
+    kv_hold_s: float = 30.0
+    kv_wait_s: float = 10.0
+    fail_after_tokens: int | None = None
+    neuron_cores: str | None = None  # recorded only
+    engine_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def __post_init__(self) -> None:
+        if self.role not in ("both", "prefill", "decode"):
+            raise ValueError(f"role must be both|prefill|decode, got {self.role!r}")
+        if self.kv_protocol not in ("nixl", "neuron-legacy"):
+            raise ValueError(f"kv_protocol must be nixl|neuron-legacy, got {self.kv_protocol!r}")
+        if isinstance(self.kv_peers, str):
+            self.kv_peers = _split_peers(self.kv_peers)
+
+    @classmethod
+    def from_any(cls, config: "SimConfig | dict[str, Any] | None") -> "SimConfig":
+        if config is None:
+            return cls()
+        if isinstance(config, SimConfig):
+            return config
+        return cls(**{k.replace("-", "_"): v for k, v in config.items()})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _split_peers(value: str) -> list[str]:
+    return [p.strip().rstrip("/") for p in value.split(",") if p.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m workers.sim",
+                                description="Simulated vLLM OpenAI worker (PD-aware).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default="sim-model", help="served model name")
+    p.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
+    p.add_argument("--prefill-ms-per-token", type=float, default=0.0,
+                   help="extra prefill time per prompt token")
+    p.add_argument("--itl-ms", type=float, default=0.0, help="inter-token latency")
+    p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--role", choices=["both", "prefill", "decode"], default="both")
+    p.add_argument("--kv-protocol", choices=["nixl", "neuron-legacy"], default="nixl")
+    p.add_argument("--kv-peers", default="", help="comma list of prefill peer URLs "
+                   "(neuron-legacy decode)")
+    p.add_argument("--kv-hold-s", type=float, default=30.0,
+                   help="how long a prefill keeps KV waiting for pickup")
+    p.add_argument("--kv-wait-s", type=float, default=10.0,
+                   help="how long a legacy decode waits for KV")
+    p.add_argument("--fail-after-tokens", type=int, default=None,
+                   help="abort the connection after N token chunks (fault injection)")
+    p.add_argument("--neuron-cores", default=None, help="recorded only, e.g. 0-15")
+    p.add_argument("--engine-id", default=None, help="KV engine id (default: random uuid)")
+    return p
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> SimConfig:
+    ns = build_parser().parse_args(argv)
+    values = vars(ns)
+    values["kv_peers"] = _split_peers(values["kv_peers"])
+    if values["engine_id"] is None:
+        del values["engine_id"]
+    return SimConfig(**values)

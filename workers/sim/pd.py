@@ -1,0 +1,104 @@
+"""KV transfer between simulated workers (the sim-only /sim/kv endpoints, client side)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httptools
+
+from .engine import KVEntry
+
+LONG_POLL_S = 0.5  # one by-request long-poll round; the decode repeats until kv-wait-s
+
+
+class _Response:
+    def __init__(self) -> None:
+        self.body: list[bytes] = []
+        self.complete = False
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+async def http_get(host: str, port: int, path: str, timeout_s: float) -> tuple[int, bytes]:
+    """One GET over a fresh connection (Connection: close); raises OSError/TimeoutError."""
+    return await asyncio.wait_for(_get(host, port, path), timeout_s)
+
+
+async def _get(host: str, port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        resp = _Response()
+        parser = httptools.HttpResponseParser(resp)
+        while not resp.complete:
+            data = await reader.read(65536)
+            if not data:
+                break
+            parser.feed_data(data)
+        if not resp.complete:
+            raise ConnectionError("incomplete response")
+        return parser.get_status_code(), b"".join(resp.body)
+    finally:
+        writer.close()
+
+
+def _entry(status: int, body: bytes) -> KVEntry | None:
+    if status != 200:
+        return None
+    try:
+        return KVEntry.from_json(json.loads(body))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def pull_nixl(params: dict[str, Any], timeout_s: float) -> KVEntry | None:
+    """Read-mode pull of a prefill's KV (the decode side of NixlConnector)."""
+    try:
+        host = str(params["remote_host"])
+        port = int(params["remote_port"])
+        rid = str(params["remote_request_id"])
+        status, body = await http_get(host, port, f"/sim/kv/{quote(rid, safe='')}", timeout_s)
+    except (KeyError, TypeError, ValueError, OSError, asyncio.TimeoutError, httptools.HttpParserError):
+        return None
+    entry = _entry(status, body)
+    if entry is not None and entry.engine_id != params.get("remote_engine_id"):
+        return None
+    return entry
+
+
+async def _poll_peer(peer: str, request_id: str, wait_s: float) -> KVEntry | None:
+    url = urlsplit(peer if "://" in peer else f"http://{peer}")
+    path = f"/sim/kv/by-request/{quote(request_id, safe='')}?wait_ms={int(wait_s * 1000)}"
+    try:
+        status, body = await http_get(url.hostname or "127.0.0.1", url.port or 80, path, wait_s + 2)
+    except (OSError, asyncio.TimeoutError, httptools.HttpParserError):
+        await asyncio.sleep(min(wait_s, 0.05))  # peer down: don't spin
+        return None
+    return _entry(status, body)
+
+
+async def wait_legacy(peers: list[str], request_id: str, wait_s: float) -> KVEntry | None:
+    """Decode side of the Neuron immediate-first-token protocol: long-poll every peer for
+    the KV that the prefill stores under the gateway's X-Request-Id."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while peers and (left := deadline - loop.time()) > 0:
+        tasks = [asyncio.ensure_future(_poll_peer(p, request_id, min(LONG_POLL_S, left)))
+                 for p in peers]
+        try:
+            for fut in asyncio.as_completed(tasks):
+                entry = await fut
+                if entry is not None:
+                    return entry
+        finally:
+            for t in tasks:
+                t.cancel()
+    return None

@@ -1,0 +1,275 @@
+"""SimServer: routes, request lifecycle and the PD (prefill/decode) protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from .api import ApiError, GenRequest, error_body, parse_body, parse_request
+from .config import SimConfig
+from .engine import KVEntry, KVStore, SimStats, block_ids, token_text
+from .generate import Choices, TokenStream, respond_full
+from .httpserver import HttpConnection, Request
+from .observe import metrics_text, models_body, stats_body
+from .pd import pull_nixl, wait_legacy
+
+NOT_FOUND = b'{"detail":"Not Found"}'
+ROUTES: dict[str, set[str]] = {
+    "/health": {"GET"}, "/ping": {"GET", "POST"}, "/version": {"GET"},
+    "/v1/models": {"GET"}, "/metrics": {"GET"}, "/sim/stats": {"GET"}, "/sim/reset": {"POST"},
+    "/v1/completions": {"POST"}, "/v1/chat/completions": {"POST"},
+}
+
+
+class _Life:
+    """Counts one accepted generate request out of in_flight exactly once."""
+
+    def __init__(self, stats: SimStats) -> None:
+        self._stats = stats
+        self.ended = False
+        stats.in_flight += 1
+
+    def end(self, outcome: str, tokens: int = 0) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        s = self._stats
+        s.in_flight -= 1
+        s.generation_tokens_total += tokens
+        if outcome == "completed":
+            s.completed += 1
+        elif outcome == "cancelled":
+            s.cancelled += 1
+        elif outcome == "aborted":
+            s.aborted += 1
+        else:
+            s.errors += 1
+
+
+class SimServer:
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.stats = SimStats()
+        self.kv_by_id = KVStore(config.kv_hold_s, self.stats)  # nixl: fresh id per prefill
+        self.kv_by_request = KVStore(config.kv_hold_s, self.stats)  # legacy: X-Request-Id
+        self._conns: set[HttpConnection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._next_block = 0
+
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> "SimServer":
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HttpConnection(self, self._conns), self.config.host, self.config.port,
+            backlog=4096, reuse_address=True)
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    async def close(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for conn in list(self._conns):
+            conn.abort()
+        self.kv_by_id.clear()
+        self.kv_by_request.clear()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    def _spawn(self, conn: HttpConnection, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        conn.on_lost = task.cancel
+
+    # -- routing -----------------------------------------------------------
+    def handle(self, conn: HttpConnection, req: Request) -> None:
+        path, method = req.path, req.method
+        if path.startswith("/sim/kv/") and method == "GET":
+            return self._spawn(conn, self._kv_endpoint(conn, req))
+        methods = ROUTES.get(path)
+        if methods is None:
+            return conn.send(404, NOT_FOUND)
+        if method not in methods:
+            return conn.send(405, b'{"detail":"Method Not Allowed"}')
+        if path in ("/v1/completions", "/v1/chat/completions"):
+            return self._accept(conn, req, chat=path == "/v1/chat/completions")
+        self._simple(conn, path)
+
+    def _simple(self, conn: HttpConnection, path: str) -> None:
+        if path in ("/health", "/ping"):
+            conn.send(200, b"")
+        elif path == "/version":
+            conn.send_json(200, {"version": "sim"})
+        elif path == "/v1/models":
+            conn.send_json(200, models_body(self.config))
+        elif path == "/metrics":
+            conn.send(200, metrics_text(self.config, self.stats).encode(),
+                      "text/plain; version=0.0.4; charset=utf-8")
+        elif path == "/sim/stats":
+            conn.send_json(200, stats_body(self))
+        elif path == "/sim/reset":
+            self.stats.reset()
+            conn.send_json(200, {"ok": True})
+
+    async def _kv_endpoint(self, conn: HttpConnection, req: Request) -> None:
+        rest = req.path[len("/sim/kv/"):]
+        if rest.startswith("by-request/"):
+            wait_ms = parse_qs(req.query).get("wait_ms", ["0"])[0]
+            key = unquote(rest[len("by-request/"):])
+            entry = await self.kv_by_request.wait_take(key, max(0.0, float(wait_ms) / 1000))
+        else:
+            entry = self.kv_by_id.take(unquote(rest))
+        if entry is None:
+            return conn.send_json(404, error_body(404, f"KV `{unquote(rest)}` not found"))
+        self.stats.kv_sent += 1
+        conn.send_json(200, entry.to_json())
+
+    # -- generate ----------------------------------------------------------
+    def _accept(self, conn: HttpConnection, req: Request, chat: bool) -> None:
+        s = self.stats
+        s.requests_total += 1
+        id_header = req.headers.get("x-request-id")
+        if id_header is not None:
+            s.request_ids.append(id_header)
+        s.last_request_headers = req.headers
+        try:
+            body = parse_body(req.body)
+            s.last_request_body = body
+            g = parse_request(body, chat, id_header, self.config.model, self.config.max_model_len)
+        except ApiError as exc:
+            s.errors += 1
+            return self._send_error(conn, exc, id_header)
+        self._spawn(conn, self._generate(conn, g, _Life(s)))
+
+    def _send_error(self, conn: HttpConnection, exc: ApiError, id_header: str | None) -> None:
+        conn.send_json(exc.status, exc.to_json(), _id_headers(id_header))
+
+    async def _generate(self, conn: HttpConnection, g: GenRequest, life: _Life) -> None:
+        cfg = self.config
+        try:
+            first_tokens, kv_out = await self._prefill(g)
+            self.stats.prompt_tokens_total += g.total_prompt_tokens
+            choices = Choices(g, first_tokens)
+            headers = _id_headers(g.id_header)
+            fail_after = cfg.fail_after_tokens
+            if g.stream:
+                TokenStream(conn, g, choices, cfg.itl_ms / 1000, fail_after, life.end).start(headers)
+            else:
+                await respond_full(conn, g, choices, cfg.itl_ms / 1000, fail_after, headers,
+                                   kv_out, life.end)
+        except ApiError as exc:
+            life.end("error")
+            self._send_error(conn, exc, g.id_header)
+        except asyncio.CancelledError:
+            life.end("cancelled")
+
+    async def _prefill(self, g: GenRequest) -> tuple[list[str] | None, dict[str, Any] | None]:
+        """Run (or fetch) the prefill.  Returns (k=0 tokens taken from KV, kv_transfer_params
+        for the response)."""
+        cfg, kv = self.config, g.kv_params
+        if kv is not None and cfg.kv_protocol != "nixl":
+            raise ApiError(400, "kv_transfer_params requires a worker with --kv-protocol nixl.",
+                           "kv_transfer_params")
+        if kv is not None and kv.get("do_remote_decode"):
+            return None, await self._nixl_prefill(g)
+        if kv is not None and kv.get("do_remote_prefill"):
+            return await self._nixl_decode(g, kv), None
+        if cfg.kv_protocol == "neuron-legacy" and cfg.role == "decode":
+            return await self._legacy_decode(g), None
+        await self._local_prefill(g)
+        if cfg.kv_protocol == "neuron-legacy" and cfg.role == "prefill" and g.id_header:
+            self.kv_by_request.put(self._kv_entry(g, g.id_header))
+        return None, None
+
+    async def _local_prefill(self, g: GenRequest) -> None:
+        cfg = self.config
+        delay = (cfg.ttft_ms + cfg.prefill_ms_per_token * g.total_prompt_tokens) / 1000
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.stats.local_prefill_tokens += g.total_prompt_tokens
+
+    def _kv_entry(self, g: GenRequest, key: str) -> KVEntry:
+        firsts = [token_text(g.prompt_of(c), g.sample_index(c), 0) for c in range(g.num_choices)]
+        blocks = block_ids(g.total_prompt_tokens, self._next_block)
+        self._next_block += len(blocks)
+        return KVEntry(key=key, engine_id=self.config.engine_id, prompts=g.prompts,
+                       first_tokens=firsts, prompt_tokens=g.total_prompt_tokens, block_ids=blocks)
+
+    async def _nixl_prefill(self, g: GenRequest) -> dict[str, Any]:
+        if self.config.role == "decode":
+            raise ApiError(400, "do_remote_decode sent to a decode-only worker.",
+                           "kv_transfer_params")
+        if g.stream:
+            raise ApiError(400, "Prefill requests with do_remote_decode must not stream.", "stream")
+        if g.max_tokens != 1 or len(g.prompts) != 1:
+            raise ApiError(400, "Prefill requests with do_remote_decode need max_tokens=1 and "
+                           "a single prompt.", "max_tokens")
+        await self._local_prefill(g)
+        entry = self._kv_entry(g, f"{g.base_id}-{uuid.uuid4().hex[:12]}")
+        self.kv_by_id.put(entry)
+        return {"do_remote_prefill": True, "do_remote_decode": False,
+                "remote_engine_id": self.config.engine_id, "remote_block_ids": entry.block_ids,
+                "remote_host": "127.0.0.1", "remote_port": self.port,
+                "remote_request_id": entry.key, "tp_size": 1}
+
+    async def _nixl_decode(self, g: GenRequest, kv: dict[str, Any]) -> list[str] | None:
+        if self.config.role == "prefill":
+            raise ApiError(400, "do_remote_prefill sent to a prefill-only worker.",
+                           "kv_transfer_params")
+        entry = await pull_nixl(kv, self.config.kv_wait_s)
+        if entry is None:
+            # vLLM falls back to recomputing the prefill locally when the KV read fails.
+            self.stats.kv_pull_failed += 1
+            await self._local_prefill(g)
+            return None
+        self._check_prompts(g, entry)
+        return self._received(g, entry)
+
+    async def _legacy_decode(self, g: GenRequest) -> list[str]:
+        rid = g.id_header
+        if not rid:
+            raise ApiError(400, "X-Request-Id header is required by a neuron-legacy decode worker.")
+        entry = await wait_legacy(self.config.kv_peers, rid, self.config.kv_wait_s)
+        if entry is None:
+            self.stats.kv_wait_timeouts += 1
+            raise ApiError(503, f"KV for request {rid} not received")
+        self._check_prompts(g, entry)
+        return self._received(g, entry)
+
+    def _check_prompts(self, g: GenRequest, entry: KVEntry) -> None:
+        if entry.prompts != g.prompts:
+            raise ApiError(400, f"KV transfer mismatch: prompt of request {entry.key} differs "
+                           "from the prompt the prefill worker computed.", "kv_transfer_params")
+
+    def _received(self, g: GenRequest, entry: KVEntry) -> list[str]:
+        self.stats.kv_received += 1
+        self.stats.external_prefill_tokens += g.total_prompt_tokens
+        return entry.first_tokens
+
+
+def _id_headers(id_header: str | None) -> list[tuple[str, str]]:
+    return [("x-request-id", id_header)] if id_header else []
+
+
+async def start_sim(config: SimConfig | dict[str, Any] | None = None) -> SimServer:
+    """Start a simulated worker in the running event loop (port 0 = ephemeral)."""
+    return await SimServer(SimConfig.from_any(config)).start()
