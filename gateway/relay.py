@@ -53,7 +53,7 @@ class StreamRelay(Response):
         on_close: Callable[[], None],
     ) -> None:
         self.events = events
-        self.headers = [*SSE_HEADERS, (b"x-request-id", request_id.encode())]
+        self.raw_headers = [*SSE_HEADERS, (b"x-request-id", request_id.encode())]
         self.on_disconnect = on_disconnect
         self.on_close = on_close
         self.watch: ClientWatch | None = None
@@ -64,7 +64,7 @@ class StreamRelay(Response):
         try:
             if watch.disconnected:
                 return
-            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for run in self.events:
                 if watch.disconnected:
                     break
