@@ -26,6 +26,10 @@ class TopologyError(ValueError):
     """The topology file is malformed; the message names each offending field."""
 
 
+class PlanError(ValueError):
+    """A well-formed topology that cannot be realised; the message says what to change."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -33,7 +37,8 @@ class _Strict(BaseModel):
 class HostSpec(_Strict):
     name: str = "local"
     accelerator: Accelerator = "trainium2"
-    # Schedulable units: logical NeuronCores (Neuron) or GPUs; ignored for cpu/sim.
+    # Schedulable units: logical NeuronCores (Neuron) or GPUs; ignored for cpu. A sim
+    # host with `cores` is allocated like trainium and passes --neuron-cores.
     cores: int | None = Field(None, ge=1)
     lnc: int | None = Field(None, ge=1, le=2)
     ip: str = "127.0.0.1"
@@ -56,6 +61,8 @@ class HostSpec(_Strict):
 
     @property
     def tracks_cores(self) -> bool:
+        if self.accelerator == "sim":
+            return self.cores is not None
         return self.is_neuron or self.accelerator == "gpu"
 
 
@@ -169,31 +176,6 @@ class Topology(_Strict):
     @property
     def all_hosts(self) -> list[HostSpec]:
         return [self.host] if self.host is not None else list(self.hosts or [])
-
-
-def parse_cores(text: str) -> list[int]:
-    """'0-31' or '0-3,8,10-11' (NEURON_RT_VISIBLE_CORES syntax) -> sorted core ids."""
-    cores: set[int] = set()
-    for part in text.replace(" ", "").split(","):
-        lo, sep, hi = part.partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
-            raise TopologyError(f"bad core range {text!r}; expected e.g. '0-31' or '0,2,4-7'")
-        first, last = int(lo), int(hi) if sep else int(lo)
-        if last < first:
-            raise TopologyError(f"bad core range {text!r}: {part} runs backwards")
-        cores.update(range(first, last + 1))
-    return sorted(cores)
-
-
-def format_cores(cores: list[int]) -> str:
-    """Sorted core ids -> the shortest range string ('0-31', '0-3,8')."""
-    runs: list[list[int]] = []
-    for c in cores:
-        if runs and c == runs[-1][1] + 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
-    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
 
 
 _POOL_TAGS = {"replicas", "pd"}
