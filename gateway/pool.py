@@ -43,7 +43,7 @@ class Pool:
         self.name = config.name
         self.kind = config.kind
         self.protocol = config.protocol
-        self.ties = 0  # round-robin cursor among equally loaded endpoints
+        self.ties: dict[Role, int] = {}  # per-role round-robin cursor among equal loads
         if config.kind == "replicas":
             self.groups: dict[Role, list[Endpoint]] = {
                 "replica": [Endpoint(u, "replica", self.name) for u in config.workers]

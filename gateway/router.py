@@ -57,8 +57,9 @@ class Router:
                 headers={"retry-after": RETRY_AFTER_S},
             )
         load = self.load_of[role]
-        index = self.policy([load(e) for e in candidates], pool.ties)
-        pool.ties += 1
+        cursor = pool.ties.get(role, 0)
+        pool.ties[role] = cursor + 1
+        index = self.policy([load(e) for e in candidates], cursor)
         return candidates[index]
 
     def eject(self, ep: Endpoint, reason: str) -> None:
