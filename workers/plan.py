@@ -171,9 +171,9 @@ def _assign_side_channels(slots: list[Slot]) -> None:
 
 
 def _gateway_host(topology: Topology, hosts: Mapping[str, HostSpec]) -> HostSpec:
-    name = topology.gateway.on or topology.all_hosts[0].name
+    name = topology.gateway.runs_on or topology.all_hosts[0].name
     if name not in hosts:
-        raise PlanError(f"gateway.on: unknown host {name!r}; known hosts: {sorted(hosts)}")
+        raise PlanError(f"gateway.runs_on: unknown host {name!r}; known hosts: {sorted(hosts)}")
     return hosts[name]
 
 

@@ -77,7 +77,8 @@ class GatewaySpec(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     # Name of the host the gateway runs on (for port-collision checks); default: first host.
-    on: str | None = None
+    # (Not `on`: YAML 1.1 reads a bare `on` key as the boolean true.)
+    runs_on: str | None = None
 
 
 # JSON for --override-neuron-config: a mapping (serialised) or a literal string.
