@@ -96,8 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pd-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    commands = {"serve": cmd_serve}
+    from workers.plan_cli import add_plan_parser, run_plan
+
+    add_plan_parser(sub)
+    commands["plan"] = run_plan
+    try:
+        from bench.cli import add_bench_parser, run_bench
+    except ImportError:  # bench/ is not shipped in the wheel, only in the repo
+        pass
+    else:
+        add_bench_parser(sub)
+        commands["bench"] = run_bench
     args = parser.parse_args(argv)
-    return {"serve": cmd_serve}[args.command](args)
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":
