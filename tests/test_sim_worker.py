@@ -232,14 +232,16 @@ async def test_disconnect_mid_stream_cancels(sim: StartSim) -> None:
 
 async def test_fail_after_tokens_aborts(sim: StartSim, client: httpx.AsyncClient) -> None:
     s = await sim(fail_after_tokens=3, itl_ms=1)
-    with pytest.raises(httpx.HTTPError):
-        await stream_raw(client, s.url + "/v1/completions",
-                         {"prompt": "a", "max_tokens": 10, "stream": True})
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+    writer.write(_raw_request("/v1/completions", {"prompt": "a", "max_tokens": 10, "stream": True}))
+    raw = await asyncio.wait_for(reader.read(), 2)  # EOF without the terminating chunk
+    writer.close()
+    assert raw.count(b"data: {") == 3 and not raw.endswith(b"0\r\n\r\n")
     assert s.stats.aborted == 1
     with pytest.raises(httpx.HTTPError):
         await client.post(s.url + "/v1/completions", json={"prompt": "a", "max_tokens": 10})
     ok = await client.post(s.url + "/v1/completions", json={"prompt": "a", "max_tokens": 3})
-    assert ok.status_code == 200
+    assert ok.status_code == 200 and (s.stats.aborted, s.stats.completed) == (2, 1)
 
 
 # -- nixl (read mode) ----------------------------------------------------------

@@ -186,9 +186,9 @@ class SimStats:
     started_at: float = field(default_factory=time.time)
 
     def reset(self) -> None:
-        in_flight = self.in_flight
-        self.__init__()  # type: ignore[misc]
-        self.in_flight = in_flight  # live requests still finish and decrement
+        """Zero everything but in_flight (live requests still finish and decrement it)."""
+        fresh = SimStats(in_flight=self.in_flight)
+        self.__dict__.update(fresh.__dict__)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

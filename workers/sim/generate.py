@@ -71,19 +71,22 @@ class TokenStream:
         self._handle = None
         if self._done:
             return
-        total = self._g.max_tokens
+        total, fail_after = self._g.max_tokens, self._fail_after
         steps = 1 if self._itl > 0 else ZERO_ITL_BATCH
         parts: list[bytes] = []
         while steps > 0 and self._k < total:
+            if fail_after is not None and self._k >= fail_after:
+                # Fault injection: die where token fail_after+1 would have been sent.
+                self._conn.write_chunk(b"".join(parts))
+                self._finish("aborted", self._conn.abort)
+                return
             parts.append(self._step(self._k, self._k + 1 == total))
             self._k += 1
             steps -= 1
-            if self._fail_after is not None and self._k >= self._fail_after and self._k < total:
-                self._conn.write_chunk(b"".join(parts))
-                return self._finish("aborted", self._conn.abort)
         if self._k >= total:
             parts.append(self._fmt.tail(total * self._g.num_choices))
-            return self._finish("completed", lambda: self._conn.end_stream(b"".join(parts)))
+            self._finish("completed", lambda: self._conn.end_stream(b"".join(parts)))
+            return
         self._conn.write_chunk(b"".join(parts))
         if self._itl > 0:
             self._handle = self._loop.call_at(self._t0 + self._k * self._itl, self._tick)
@@ -110,7 +113,7 @@ async def respond_full(conn: HttpConnection, g: GenRequest, choices: Choices, it
     """Non-streaming: wait for the decode time of the remaining tokens, then send one body."""
     tokens = g.max_tokens
     if fail_after is not None and fail_after < tokens:
-        await asyncio.sleep(max(0, fail_after - 1) * itl_s)
+        await asyncio.sleep(fail_after * itl_s)
         conn.abort()
         on_end("aborted", fail_after * g.num_choices)
         return

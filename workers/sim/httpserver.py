@@ -171,7 +171,7 @@ class HttpConnection(asyncio.Protocol):
         self._transport.write(bytes(out))
 
     def write_chunk(self, data: bytes) -> None:
-        if not self.closed and self._transport is not None:
+        if data and not self.closed and self._transport is not None:
             self._transport.write(chunk(data))
 
     def end_stream(self, last: bytes = b"") -> None:
