@@ -98,7 +98,7 @@ def _available(host: HostSpec, env: Mapping[str, str]) -> tuple[list[int], bool]
 def _check_sizes(
     host: HostSpec, requests: list[CoreRequest], available: list[int], inherited: bool
 ) -> None:
-    n = len(available)
+    n, total = len(available), host.cores or len(available)
     unit = "GPUs" if host.accelerator == "gpu" else "logical NeuronCores"
     source = f" (restricted by {visible_var(host)})" if inherited else ""
     for r in requests:
@@ -107,11 +107,11 @@ def _check_sizes(
                 f"{r.field}: tp {r.tp} needs more {unit} than host {host.name!r} has "
                 f"({n}{source}, lnc={host.lnc}); lower tp to at most {n} or use a bigger host"
             )
-        if n % r.tp:
-            divisors = [d for d in range(1, n + 1) if n % d == 0]
+        if total % r.tp:  # the host's size, not the granted range: blocks stay aligned
+            divisors = [d for d in range(1, total + 1) if total % d == 0]
             raise PlanError(
-                f"{r.field}: tp {r.tp} does not divide the {n} {unit} of host {host.name!r}"
-                f"{source}; use one of {divisors}"
+                f"{r.field}: tp {r.tp} does not divide the {total} {unit} of host "
+                f"{host.name!r}; use one of {divisors}"
             )
     need = sum(r.tp for r in requests)
     if need > n:
