@@ -33,20 +33,35 @@ env -0 > "$SEED_OUT/env"
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
-def run_seed(tmp: Path, script: str, args: list[str], knobs: dict[str, str] | None = None):
-    """Run a tutorial script with stubbed python; return (argv, env) it would launch."""
+def stub_bin(tmp: Path, names: tuple[str, ...] = ("python", "python3")) -> dict[str, str]:
+    """A PATH whose `names` record their argv and env into tmp instead of running."""
     bin_dir = tmp / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name in ("python", "python3"):
+    for name in names:
         (bin_dir / name).write_text(_STUB)
         (bin_dir / name).chmod(0o755)
-    # deploy_vllm_endpoint.sh backgrounds the server; wait so the stub has written.
-    body = (REFERENCE / script).read_text() + "\nwait\n"
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SEED_OUT": str(tmp), **(knobs or {})}
-    subprocess.run(["bash", "-c", body, script, *args], env=env, check=True, capture_output=True)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "SEED_OUT": str(tmp)}
+
+
+def recorded(tmp: Path) -> tuple[list[str], dict[str, str]]:
     argv = (tmp / "argv").read_bytes().decode().split("\0")[:-1]
     pairs = [kv.split("=", 1) for kv in (tmp / "env").read_bytes().decode().split("\0") if kv]
     return argv, {k: v for k, v in pairs if k not in _NOT_SERVER_ENV}
+
+
+def run_script(tmp: Path, script: Path, args: list[str], knobs: dict[str, str] | None = None,
+               stubs: tuple[str, ...] = ("python", "python3")):
+    """Run a launch script with stubbed commands; return the (argv, env) it would exec."""
+    # deploy_vllm_endpoint.sh backgrounds the server; wait so the stub has written.
+    body = script.read_text() + "\nwait\n"
+    env = {**stub_bin(tmp, stubs), **(knobs or {})}
+    subprocess.run(["bash", "-c", body, script.name, *args], env=env, cwd=tmp, check=True,
+                   capture_output=True)
+    return recorded(tmp)
+
+
+def run_seed(tmp: Path, script: str, args: list[str], knobs: dict[str, str] | None = None):
+    return run_script(tmp, REFERENCE / script, args, knobs)
 
 
 def topo(text: str):
@@ -182,6 +197,38 @@ def test_reference_scripts_are_verbatim_seed_blocks() -> None:
     for script in REFERENCE.glob("*.sh"):
         for line in script.read_text().splitlines():
             assert line.strip() in normalized, f"{script.name}: {line!r} not in the seeds"
+
+
+# --- compile.sh ----------------------------------------------------------------
+
+COMPILE = ROOT / "deploy" / "compile.sh"
+
+
+def _compile(tmp: Path, *args: str):
+    return run_script(tmp, COMPILE, ["--tp-degree", "32", "--batch-size", "4", *args],
+                      stubs=("inference_demo",))
+
+
+def test_compile_di_matches_tutorial_compile_sh(tmp_path: Path) -> None:
+    args = ["--tp-degree", "32", "--batch-size", "4", "--model-path", "/m"]
+    seed = run_script(tmp_path, REFERENCE / "compile.sh", args, stubs=("inference_demo",))
+    assert _compile(tmp_path, "--model-path", "/m") == seed
+    assert "--apply-seq-ids-mask" in seed[0]
+
+
+def test_compile_non_di_drops_seq_ids_mask(tmp_path: Path) -> None:
+    di, _ = _compile(tmp_path, "--model-path", "/m")
+    non_di, env = _compile(tmp_path, "--model-path", "/m", "--non-di")
+    expected = [a for a in di if a != "--apply-seq-ids-mask"]
+    assert non_di == [a.replace("di_traced", "traced") for a in expected]
+    assert env["COMPILED_MODEL_PATH"] == "traced_model_tp32_b4/"
+
+
+def test_compile_dp_matches_tutorial_compile_model_sh(tmp_path: Path) -> None:
+    seed = run_script(tmp_path, REFERENCE / "compile_model.sh", [], stubs=("inference_demo",))
+    ours = _compile(tmp_path, "--mode", "dp", "--model-path", "/ubuntu/model_hf/Llama-3.3-70B-Instruct/",
+                    "--compiled-model-path", "/ubuntu/traced_model/Llama-3.3-70B-Instruct/")
+    assert ours == seed
 
 
 # --- NIXL, cpu, gpu ------------------------------------------------------------
@@ -335,30 +382,17 @@ def test_every_example_topology_plans() -> None:
         config.parse_config(result.gateway_config())  # the gateway accepts what we emit
 
 
-def _stub_bin(tmp: Path) -> dict[str, str]:
-    (tmp / "bin").mkdir()
-    for name in ("python", "python3"):
-        (tmp / "bin" / name).write_text(_STUB)
-        (tmp / "bin" / name).chmod(0o755)
-    return {"PATH": f"{tmp / 'bin'}:/usr/bin:/bin", "SEED_OUT": str(tmp)}
-
-
 @pytest.mark.parametrize("path", TOPOLOGIES, ids=lambda p: p.stem)
 def test_shell_scripts_parse_and_reproduce_the_plan(tmp_path: Path, path: Path) -> None:
     result = plan(load_topology(path))
     files = render(result, "shell")
     assert set(files) == {f"{w.name}.sh" for w in result.workers} | {"gateway.yaml"}
     assert yaml.safe_load(files["gateway.yaml"]) == result.gateway_config()
-    env = _stub_bin(tmp_path)
     for w in result.workers:
         script = tmp_path / f"{w.name}.sh"
         script.write_text(shell_script(w))
         subprocess.run(["bash", "-n", str(script)], check=True)
-        subprocess.run(["bash", str(script)], env=env, check=True)
-        argv = (tmp_path / "argv").read_bytes().decode().split("\0")[:-1]
-        got = dict(kv.split("=", 1) for kv in (tmp_path / "env").read_bytes().decode().split("\0") if kv)
-        assert argv == w.argv
-        assert {k: v for k, v in got.items() if k not in _NOT_SERVER_ENV} == w.env
+        assert run_script(tmp_path, script, []) == (w.argv, w.env)
 
 
 def _cli(args: list[str]) -> int:
