@@ -1,4 +1,4 @@
-"""The FastAPI application: OpenAI routes, health, readiness, metrics."""
+"""The FastAPI application: OpenAI routes, health, readiness, metrics, admin."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from . import replicas
+from .admin import admin_routes
+from .auth import check_key
 from .config import GatewayConfig
 from .disagg import PROTOCOLS
 from .errors import GatewayError, UpstreamStatus, error_dict
@@ -24,8 +26,8 @@ from .router import Router
 log = logging.getLogger("pd_gateway")
 
 
-def create_app(config: GatewayConfig, router: Router | None = None) -> FastAPI:
-    router = router or Router(config)
+def create_app(config: GatewayConfig) -> FastAPI:
+    router = Router(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,14 +42,21 @@ def create_app(config: GatewayConfig, router: Router | None = None) -> FastAPI:
 
     app = FastAPI(title="pd-gateway", lifespan=lifespan)
     app.state.router = router
+    app.include_router(admin_routes(router))
 
-    async def serve(route: Route, request: Request) -> Response | StreamRelay:
+    async def serve(route: Route, request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        raw = await request.body()
+        try:
+            check_key(request.headers.get("authorization"), config.auth.api_keys)
+            raw = await _read_body(request, config.limits.max_body_bytes)
+            await router.admission.enter()
+        except GatewayError as err:
+            return _refused(err, request_id, route, router)
         watch = ClientWatch(request.receive)
         try:
             result = await dispatch(route, raw, request_id)
         except asyncio.CancelledError:
+            router.admission.leave()
             if not watch.disconnected:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
@@ -58,22 +67,22 @@ def create_app(config: GatewayConfig, router: Router | None = None) -> FastAPI:
             watch.callback = _ignore
         if isinstance(result, StreamRelay):
             result.watch = watch
+            result.closers.append(router.admission.leave)
         else:
             watch.close()
+            router.admission.leave()
         return result
 
-    async def dispatch(route: Route, raw: bytes, request_id: str) -> Response | StreamRelay:
+    async def dispatch(route: Route, raw: bytes, request_id: str) -> Response:
         try:
-            req = parse_request(route, raw)
+            req = parse_request(route, raw, config.limits)
             pool = router.pool_for(req.model)
             if pool.kind == "replicas":
                 result = await replicas.forward(router, pool, req, request_id)
             else:
                 result = await PROTOCOLS[pool.protocol](router, pool, req, request_id)
         except GatewayError as err:
-            log.info("rid=%s %s %d: %s", request_id, route, err.status, err.message)
-            router.metrics.inc("pd_gateway_requests_total", route=route, status=str(err.status))
-            return err.to_response(request_id)
+            return _refused(err, request_id, route, router)
         except UpstreamStatus as err:
             return _upstream_status(err, request_id, route, router)
         router.metrics.inc("pd_gateway_requests_total", route=route, status="200")
@@ -81,14 +90,18 @@ def create_app(config: GatewayConfig, router: Router | None = None) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await serve("completions", request)  # type: ignore[return-value]
+        return await serve("completions", request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await serve("chat", request)  # type: ignore[return-value]
+        return await serve("chat", request)
 
     @app.get("/v1/models")
-    async def models() -> JSONResponse:
+    async def models(request: Request) -> Response:
+        try:
+            check_key(request.headers.get("authorization"), config.auth.api_keys)
+        except GatewayError as err:
+            return err.to_response()
         return JSONResponse({"object": "list", "data": router.model_cards()})
 
     @app.get("/health")
@@ -102,7 +115,8 @@ def create_app(config: GatewayConfig, router: Router | None = None) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(router.metrics.render(router.pools), media_type="text/plain; version=0.0.4")
+        text = router.metrics.render(router.pools, router.admission)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -111,8 +125,28 @@ def create_app(config: GatewayConfig, router: Router | None = None) -> FastAPI:
     return app
 
 
+async def _read_body(request: Request, limit: int) -> bytes:
+    too_large = GatewayError(413, f"request body exceeds {limit} bytes", "body_too_large")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise too_large
+        parts.append(part)
+    return b"".join(parts)
+
+
 def _ignore() -> None:
     pass
+
+
+def _refused(err: GatewayError, request_id: str, route: str, router: Router) -> Response:
+    log.info("rid=%s %s %d: %s", request_id, route, err.status, err.message)
+    router.metrics.inc("pd_gateway_requests_total", route=route, status=str(err.status))
+    return err.to_response(request_id)
 
 
 def _upstream_status(err: UpstreamStatus, request_id: str, route: str, router: Router) -> Response:

@@ -37,6 +37,36 @@ class HealthCheck(_Strict):
     unhealthy_threshold: int = Field(2, ge=1)
 
 
+class Outlier(_Strict):
+    """Passive ejection of workers that keep failing (connect errors, 5xx, timeouts)."""
+
+    consecutive_failures: int = Field(3, ge=1)
+    base_ejection_s: float = Field(5.0, gt=0)  # doubles with each repeat ejection
+    max_ejection_s: float = Field(300.0, gt=0)
+    max_ejection_percent: int = Field(50, ge=0, le=100)
+
+
+class Retries(_Strict):
+    """Retries happen only before any byte reached the client, on another worker."""
+
+    attempts: int = Field(2, ge=0)
+
+
+class Limits(_Strict):
+    max_inflight: int = Field(4096, ge=1)  # whole gateway
+    max_inflight_per_worker: int = Field(512, ge=1)
+    queue: int = Field(1024, ge=0)  # requests waiting for capacity before 429
+    queue_timeout_s: float = Field(30.0, gt=0)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_tokens: int = Field(1_000_000, ge=1)
+    max_n: int = Field(128, ge=1)
+
+
+class Auth(_Strict):
+    api_keys: list[str] = []  # empty: no key needed on /v1
+    admin_keys: list[str] = []  # empty: admin endpoints disabled
+
+
 def _check_url(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"worker URL must start with http:// or https://, got {url!r}")
@@ -52,6 +82,8 @@ class PoolConfig(_Strict):
     protocol: Literal["nixl", "neuron-legacy"] | None = None
     prefill: list[str] = []
     decode: list[str] = []
+    # Sent to the workers as `Authorization: Bearer`; the client's key never is.
+    api_key: str | None = None
 
     @field_validator("workers", "prefill", "decode")
     @classmethod
@@ -79,6 +111,11 @@ class GatewayConfig(_Strict):
     listen: Listen = Listen()
     timeouts: Timeouts = Timeouts()
     health: HealthCheck = HealthCheck()
+    outlier: Outlier = Outlier()
+    retries: Retries = Retries()
+    limits: Limits = Limits()
+    auth: Auth = Auth()
+    drain_s: float = Field(30.0, ge=0)  # on SIGTERM, how long in-flight streams may go on
     pools: list[PoolConfig] = Field(min_length=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -43,7 +43,8 @@ class HealthChecker:
     def _record(self, ep: Endpoint, ok: bool) -> None:
         if ok:
             ep.passes, ep.failures = ep.passes + 1, 0
-            if not ep.healthy and ep.passes >= self.config.healthy_threshold:
+            ejected = ep.ejected_until > asyncio.get_running_loop().time()
+            if not ep.healthy and not ejected and ep.passes >= self.config.healthy_threshold:
                 ep.healthy = True
                 log.info("endpoint %s (%s/%s) is healthy", ep.url, ep.pool, ep.role)
         else:

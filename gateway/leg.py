@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
 
-from .errors import UpstreamError
+from .errors import UpstreamError, UpstreamStatus
+from .limits import overloaded
 from .pool import Endpoint, Pool, Role
-from .router import Router
+from .router import Router, Saturated
 from .sse import DONE, EventFramer
-from .upstream import ConnectFailed, iter_body
+from .upstream import ConnectFailed, Retryable, iter_body
 from .watchdog import Watched
 
 log = logging.getLogger("pd_gateway")
@@ -32,29 +34,56 @@ class Leg:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"content-type": "application/json", "x-request-id": self.request_id}
+        return self.router.worker_headers(self.pool, self.request_id)
 
     async def open(self, path: str, body: bytes) -> None:
-        """Send the request, retrying other endpoints while none could be reached."""
+        """Send the request; retry other workers while none has produced anything."""
+        router = self.router
         tried: set[Endpoint] = set()
-        for attempt in range(self.router.retries + 1):
-            ep = self.router.choose(self.pool, self.role, exclude=tried)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + router.config.limits.queue_timeout_s
+        retries = router.config.retries.attempts
+        while True:
+            try:
+                ep = router.choose(self.pool, self.role, exclude=tried)
+            except Saturated:
+                await self._wait_for_capacity(deadline - loop.time())
+                continue
             ep.acquire(self.tokens)
             try:
-                self.resp = await self.router.upstream.open(ep.url + path, body, self.headers)
-            except ConnectFailed as err:
-                ep.release(self.tokens)
-                self.router.eject(ep, err.message)
-                tried.add(ep)
-                log.warning("rid=%s %s; retrying elsewhere (attempt %d)", self.request_id, err.message, attempt + 1)
-                if attempt == self.router.retries:
+                self.resp = await router.upstream.open(ep.url + path, body, self.headers)
+            except (Retryable, UpstreamStatus) as err:
+                self._drop(ep)
+                if isinstance(err, UpstreamStatus) and err.status < 500:
                     raise
+                router.failed(ep, str(err), eject_now=isinstance(err, ConnectFailed))
+                tried.add(ep)
+                if len(tried) > retries:
+                    raise
+                log.warning("rid=%s %s; retrying on another worker", self.request_id, err)
                 continue
+            except UpstreamError as err:  # a timeout: the prompt may simply be long, so no retry
+                self._drop(ep)
+                router.failed(ep, err.message)
+                raise
             except BaseException:
-                ep.release(self.tokens)
+                self._drop(ep)
                 raise
             self.ep, self._held = ep, True
             return
+
+    async def _wait_for_capacity(self, remaining: float) -> None:
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            await self.router.capacity.wait(remaining)
+        except TimeoutError:
+            limit = self.router.config.limits.max_inflight_per_worker
+            raise overloaded(f"every {self.role} worker of pool '{self.pool.name}' has {limit} requests in flight") from None
+
+    def _drop(self, ep: Endpoint) -> None:
+        ep.release(self.tokens)
+        self.router.capacity.freed()
 
     @property
     def status(self) -> int:
@@ -70,9 +99,14 @@ class Leg:
         """The whole (non-streaming) body; releases the endpoint."""
         assert self.resp is not None
         try:
-            return await self.router.upstream.read(self.resp)
+            body = await self.router.upstream.read(self.resp)
+        except UpstreamError as err:
+            self._failed(err.message)
+            raise
         finally:
             self.release()
+        self._succeeded()
+        return body
 
     async def events(self) -> AsyncIterator[bytes]:
         """Runs of complete SSE events; any failure, or an end without [DONE], raises UpstreamError."""
@@ -90,9 +124,20 @@ class Leg:
                     last = run
                     yield run
         except UpstreamError as err:
+            self._failed(err.message)
             raise self._failure(err.message) from None
         if w.reason or self.aborted or not last.endswith(DONE):
+            self._failed("stream ended early")
             raise self._failure("the worker ended the stream before [DONE]")
+        self._succeeded()
+
+    def _succeeded(self) -> None:
+        if self.ep is not None:
+            self.router.succeeded(self.ep)
+
+    def _failed(self, reason: str) -> None:
+        if self.ep is not None and self.aborted is None:  # a client going away is not the worker's fault
+            self.router.failed(self.ep, reason)
 
     def _failure(self, message: str) -> UpstreamError:
         w = self.watched
@@ -118,7 +163,7 @@ class Leg:
             self.router.watchdog.forget(self.watched)
             self.watched = None
         if self._held and self.ep is not None:
-            self.ep.release(self.tokens)
+            self._drop(self.ep)
             self._held = False
         if self.resp is not None:
             self.resp.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from .limits import Admission
 from .pool import Pool
 
 
@@ -14,8 +15,8 @@ class Metrics:
     def inc(self, name: str, value: float = 1, **labels: str) -> None:
         self.counters[(name, tuple(sorted(labels.items())))] += value
 
-    def render(self, pools: list[Pool]) -> str:
-        lines: list[str] = []
+    def render(self, pools: list[Pool], admission: Admission) -> str:
+        lines = [f"pd_gateway_inflight_requests {admission.inflight}"]
         for (name, labels), value in sorted(self.counters.items()):
             lines.append(f"{name}{_labels(labels)} {value:g}")
         for pool in pools:

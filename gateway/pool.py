@@ -21,6 +21,10 @@ class Endpoint:
     models: list[dict] = field(default_factory=list)  # last /v1/models "data"
     passes: int = 0  # consecutive health-check passes
     failures: int = 0  # consecutive health-check failures
+    errors: int = 0  # consecutive failed requests (outlier detection)
+    ejections: int = 0  # times ejected so far; each ejection lasts longer
+    ejected_until: float = 0.0  # loop time; health checks cannot restore it before
+    draining: bool = False  # set by an admin: no new requests, in-flight ones finish
 
     def acquire(self, tokens: int = 0) -> None:
         self.outstanding += 1
@@ -58,8 +62,8 @@ class Pool:
     def endpoints(self) -> list[Endpoint]:
         return [e for group in self.groups.values() for e in group]
 
-    def healthy(self, role: Role) -> list[Endpoint]:
-        return [e for e in self.groups.get(role, []) if e.healthy]
+    def available(self, role: Role) -> list[Endpoint]:
+        return [e for e in self.groups.get(role, []) if e.healthy and not e.draining]
 
     @property
     def ready(self) -> bool:

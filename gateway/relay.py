@@ -6,6 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from starlette.responses import Response
+
+from .errors import error_dict
+from .sse import error_event
 from starlette.types import Receive, Scope, Send
 
 SSE_HEADERS = [
@@ -55,7 +58,7 @@ class StreamRelay(Response):
         self.events = events
         self.raw_headers = [*SSE_HEADERS, (b"x-request-id", request_id.encode())]
         self.on_disconnect = on_disconnect
-        self.on_close = on_close
+        self.closers = [on_close]
         self.watch: ClientWatch | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,9 +73,16 @@ class StreamRelay(Response):
                     break
                 await send({"type": "http.response.body", "body": run, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            # The server is shutting down past its drain deadline: end the stream properly.
+            if not watch.disconnected:
+                error = error_dict("the gateway is shutting down; the stream was cut short", 503, "shutting_down")
+                await send({"type": "http.response.body", "body": error_event(error), "more_body": False})
+            raise
         finally:
             watch.close()
             aclose = getattr(self.events, "aclose", None)
             if aclose is not None:
                 await aclose()
-            self.on_close()
+            for close in self.closers:
+                close()

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
+from .config import Limits
 from .errors import GatewayError
 
 Route = Literal["completions", "chat"]
@@ -31,12 +32,12 @@ def _bad(message: str, code: str = "invalid_request") -> GatewayError:
     return GatewayError(400, message, code)
 
 
-def _optional_int(body: dict, key: str, low: int) -> None:
+def _optional_int(body: dict, key: str, low: int, high: int) -> None:
     value = body.get(key)
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise _bad(f"'{key}' must be an integer >= {low}, got {json.dumps(value)}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(f"'{key}' must be an integer from {low} to {high}, got {json.dumps(value)}")
 
 
 def _check_prompt(prompt: object) -> int:
@@ -60,7 +61,7 @@ def _check_messages(messages: object) -> int:
     return sum(len(json.dumps(m.get("content", ""))) for m in messages)
 
 
-def parse_request(route: Route, raw: bytes) -> ApiRequest:
+def parse_request(route: Route, raw: bytes, limits: Limits) -> ApiRequest:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
@@ -79,8 +80,9 @@ def parse_request(route: Route, raw: bytes) -> ApiRequest:
     if options is not None and not isinstance(options, dict):
         raise _bad("'stream_options' must be an object")
     include_usage = bool(options and options.get("include_usage"))
-    for key in ("max_tokens", "max_completion_tokens", "n"):
-        _optional_int(body, key, 1)
+    for key in ("max_tokens", "max_completion_tokens"):
+        _optional_int(body, key, 1, limits.max_tokens)
+    _optional_int(body, "n", 1, limits.max_n)
     if route == "chat":
         chars = _check_messages(body.get("messages"))
     else:

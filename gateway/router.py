@@ -1,12 +1,14 @@
-"""The router: pools by model, endpoint choice, and the shared upstream machinery."""
+"""The router: pools by model, endpoint choice, outlier ejection, shared machinery."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from .config import GatewayConfig
 from .errors import GatewayError
 from .health import HealthChecker
+from .limits import Admission, Capacity
 from .metrics import Metrics
 from .policy import Policy, least_loaded
 from .pool import Endpoint, Pool, Role
@@ -15,7 +17,9 @@ from .watchdog import Watchdog
 
 log = logging.getLogger("pd_gateway")
 
-RETRY_AFTER_S = "1"
+
+class Saturated(Exception):
+    """Healthy workers exist but all are at their in-flight limit."""
 
 
 def _requests(ep: Endpoint) -> int:
@@ -27,19 +31,23 @@ def _prompt_tokens(ep: Endpoint) -> int:
 
 
 class Router:
-    def __init__(self, config: GatewayConfig, retries: int = 2) -> None:
+    def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.retries = retries
         self.pools = [Pool(p) for p in config.pools]
         self.upstream = Upstream(config.timeouts)
         self.watchdog = Watchdog(period_s=min(1.0, config.timeouts.between_chunks_s / 4))
-        self.health = HealthChecker(
-            [e for p in self.pools for e in p.endpoints], self.upstream, config.health
-        )
+        self.health = HealthChecker(self.endpoints, self.upstream, config.health)
         self.metrics = Metrics()
+        limits = config.limits
+        self.admission = Admission(limits.max_inflight, limits.queue, limits.queue_timeout_s)
+        self.capacity = Capacity()
         self.policy: Policy = least_loaded
         # Prefill is compute-bound on the prompt; decode is bound by concurrent sequences.
         self.load_of = {"prefill": _prompt_tokens, "decode": _requests, "replica": _requests}
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return [e for p in self.pools for e in p.endpoints]
 
     def pool_for(self, model: str) -> Pool:
         for pool in self.pools:
@@ -48,27 +56,58 @@ class Router:
         raise GatewayError(404, f"The model `{model}` does not exist.", "model_not_found")
 
     def choose(self, pool: Pool, role: Role, exclude: set[Endpoint] | frozenset = frozenset()) -> Endpoint:
-        candidates = [e for e in pool.healthy(role) if e not in exclude]
-        if not candidates:
+        available = [e for e in pool.available(role) if e not in exclude]
+        if not available:
             raise GatewayError(
-                503,
-                f"no healthy {role} worker in pool '{pool.name}'",
-                "no_healthy_worker",
-                headers={"retry-after": RETRY_AFTER_S},
+                503, f"no healthy {role} worker in pool '{pool.name}'", "no_healthy_worker",
+                headers={"retry-after": "1"},
             )
+        limit = self.config.limits.max_inflight_per_worker
+        candidates = [e for e in available if e.outstanding < limit]
+        if not candidates:
+            raise Saturated()
         load = self.load_of[role]
         cursor = pool.ties.get(role, 0)
         pool.ties[role] = cursor + 1
-        index = self.policy([load(e) for e in candidates], cursor)
-        return candidates[index]
+        return candidates[self.policy([load(e) for e in candidates], cursor)]
+
+    def worker_headers(self, pool: Pool, request_id: str) -> dict[str, str]:
+        headers = {"content-type": "application/json", "x-request-id": request_id}
+        if pool.config.api_key:
+            headers["authorization"] = f"Bearer {pool.config.api_key}"
+        return headers
+
+    # Outlier ejection -------------------------------------------------------
+
+    def succeeded(self, ep: Endpoint) -> None:
+        ep.errors = 0
+
+    def failed(self, ep: Endpoint, reason: str, eject_now: bool = False) -> None:
+        ep.errors += 1
+        self.metrics.inc("pd_gateway_upstream_failures_total", endpoint=ep.url)
+        if eject_now or ep.errors >= self.config.outlier.consecutive_failures:
+            self.eject(ep, reason)
 
     def eject(self, ep: Endpoint, reason: str) -> None:
-        """A worker refused a connection: stop routing to it until health checks pass again."""
-        if ep.healthy:
-            log.warning("ejecting %s (%s/%s): %s", ep.url, ep.pool, ep.role, reason)
+        """Stop routing to `ep` for a while; health checks bring it back afterwards."""
+        cfg = self.config.outlier
+        now = asyncio.get_running_loop().time()
+        group = next(p for p in self.pools if p.name == ep.pool).groups[ep.role]
+        ejected = sum(1 for e in group if e.ejected_until > now)
+        if ep.ejected_until > now:
+            return
+        if (ejected + 1) * 100 > cfg.max_ejection_percent * len(group):
+            log.warning("not ejecting %s (%s): would exceed %d%% of its group", ep.url, reason, cfg.max_ejection_percent)
+            return
+        duration = min(cfg.base_ejection_s * 2**ep.ejections, cfg.max_ejection_s)
+        ep.ejections += 1
+        ep.ejected_until = now + duration
         ep.healthy = False
         ep.passes = 0
+        log.warning("ejecting %s (%s/%s) for %gs: %s", ep.url, ep.pool, ep.role, duration, reason)
         self.metrics.inc("pd_gateway_ejections_total", endpoint=ep.url)
+
+    # Views -------------------------------------------------------------------
 
     def model_cards(self) -> list[dict]:
         seen: dict[str, dict] = {}

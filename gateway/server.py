@@ -55,7 +55,7 @@ async def start_gateway(config: GatewayConfig, install_signal_handlers: bool = F
             lifespan="on",
             access_log=False,
             log_level=config.log_level,
-            timeout_graceful_shutdown=30,
+            timeout_graceful_shutdown=config.drain_s,
         )
     )
     if not install_signal_handlers:

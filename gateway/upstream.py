@@ -58,7 +58,7 @@ class Upstream:
         except aiohttp.ClientConnectorError as err:
             raise ConnectFailed(f"cannot connect to worker {url}: {err.os_error or err}") from None
         except aiohttp.ClientError as err:
-            raise UpstreamError(f"worker {url} failed before answering: {err!r}") from None
+            raise NoAnswer(f"worker {url} failed before answering: {err!r}") from None
 
     async def read(self, resp: aiohttp.ClientResponse) -> bytes:
         try:
@@ -84,11 +84,19 @@ class Upstream:
                 return resp.status == 200
 
 
-class ConnectFailed(UpstreamError):
-    """The worker could not be reached at all: safe to retry elsewhere."""
+class Retryable(UpstreamError):
+    """The worker produced nothing: the request may go to another worker."""
+
+
+class ConnectFailed(Retryable):
+    """The worker could not be reached at all."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, 502, "worker_unreachable")
+
+
+class NoAnswer(Retryable):
+    """The connection broke before the worker answered (it died, or closed a pooled connection)."""
 
 
 async def iter_body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -1,0 +1,78 @@
+"""Admin endpoints: list workers, drain and undrain one. Need an admin key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from .auth import check_key
+from .errors import GatewayError
+from .pool import Endpoint
+from .router import Router
+
+
+def admin_routes(router: Router) -> APIRouter:
+    api = APIRouter(prefix="/admin")
+
+    def authorize(request: Request) -> None:
+        if not router.config.auth.admin_keys:
+            raise GatewayError(404, "admin endpoints are disabled (no auth.admin_keys configured)", "not_found")
+        check_key(request.headers.get("authorization"), router.config.auth.admin_keys, "admin key")
+
+    @api.get("/workers")
+    async def workers(request: Request) -> Response:
+        try:
+            authorize(request)
+        except GatewayError as err:
+            return err.to_response()
+        now = asyncio.get_running_loop().time()
+        return JSONResponse({"workers": [_describe(e, now) for e in router.endpoints]})
+
+    async def set_draining(request: Request, draining: bool) -> Response:
+        try:
+            authorize(request)
+            ep = _find(router, await request.body())
+        except GatewayError as err:
+            return err.to_response()
+        ep.draining = draining
+        return JSONResponse(_describe(ep, asyncio.get_running_loop().time()))
+
+    @api.post("/workers/drain")
+    async def drain(request: Request) -> Response:
+        return await set_draining(request, True)
+
+    @api.post("/workers/undrain")
+    async def undrain(request: Request) -> Response:
+        return await set_draining(request, False)
+
+    return api
+
+
+def _find(router: Router, raw: bytes) -> Endpoint:
+    try:
+        url = json.loads(raw).get("url")
+    except (ValueError, AttributeError):
+        url = None
+    if not isinstance(url, str):
+        raise GatewayError(400, 'body must be {"url": "<worker url>"}')
+    for ep in router.endpoints:
+        if ep.url == url.rstrip("/"):
+            return ep
+    raise GatewayError(404, f"no worker {url}", "worker_not_found")
+
+
+def _describe(ep: Endpoint, now: float) -> dict:
+    return {
+        "url": ep.url,
+        "pool": ep.pool,
+        "role": ep.role,
+        "healthy": ep.healthy,
+        "draining": ep.draining,
+        "ejected_for_s": round(max(0.0, ep.ejected_until - now), 3),
+        "outstanding": ep.outstanding,
+        "outstanding_prompt_tokens": ep.outstanding_tokens,
+        "models": sorted(ep.model_ids),
+    }
