@@ -134,19 +134,21 @@ def _role_slots(
         raise PlanError(
             f"{where}.cores: {len(cores)} core range(s) for {count} worker(s); give one per worker"
         )
+    placed = [hosts[host_names[i % len(host_names)]] for i in range(count)]
+    # Ports count up per host: one host gets 8000, 8001; one worker per host keeps 8000.
     return [
         Slot(
             pool=pool,
             pool_index=index,
             role=role,
             index=i,
-            host=hosts[host_names[i % len(host_names)]],
+            host=host,
             tp=tp,
-            port=base_port + i,
+            port=base_port + placed[:i].count(host),
             explicit_cores=cores[i] if cores else None,
             role_spec=spec,
         )
-        for i in range(count)
+        for i, host in enumerate(placed)
     ]
 
 
@@ -162,12 +164,12 @@ def _allocate_cores(host: HostSpec, slots: list[Slot], env: Mapping[str, str]) -
 
 
 def _assign_side_channels(slots: list[Slot]) -> None:
-    per_pool: dict[str, int] = {}
+    seen: dict[tuple[str, str], int] = {}
     for s in slots:
         if isinstance(s.pool, PDPool) and s.pool.connector == "nixl" and s.host.accelerator != "sim":
-            n = per_pool.get(s.pool.name, 0)
+            n = seen.get((s.pool.name, s.host.name), 0)
             s.side_channel_port = s.pool.side_channel_base_port + n
-            per_pool[s.pool.name] = n + 1
+            seen[(s.pool.name, s.host.name)] = n + 1
 
 
 def _gateway_host(topology: Topology, hosts: Mapping[str, HostSpec]) -> HostSpec:

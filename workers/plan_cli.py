@@ -132,3 +132,15 @@ def _concat(files: Mapping[str, str]) -> str:
     if len(files) == 1:
         return next(iter(files.values()))
     return "".join(f"# ==> {name} <==\n{text}\n" for name, text in files.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (`python -m workers.plan_cli plan ...`), same as `pd-gateway plan`."""
+    parser = argparse.ArgumentParser(prog="python -m workers.plan_cli")
+    add_plan_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

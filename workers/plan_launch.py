@@ -198,7 +198,7 @@ def _base_env(model: ModelSpec, slot: Slot, slots: list[Slot], cores: str | None
     if slot.legacy:
         env = _legacy_env(model, slot, slots)
     elif host.is_neuron:
-        env = _neuron_env(model, host)
+        env = _neuron_env(model, slot)
     else:
         env = {}
     if slot.cores is not None and cores is not None:
@@ -211,14 +211,15 @@ def _base_env(model: ModelSpec, slot: Slot, slots: list[Slot], cores: str | None
     return env
 
 
-def _neuron_env(model: ModelSpec, host: HostSpec) -> dict[str, str]:
+def _neuron_env(model: ModelSpec, slot: Slot) -> dict[str, str]:
     """deploy_vllm_endpoint.sh, in its order (VISIBLE_CORES and RPC timeout follow)."""
     env = {"NEURON_RT_INSPECT_ENABLE": "0"}
-    if host.accelerator == "trainium2":
-        env["NEURON_RT_VIRTUAL_CORE_SIZE"] = str(host.lnc)
+    if slot.host.accelerator == "trainium2":
+        env["NEURON_RT_VIRTUAL_CORE_SIZE"] = str(slot.host.lnc)
     env["VLLM_NEURON_FRAMEWORK"] = "neuronx-distributed-inference"
-    if model.compiled_path:
-        env["NEURON_COMPILED_ARTIFACTS"] = model.compiled_path
+    compiled = slot.pool.compiled_path or model.compiled_path
+    if compiled:
+        env["NEURON_COMPILED_ARTIFACTS"] = compiled
     return env
 
 
@@ -230,8 +231,9 @@ def _legacy_env(model: ModelSpec, slot: Slot, slots: list[Slot]) -> dict[str, st
         "NEURON_RT_ASYNC_SENDRECV_BOOTSTRAP_PORT": str(pool.bootstrap_port),
         "NEURON_RT_ASYNC_SENDRECV_EXPERIMENTAL_ENABLED": "1",
     }
-    if model.compiled_path:
-        env["NEURON_COMPILED_ARTIFACTS"] = model.compiled_path
+    compiled = pool.compiled_path or model.compiled_path
+    if compiled:
+        env["NEURON_COMPILED_ARTIFACTS"] = compiled
     env["NEURON_SEND_IP"] = _peer(slots, pool, "prefill").host.ip
     env["NEURON_RECV_IP"] = _peer(slots, pool, "decode").host.ip
     env["NEURON_RT_ASYNC_EXEC_MAX_INFLIGHT_REQUESTS"] = "2"

@@ -111,6 +111,8 @@ class _PoolBase(_WorkerKnobs):
     batch_size: int = Field(4, ge=1)
     max_model_len: int = Field(8192, ge=1)
     override_neuron_config: NeuronOverride | None = None
+    # Overrides the model's compiled_path (e.g. a DI build for pd, a plain one for replicas).
+    compiled_path: str | None = None
     entrypoint: str | None = None
 
 
