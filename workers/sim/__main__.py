@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .config import config_from_args
 from .server import start_sim

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
+from collections.abc import Sequence
 
 Role = Literal["both", "prefill", "decode"]
 KVProtocol = Literal["nixl", "neuron-legacy"]
@@ -38,7 +39,7 @@ class SimConfig:
             self.kv_peers = _split_peers(self.kv_peers)
 
     @classmethod
-    def from_any(cls, config: "SimConfig | dict[str, Any] | None") -> "SimConfig":
+    def from_any(cls, config: SimConfig | dict[str, Any] | None) -> SimConfig:
         if config is None:
             return cls()
         if isinstance(config, SimConfig):

@@ -92,7 +92,7 @@ class KVEntry:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "KVEntry":
+    def from_json(cls, d: dict[str, Any]) -> KVEntry:
         return cls(
             key=str(d["request_id"]),
             engine_id=str(d["engine_id"]),
@@ -106,7 +106,7 @@ class KVEntry:
 class KVStore:
     """KV held by a prefill worker until a decode takes it (once) or it expires."""
 
-    def __init__(self, hold_s: float, stats: "SimStats") -> None:
+    def __init__(self, hold_s: float, stats: SimStats) -> None:
         self._hold_s = hold_s
         self._stats = stats
         self._entries: dict[str, tuple[KVEntry, asyncio.TimerHandle]] = {}

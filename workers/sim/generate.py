@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from .api import GenRequest, SseFormat, full_response
 from .engine import VOCAB, VOCAB_JSON, choice_seed, token_id
@@ -109,7 +110,7 @@ class TokenStream:
 
 async def respond_full(conn: HttpConnection, g: GenRequest, choices: Choices, itl_s: float,
                        fail_after: int | None, headers: list[tuple[str, str]],
-                       kv_params: dict | None, on_end: Outcome) -> None:
+                       kv_params: dict[str, Any] | None, on_end: Outcome) -> None:
     """Non-streaming: wait for the decode time of the remaining tokens, then send one body."""
     tokens = g.max_tokens
     if fail_after is not None and fail_after < tokens:

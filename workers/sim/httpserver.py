@@ -12,7 +12,8 @@ import asyncio
 import json
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, cast
+from typing import Any, Protocol, cast
+from collections.abc import Callable
 
 import httptools
 
@@ -35,7 +36,7 @@ class Request:
 
 
 class Handler(Protocol):
-    def handle(self, conn: "HttpConnection", req: Request) -> None: ...
+    def handle(self, conn: HttpConnection, req: Request) -> None: ...
 
 
 def status_line(status: int) -> bytes:
@@ -47,7 +48,7 @@ def chunk(data: bytes) -> bytes:
 
 
 class HttpConnection(asyncio.Protocol):
-    def __init__(self, handler: Handler, connections: set["HttpConnection"]) -> None:
+    def __init__(self, handler: Handler, connections: set[HttpConnection]) -> None:
         self._handler = handler
         self._connections = connections
         self._transport: asyncio.Transport | None = None

@@ -19,7 +19,7 @@ def models_body(cfg: SimConfig) -> dict[str, Any]:
     }]}
 
 
-def stats_body(server: "SimServer") -> dict[str, Any]:
+def stats_body(server: SimServer) -> dict[str, Any]:
     body = server.stats.to_json()
     body["kv_held"] = len(server.kv_by_id) + len(server.kv_by_request)
     body["engine_id"] = server.config.engine_id

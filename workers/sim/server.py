@@ -60,7 +60,7 @@ class SimServer:
         self._next_block = 0
 
     # -- lifecycle ---------------------------------------------------------
-    async def start(self) -> "SimServer":
+    async def start(self) -> SimServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: HttpConnection(self, self._conns), self.config.host, self.config.port,
@@ -98,7 +98,11 @@ class SimServer:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        conn.on_lost = task.cancel
+
+        def cancel() -> None:
+            task.cancel()
+
+        conn.on_lost = cancel
 
     # -- routing -----------------------------------------------------------
     def handle(self, conn: HttpConnection, req: Request) -> None:
