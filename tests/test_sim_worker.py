@@ -207,8 +207,9 @@ async def test_keep_alive_and_connection_close(sim: StartSim) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
     req = _raw_request("/v1/completions", {"prompt": "a", "max_tokens": 2})
     writer.write(req + req)  # pipelined on one keep-alive connection
-    await asyncio.sleep(0.1)
-    data = await asyncio.wait_for(reader.read(65536), 2)
+    data = b""
+    while data.count(b'"object":"text_completion"') < 2:
+        data += await asyncio.wait_for(reader.read(65536), 2)
     assert data.count(b"HTTP/1.1 200 OK") == 2
     writer.write(_raw_request("/v1/completions", {"prompt": "a", "max_tokens": 2},
                               "Connection: close\r\n"))

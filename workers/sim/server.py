@@ -74,8 +74,11 @@ class SimServer:
 
     @property
     def url(self) -> str:
-        host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        return f"http://{self._advertised_host()}:{self.port}"
+
+    def _advertised_host(self) -> str:
+        host = self.config.host
+        return "127.0.0.1" if host in ("0.0.0.0", "::", "", "localhost") else host
 
     async def close(self) -> None:
         if self._server is None:
@@ -232,7 +235,7 @@ class SimServer:
         self.kv_by_id.put(entry)
         return {"do_remote_prefill": True, "do_remote_decode": False,
                 "remote_engine_id": self.config.engine_id, "remote_block_ids": entry.block_ids,
-                "remote_host": "127.0.0.1", "remote_port": self.port,
+                "remote_host": self._advertised_host(), "remote_port": self.port,
                 "remote_request_id": entry.key, "tp_size": 1}
 
     async def _nixl_decode(self, g: GenRequest, kv: dict[str, Any]) -> list[str] | None:
