@@ -79,7 +79,8 @@ class Leg:
             await self.router.capacity.wait(remaining)
         except TimeoutError:
             limit = self.router.config.limits.max_inflight_per_worker
-            raise overloaded(f"every {self.role} worker of pool '{self.pool.name}' has {limit} requests in flight") from None
+            busy = f"every {self.role} worker of pool '{self.pool.name}' has {limit} requests in flight"
+            raise overloaded(busy) from None
 
     def _drop(self, ep: Endpoint) -> None:
         ep.release(self.tokens)
@@ -120,6 +121,8 @@ class Leg:
                 w.progress += 1
                 run = framer.feed(data)
                 if run:
+                    if not run.startswith(b"data:"):
+                        raise UpstreamError(f"sent something that is not an SSE data event: {run[:80]!r}")
                     w.stall_s = t.between_chunks_s
                     last = run
                     yield run

@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from starlette.responses import Response
-
-from .errors import error_dict
-from .sse import error_event
 from starlette.types import Receive, Scope, Send
+
+from .errors import UpstreamError, error_dict
+from .sse import error_event
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -86,3 +86,12 @@ class StreamRelay(Response):
                 await aclose()
             for close in self.closers:
                 close()
+
+
+async def guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Relay events; a failure after the first byte ends the stream with an error event."""
+    try:
+        async for run in events:
+            yield run
+    except UpstreamError as err:
+        yield error_event(err.to_dict())

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from starlette.responses import Response
 
-from .errors import UpstreamError
 from .leg import Leg
+from .payload import load_json
 from .pool import Pool
-from .relay import StreamRelay
+from .relay import StreamRelay, guarded
 from .requests import ApiRequest
 from .router import Router
-from .sse import error_event
-
-
-async def guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Relay events; a failure after the first byte ends the stream with an error event."""
-    try:
-        async for run in events:
-            yield run
-    except UpstreamError as err:
-        yield error_event(err.to_dict())
 
 
 async def forward(router: Router, pool: Pool, req: ApiRequest, request_id: str) -> Response | StreamRelay:
@@ -29,6 +17,7 @@ async def forward(router: Router, pool: Pool, req: ApiRequest, request_id: str) 
     await leg.open(req.path, req.raw)
     if not req.stream:
         body = await leg.read()
+        load_json(body, f"worker {leg.ep.url if leg.ep else ''}")  # garbage must not pass as a 200
         return Response(body, leg.status, media_type=leg.content_type, headers={"x-request-id": request_id})
     return StreamRelay(
         guarded(leg.events()),

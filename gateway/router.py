@@ -97,7 +97,8 @@ class Router:
         if ep.ejected_until > now:
             return
         if (ejected + 1) * 100 > cfg.max_ejection_percent * len(group):
-            log.warning("not ejecting %s (%s): would exceed %d%% of its group", ep.url, reason, cfg.max_ejection_percent)
+            log.warning("not ejecting %s (%s): over %d%% of its group would be out", ep.url, reason,
+                        cfg.max_ejection_percent)
             return
         duration = min(cfg.base_ejection_s * 2**ep.ejections, cfg.max_ejection_s)
         ep.ejections += 1

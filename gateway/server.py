@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 
 import uvicorn
@@ -36,6 +37,13 @@ class RunningGateway:
         await self.task
 
 
+def _on_signal(server: uvicorn.Server) -> None:
+    """First signal: drain (stop accepting, let streams finish); second: stop now."""
+    if server.should_exit:
+        server.force_exit = True
+    server.should_exit = True
+
+
 def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -58,8 +66,13 @@ async def start_gateway(config: GatewayConfig, install_signal_handlers: bool = F
             timeout_graceful_shutdown=config.drain_s,
         )
     )
-    if not install_signal_handlers:
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    # uvicorn re-raises the signal after its shutdown, which makes the exit status 143;
+    # a drained gateway should exit 0, so signals are handled here instead.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    if install_signal_handlers:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, server)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():

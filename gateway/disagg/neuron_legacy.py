@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Coroutine
 from starlette.responses import Response
 
 from ..leg import Leg
+from ..payload import dumps, load_json
 from ..pool import Pool
-from ..relay import StreamRelay
-from ..replicas import guarded
+from ..relay import StreamRelay, guarded
 from ..requests import ApiRequest
 from ..router import Router
 from ..sse import DONE, event_data, split_events
-from .common import dumps, load_json, merge_usage, prefill_body
+from .common import merge_usage, prefill_body
 
 
 async def _together(first: Coroutine, second: Coroutine) -> tuple:

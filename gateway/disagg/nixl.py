@@ -13,13 +13,13 @@ from starlette.responses import Response
 
 from ..errors import UpstreamError
 from ..leg import Leg
+from ..payload import dumps, load_json
 from ..pool import Pool
-from ..relay import StreamRelay
-from ..replicas import guarded
+from ..relay import StreamRelay, guarded
 from ..requests import ApiRequest
 from ..router import Router
 from ..sse import split_events
-from .common import dumps, load_json, merge_usage, prefill_body
+from .common import merge_usage, prefill_body
 
 
 async def prefill(router: Router, pool: Pool, req: ApiRequest, request_id: str) -> dict:
