@@ -294,7 +294,7 @@ def test_inherited_range_too_small() -> None:
 
 _ONE_HOST = """
 host: {accelerator: trainium2}
-models: [{name: m, path: /m}]
+models: [{name: m, path: /m}, {name: m2, path: /m}]
 pools:
 """
 
@@ -303,7 +303,7 @@ pools:
     "pools, message",
     [
         ("- {name: a, model: m, kind: replicas, tp: 32, cores: ['0-31']}\n"
-         "- {name: b, model: m, kind: replicas, tp: 32, base_port: 9000, cores: ['16-47']}",
+         "- {name: b, model: m2, kind: replicas, tp: 32, base_port: 9000, cores: ['16-47']}",
          r"core range 16-47 overlaps the cores of a-replica-0 .* disjoint range"),
         ("- {name: a, model: m, kind: replicas, tp: 24}",
          r"pools\[0\]: tp 24 does not divide the 64 logical NeuronCores .* use one of \[1, 2, 4, 8, 16, 32, 64\]"),
@@ -311,7 +311,7 @@ pools:
          r"tp 128 needs more logical NeuronCores than host 'local' has \(64, lnc=2\); lower tp to at most 64"),
         ("- {name: a, model: m, kind: replicas, tp: 32, replicas: 3}",
          r"has 64 logical NeuronCores but its workers need 96 .* lower replicas/count or tp"),
-        ("- {name: a, model: m, kind: replicas, tp: 16}\n- {name: b, model: m, kind: replicas, tp: 16}",
+        ("- {name: a, model: m, kind: replicas, tp: 16}\n- {name: b, model: m2, kind: replicas, tp: 16}",
          r"port 8000 on host 'local' is used by both worker a-replica-0 \(pools\[0\].base_port\) and worker b-replica-0"),
         ("- {name: a, model: m, kind: replicas, tp: 16, base_port: 8080}",
          r"port 8080 .* the gateway \(gateway.port\) and worker a-replica-0"),
@@ -320,7 +320,7 @@ pools:
         ("- {name: a, model: m, kind: pd, connector: nixl, prefill: {count: 0, base_port: 1}, decode: {base_port: 2}}",
          r"needs at least one prefill worker; set prefill.count to 1 or more"),
         ("- {name: a, model: llama, kind: replicas}",
-         r"unknown model 'llama'; add it under 'models' or use one of \['m'\]"),
+         r"unknown model 'llama'; add it under 'models' or use one of \['m', 'm2'\]"),
         ("- {name: a, model: m, kind: replicas, host: nope}",
          r"pools\[0\].hosts: unknown host 'nope'; known hosts: \['local'\]"),
         ("- {name: a, model: m, kind: pd, connector: neuron-legacy, prefill: {count: 2, base_port: 1}, decode: {base_port: 2}}",
@@ -330,7 +330,7 @@ pools:
         ("- {name: a, model: m, kind: replicas, env: {NEURON_RT_VISIBLE_CORES: '0-3'}}",
          r"do not set NEURON_RT_VISIBLE_CORES by hand; use 'cores'"),
         ("- {name: a, model: m, kind: pd, connector: neuron-legacy, tp: 16, prefill: {base_port: 1},"
-         " decode: {base_port: 2}}\n- {name: b, model: m, kind: replicas, tp: 1, base_port: 45645}",
+         " decode: {base_port: 2}}\n- {name: b, model: m2, kind: replicas, tp: 1, base_port: 45645}",
          r"port 45645 .* KV bootstrap of pool a \(pools\[0\].bootstrap_port\) and worker b-replica-0"),
     ],
     ids=["overlap", "tp-not-divisor", "tp-too-big", "too-many-cores", "dup-port", "gateway-port",

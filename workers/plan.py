@@ -72,6 +72,7 @@ def plan(topology: Topology, env: Mapping[str, str] | None = None) -> Plan:
                 f"pools[{i}] ({pool.name}): unknown model {pool.model!r}; "
                 f"add it under 'models' or use one of {sorted(models)}"
             )
+        _check_model_unshared(topology, i)
         slots += _pool_slots(pool, i, hosts, topology.all_hosts[0])
     for host in topology.all_hosts:
         _allocate_cores(host, [s for s in slots if s.host is host], env)
@@ -86,6 +87,18 @@ def plan(topology: Topology, env: Mapping[str, str] | None = None) -> Plan:
         for p in topology.pools
     ]
     return Plan(workers, routes, topology.gateway.host, topology.gateway.port)
+
+
+def _check_model_unshared(topology: Topology, index: int) -> None:
+    pool = topology.pools[index]
+    first = next(p for p in topology.pools if p.model == pool.model)
+    if first is not pool:
+        raise PlanError(
+            f"pools[{index}] ({pool.name}): model {pool.model!r} is already served by pool "
+            f"{first.name!r}, and the gateway routes a model to the first pool serving it, so "
+            f"{pool.name!r} would get no traffic; add a separate models entry (same path, "
+            "another name) for it"
+        )
 
 
 # --- placement -----------------------------------------------------------------
@@ -105,8 +118,8 @@ def _pool_slots(
     if pool.connector == "neuron-legacy" and (pool.prefill.count, pool.decode.count) != (1, 1):
         raise PlanError(
             f"pools[{index}] ({pool.name}): connector neuron-legacy (NeuronConnector) "
-            "supports exactly 1 prefill and 1 decode worker; set both counts to 1, "
-            "split into several pd pools, or use connector: nixl"
+            "supports exactly 1 prefill and 1 decode worker; set both counts to 1 "
+            "or use connector: nixl"
         )
     return _role_slots(pool, index, "prefill", pool.prefill, hosts, default_host) + _role_slots(
         pool, index, "decode", pool.decode, hosts, default_host
