@@ -49,14 +49,18 @@ def recorded(tmp: Path) -> tuple[list[str], dict[str, str]]:
     return argv, {k: v for k, v in pairs if k not in _NOT_SERVER_ENV}
 
 
-def run_script(tmp: Path, script: Path, args: list[str], knobs: dict[str, str] | None = None,
-               stubs: tuple[str, ...] = ("python", "python3")):
+def run_script(
+    tmp: Path,
+    script: Path,
+    args: list[str],
+    knobs: dict[str, str] | None = None,
+    stubs: tuple[str, ...] = ("python", "python3"),
+):
     """Run a launch script with stubbed commands; return the (argv, env) it would exec."""
     # deploy_vllm_endpoint.sh backgrounds the server; wait so the stub has written.
     body = script.read_text() + "\nwait\n"
     env = {**stub_bin(tmp, stubs), **(knobs or {})}
-    subprocess.run(["bash", "-c", body, script.name, *args], env=env, cwd=tmp, check=True,
-                   capture_output=True)
+    subprocess.run(["bash", "-c", body, script.name, *args], env=env, cwd=tmp, check=True, capture_output=True)
     return recorded(tmp)
 
 
@@ -99,22 +103,36 @@ def test_dp2_tp32_matches_deploy_vllm_endpoint(tmp_path: Path) -> None:
     workers = plan(topo(DP)).workers
     assert [(w.port, w.cores) for w in workers] == [(8000, "0-31"), (8001, "32-63")]
     for w in workers:  # ./deploy_vllm_endpoint.sh -p 8000 -c 0-31 -t 32 -b 4, then 8001 / 32-63
-        argv, env = run_seed(tmp_path, "deploy_vllm_endpoint.sh", ["-p", str(w.port), "-c", w.cores, "-t", "32", "-b", "4"])
+        args = ["-p", str(w.port), "-c", w.cores, "-t", "32", "-b", "4"]
+        argv, env = run_seed(tmp_path, "deploy_vllm_endpoint.sh", args)
         assert w.argv == argv
         assert w.env == env
     assert list(workers[0].env) == [
-        "NEURON_RT_INSPECT_ENABLE", "NEURON_RT_VIRTUAL_CORE_SIZE", "VLLM_NEURON_FRAMEWORK",
-        "NEURON_COMPILED_ARTIFACTS", "NEURON_RT_VISIBLE_CORES", "VLLM_RPC_TIMEOUT",
+        "NEURON_RT_INSPECT_ENABLE",
+        "NEURON_RT_VIRTUAL_CORE_SIZE",
+        "VLLM_NEURON_FRAMEWORK",
+        "NEURON_COMPILED_ARTIFACTS",
+        "NEURON_RT_VISIBLE_CORES",
+        "VLLM_RPC_TIMEOUT",
     ]  # the script's own order
 
 
 def test_dp_gateway_config() -> None:
-    t = topo(DP.replace("name: /ubuntu/model_hf/Llama-3.3-70B-Instruct/", "name: llama").replace(
-        "model: /ubuntu/model_hf/Llama-3.3-70B-Instruct/", "model: llama"))
+    t = topo(
+        DP.replace("name: /ubuntu/model_hf/Llama-3.3-70B-Instruct/", "name: llama").replace(
+            "model: /ubuntu/model_hf/Llama-3.3-70B-Instruct/", "model: llama"
+        )
+    )
     assert plan(t).gateway_config() == {
         "listen": {"host": "127.0.0.1", "port": 8080},
-        "pools": [{"name": "dp", "kind": "replicas", "models": ["llama"],
-                   "workers": ["http://127.0.0.1:8000", "http://127.0.0.1:8001"]}],
+        "pools": [
+            {
+                "name": "dp",
+                "kind": "replicas",
+                "models": ["llama"],
+                "workers": ["http://127.0.0.1:8000", "http://127.0.0.1:8001"],
+            }
+        ],
     }
     assert "--served-model-name" in plan(t).workers[0].argv  # name differs from path
 
@@ -135,18 +153,37 @@ pools:
     decode: {base_port: 8200, host: D}
     kv_buffer_size: 2e11
 """
-SINGLE = DI.replace("HOSTS", "[{name: trn2, ip: 127.0.0.1}]").replace("TP", "32").replace(
-    "host: P", "host: trn2").replace("host: D", "host: trn2")
-MULTI = DI.replace("HOSTS", "[{name: p, ip: 10.0.0.10}, {name: d, ip: 10.0.0.11}]").replace(
-    "TP", "64").replace("host: P", "host: p").replace("host: D", "host: d")
+SINGLE = (
+    DI.replace("HOSTS", "[{name: trn2, ip: 127.0.0.1}]")
+    .replace("TP", "32")
+    .replace("host: P", "host: trn2")
+    .replace("host: D", "host: trn2")
+)
+MULTI = (
+    DI.replace("HOSTS", "[{name: p, ip: 10.0.0.10}, {name: d, ip: 10.0.0.11}]")
+    .replace("TP", "64")
+    .replace("host: P", "host: p")
+    .replace("host: D", "host: d")
+)
 
 
 def _server_sh(tmp: Path, tp: int, send_ip: str, recv_ip: str, knobs: dict[str, str]):
     # The tutorial's invocations pass --neuron-send-ip/--neuron-recv-ip, which its
     # server.sh rejects ("Unknown parameter"); it parses --send-ip/--recv-ip.
-    args = ["--tp-degree", str(tp), "--batch-size", "4", "--model-path", "/m/llama",
-            "--compiled-model-path", f"di_traced_model_tp{tp}_b4/",
-            "--send-ip", send_ip, "--recv-ip", recv_ip]
+    args = [
+        "--tp-degree",
+        str(tp),
+        "--batch-size",
+        "4",
+        "--model-path",
+        "/m/llama",
+        "--compiled-model-path",
+        f"di_traced_model_tp{tp}_b4/",
+        "--send-ip",
+        send_ip,
+        "--recv-ip",
+        recv_ip,
+    ]
     return run_seed(tmp, "server.sh", args, knobs)
 
 
@@ -185,8 +222,14 @@ def test_seed_invocation_flags_are_rejected_by_seed_script(tmp_path: Path) -> No
 
 def test_di_gateway_config() -> None:
     assert plan(topo(MULTI)).gateway_config()["pools"] == [
-        {"name": "pd", "kind": "pd", "models": ["/m/llama"], "protocol": "neuron-legacy",
-         "prefill": ["http://10.0.0.10:8100"], "decode": ["http://10.0.0.11:8200"]},
+        {
+            "name": "pd",
+            "kind": "pd",
+            "models": ["/m/llama"],
+            "protocol": "neuron-legacy",
+            "prefill": ["http://10.0.0.10:8100"],
+            "decode": ["http://10.0.0.11:8200"],
+        },
     ]
 
 
@@ -205,8 +248,7 @@ COMPILE = ROOT / "deploy" / "compile.sh"
 
 
 def _compile(tmp: Path, *args: str):
-    return run_script(tmp, COMPILE, ["--tp-degree", "32", "--batch-size", "4", *args],
-                      stubs=("inference_demo",))
+    return run_script(tmp, COMPILE, ["--tp-degree", "32", "--batch-size", "4", *args], stubs=("inference_demo",))
 
 
 def test_compile_di_matches_tutorial_compile_sh(tmp_path: Path) -> None:
@@ -226,8 +268,15 @@ def test_compile_non_di_drops_seq_ids_mask(tmp_path: Path) -> None:
 
 def test_compile_dp_matches_tutorial_compile_model_sh(tmp_path: Path) -> None:
     seed = run_script(tmp_path, REFERENCE / "compile_model.sh", [], stubs=("inference_demo",))
-    ours = _compile(tmp_path, "--mode", "dp", "--model-path", "/ubuntu/model_hf/Llama-3.3-70B-Instruct/",
-                    "--compiled-model-path", "/ubuntu/traced_model/Llama-3.3-70B-Instruct/")
+    ours = _compile(
+        tmp_path,
+        "--mode",
+        "dp",
+        "--model-path",
+        "/ubuntu/model_hf/Llama-3.3-70B-Instruct/",
+        "--compiled-model-path",
+        "/ubuntu/traced_model/Llama-3.3-70B-Instruct/",
+    )
     assert ours == seed
 
 
@@ -251,8 +300,15 @@ def test_nixl_cpu_workers() -> None:
     assert [w.env["VLLM_NIXL_SIDE_CHANNEL_PORT"] for w in workers] == ["5600", "5601", "5602"]
     assert {w.env["VLLM_NIXL_SIDE_CHANNEL_HOST"] for w in workers} == {"127.0.0.1"}
     argv = workers[0].argv
-    assert argv[:7] == ["python3", "-m", "vllm.entrypoints.openai.api_server", "--model",
-                        ".models/tiny-llama", "--served-model-name", "tiny"]
+    assert argv[:7] == [
+        "python3",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        ".models/tiny-llama",
+        "--served-model-name",
+        "tiny",
+    ]
     assert "--enforce-eager" in argv and argv[-2:] == ["--port", "8100"]
     assert not {"--device", "--use-v2-block-manager", "--override-neuron-config"} & set(argv)
     assert workers[0].cores is None
@@ -297,72 +353,132 @@ host: {accelerator: trainium2}
 models: [{name: m, path: /m}, {name: m2, path: /m}]
 pools:
 """
+_A = "- {name: a, model: m, kind: replicas"  # complete with ", ...}"
+_B = "- {name: b, model: m2, kind: replicas"
+_PD = "- {name: a, model: m, kind: pd, connector: CONN, prefill: {PRE, base_port: 1}, decode: {DEC, base_port: 2}"
+
+
+def _pd(conn: str = "nixl", pre: str = "count: 1", dec: str = "count: 1", more: str = "") -> str:
+    return _PD.replace("CONN", conn).replace("PRE", pre).replace("DEC", dec) + more + "}"
 
 
 @pytest.mark.parametrize(
     "pools, message",
     [
-        ("- {name: a, model: m, kind: replicas, tp: 32, cores: ['0-31']}\n"
-         "- {name: b, model: m2, kind: replicas, tp: 32, base_port: 9000, cores: ['16-47']}",
-         r"core range 16-47 overlaps the cores of a-replica-0 .* disjoint range"),
-        ("- {name: a, model: m, kind: replicas, tp: 24}",
-         r"pools\[0\]: tp 24 does not divide the 64 logical NeuronCores .* use one of \[1, 2, 4, 8, 16, 32, 64\]"),
-        ("- {name: a, model: m, kind: replicas, tp: 128}",
-         r"tp 128 needs more logical NeuronCores than host 'local' has \(64, lnc=2\); lower tp to at most 64"),
-        ("- {name: a, model: m, kind: replicas, tp: 32, replicas: 3}",
-         r"has 64 logical NeuronCores but its workers need 96 .* lower replicas/count or tp"),
-        ("- {name: a, model: m, kind: replicas, tp: 16}\n- {name: b, model: m2, kind: replicas, tp: 16}",
-         r"port 8000 on host 'local' is used by both worker a-replica-0 \(pools\[0\].base_port\) and worker b-replica-0"),
-        ("- {name: a, model: m, kind: replicas, tp: 16, base_port: 8080}",
-         r"port 8080 .* the gateway \(gateway.port\) and worker a-replica-0"),
-        ("- {name: a, model: m, kind: pd, connector: nixl, prefill: {base_port: 1}, decode: {count: 0, base_port: 2}}",
-         r"needs at least one decode worker; set decode.count to 1 or more"),
-        ("- {name: a, model: m, kind: pd, connector: nixl, prefill: {count: 0, base_port: 1}, decode: {base_port: 2}}",
-         r"needs at least one prefill worker; set prefill.count to 1 or more"),
-        ("- {name: a, model: llama, kind: replicas}",
-         r"unknown model 'llama'; add it under 'models' or use one of \['m', 'm2'\]"),
-        ("- {name: a, model: m, kind: replicas, host: nope}",
-         r"pools\[0\].hosts: unknown host 'nope'; known hosts: \['local'\]"),
-        ("- {name: a, model: m, kind: pd, connector: neuron-legacy, prefill: {count: 2, base_port: 1}, decode: {base_port: 2}}",
-         r"supports exactly 1 prefill and 1 decode .* use connector: nixl"),
-        ("- {name: a, model: m, kind: replicas, replicas: 2, cores: ['0']}",
-         r"pools\[0\].cores: 1 core range\(s\) for 2 worker\(s\)"),
-        ("- {name: a, model: m, kind: replicas, env: {NEURON_RT_VISIBLE_CORES: '0-3'}}",
-         r"do not set NEURON_RT_VISIBLE_CORES by hand; use 'cores'"),
-        ("- {name: a, model: m, kind: pd, connector: neuron-legacy, tp: 16, prefill: {base_port: 1},"
-         " decode: {base_port: 2}}\n- {name: b, model: m2, kind: replicas, tp: 1, base_port: 45645}",
-         r"port 45645 .* KV bootstrap of pool a \(pools\[0\].bootstrap_port\) and worker b-replica-0"),
+        pytest.param(
+            f"{_A}, tp: 32, cores: ['0-31']}}\n{_B}, tp: 32, base_port: 9000, cores: ['16-47']}}",
+            r"core range 16-47 overlaps the cores of a-replica-0 .* disjoint range",
+            id="overlap",
+        ),
+        pytest.param(
+            f"{_A}, tp: 24}}",
+            r"pools\[0\]: tp 24 does not divide the 64 logical NeuronCores .* one of \[1, 2, 4, 8, 16, 32, 64\]",
+            id="tp-not-divisor",
+        ),
+        pytest.param(
+            f"{_A}, tp: 128}}",
+            r"tp 128 needs more logical NeuronCores than host 'local' has \(64, lnc=2\); lower tp to at most 64",
+            id="tp-too-big",
+        ),
+        pytest.param(
+            f"{_A}, tp: 32, replicas: 3}}",
+            r"has 64 logical NeuronCores but its workers need 96 .* lower replicas/count or tp",
+            id="too-many-cores",
+        ),
+        pytest.param(
+            f"{_A}, tp: 16}}\n{_B}, tp: 16}}",
+            r"port 8000 on host 'local' is used by both worker a-replica-0 \(pools\[0\].base_port\) and worker b-",
+            id="dup-port",
+        ),
+        pytest.param(
+            f"{_A}, tp: 16, base_port: 8080}}",
+            r"port 8080 .* the gateway \(gateway.port\) and worker a-replica-0",
+            id="gateway-port",
+        ),
+        pytest.param(
+            _pd(dec="count: 0"), r"needs at least one decode worker; set decode.count to 1 or more", id="no-decode"
+        ),
+        pytest.param(
+            _pd(pre="count: 0"), r"needs at least one prefill worker; set prefill.count to 1 or more", id="no-prefill"
+        ),
+        pytest.param(
+            "- {name: a, model: llama, kind: replicas}",
+            r"unknown model 'llama'; add it under 'models' or use one of \['m', 'm2'\]",
+            id="unknown-model",
+        ),
+        pytest.param(
+            f"{_A}, host: nope}}", r"pools\[0\].hosts: unknown host 'nope'; known hosts: \['local'\]", id="unknown-host"
+        ),
+        pytest.param(
+            _pd("neuron-legacy", pre="count: 2"),
+            r"supports exactly 1 prefill and 1 decode .* use connector: nixl",
+            id="legacy-xpyd",
+        ),
+        pytest.param(
+            f"{_A}, replicas: 2, cores: ['0']}}",
+            r"pools\[0\].cores: 1 core range\(s\) for 2 worker\(s\)",
+            id="cores-count",
+        ),
+        pytest.param(
+            f"{_A}, env: {{NEURON_RT_VISIBLE_CORES: '0-3'}}}}",
+            r"do not set NEURON_RT_VISIBLE_CORES by hand; use 'cores'",
+            id="hand-visible-cores",
+        ),
+        pytest.param(
+            _pd("neuron-legacy", more=", tp: 16") + f"\n{_B}, tp: 1, base_port: 45645}}",
+            r"port 45645 .* KV bootstrap of pool a \(pools\[0\].bootstrap_port\) and worker b-replica-0",
+            id="bootstrap-port",
+        ),
+        pytest.param(
+            f"{_A}, tp: 16}}\n- {{name: b, model: m, kind: replicas, tp: 16, base_port: 9000}}",
+            r"pools\[1\] \(b\): model 'm' is already served by pool 'a'",
+            id="shared-model",
+        ),
     ],
-    ids=["overlap", "tp-not-divisor", "tp-too-big", "too-many-cores", "dup-port", "gateway-port",
-         "no-decode", "no-prefill", "unknown-model", "unknown-host", "legacy-xpyd", "cores-count",
-         "hand-visible-cores", "bootstrap-port"],
 )
 def test_impossible_plans(pools: str, message: str) -> None:
-    text = _ONE_HOST + textwrap.indent(pools, "  ")
     with pytest.raises(PlanError, match=message):
-        plan(topo(text))
+        plan(topo(_ONE_HOST + textwrap.indent(pools, "  ")))
 
 
 def test_cpu_rejects_neuron_only_settings() -> None:
-    cpu = "host: {accelerator: cpu}\nmodels: [{name: m, path: /m}]\npools:\n"
+    cpu = _ONE_HOST.replace("trainium2", "cpu")
     with pytest.raises(PlanError, match="connector neuron-legacy needs trainium .* use connector: nixl"):
-        plan(topo(cpu + "  - {name: a, model: m, kind: pd, connector: neuron-legacy, prefill: {base_port: 1}, decode: {base_port: 2}}"))
+        plan(topo(cpu + textwrap.indent(_pd("neuron-legacy"), "  ")))
     with pytest.raises(PlanError, match=r"pools\[0\].override_neuron_config: only applies to trainium"):
-        plan(topo(cpu + "  - {name: a, model: m, kind: replicas, override_neuron_config: {}}"))
+        plan(topo(cpu + f"  {_A}, override_neuron_config: {{}}}}"))
+
+
+_REST = "\nmodels: [{name: m, path: /m}]\npools: [{name: a, model: m, kind: replicas}]"
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
-        (_ONE_HOST + "  - {name: a, model: m, kind: replicas, tp: 0}", r"pools\[0\]\.tp: Input should be greater than or equal to 1"),
-        (_ONE_HOST + "  - {name: a, model: m, kind: replicas, replica: 2}", r"pools\[0\]\.replica: Extra inputs are not permitted"),
-        (_ONE_HOST + "  - {name: a, model: m, kind: pd, connector: nixl, prefill: {}, decode: {base_port: 1}}", r"pools\[0\]\.prefill\.base_port: Field required"),
-        (_ONE_HOST + "  - {name: a, model: m, kind: pd, connector: mooncake}", r"pools\[0\]\.connector: Input should be 'neuron-legacy' or 'nixl'"),
-        ("host: {accelerator: tpu}\nmodels: [{name: m, path: /m}]\npools: [{name: a, model: m, kind: replicas}]", r"host\.accelerator: Input should be"),
-        ("hosts: []\nmodels: [{name: m, path: /m}]\npools: [{name: a, model: m, kind: replicas}]", r"needs at least one host"),
-        ("host: {accelerator: trainium1, lnc: 2}\nmodels: [{name: m, path: /m}]\npools: [{name: a, model: m, kind: replicas}]", r"host: .*lnc: only trainium2 supports lnc=2"),
+        pytest.param(
+            f"{_ONE_HOST}  {_A}, tp: 0}}", r"pools\[0\]\.tp: Input should be greater than or equal to 1", id="tp-zero"
+        ),
+        pytest.param(
+            f"{_ONE_HOST}  {_A}, replica: 2}}", r"pools\[0\]\.replica: Extra inputs are not permitted", id="unknown-key"
+        ),
+        pytest.param(
+            _ONE_HOST + "  " + _pd(pre="count: 1").replace(", base_port: 1", ""),
+            r"pools\[0\]\.prefill\.base_port: Field required",
+            id="missing-port",
+        ),
+        pytest.param(
+            _ONE_HOST + "  " + _pd("mooncake"),
+            r"pools\[0\]\.connector: Input should be 'neuron-legacy' or 'nixl'",
+            id="bad-connector",
+        ),
+        pytest.param("host: {accelerator: tpu}" + _REST, r"host\.accelerator: Input should be", id="bad-accelerator"),
+        pytest.param("hosts: []" + _REST, r"needs at least one host", id="no-hosts"),
+        pytest.param(
+            "host: {accelerator: trainium1, lnc: 2}" + _REST,
+            r"host: .*lnc: only trainium2 supports lnc=2",
+            id="trn1-lnc2",
+        ),
     ],
-    ids=["tp-zero", "unknown-key", "missing-port", "bad-connector", "bad-accelerator", "no-hosts", "trn1-lnc2"],
 )
 def test_malformed_topologies_name_the_field(text: str, message: str) -> None:
     with pytest.raises(TopologyError, match=message):
@@ -374,7 +490,12 @@ def test_malformed_topologies_name_the_field(text: str, message: str) -> None:
 
 def test_every_example_topology_plans() -> None:
     assert {p.name for p in TOPOLOGIES} >= {
-        "dp2-tp32.yaml", "di-1p1d-single.yaml", "di-1p1d-multi.yaml", "nixl-1p1d-cpu.yaml", "sim-1p1d-2dp.yaml"}
+        "dp2-tp32.yaml",
+        "di-1p1d-single.yaml",
+        "di-1p1d-multi.yaml",
+        "nixl-1p1d-cpu.yaml",
+        "sim-1p1d-2dp.yaml",
+    }
     config = pytest.importorskip("gateway.config")
     for path in TOPOLOGIES:
         result = plan(load_topology(path))
@@ -393,6 +514,48 @@ def test_shell_scripts_parse_and_reproduce_the_plan(tmp_path: Path, path: Path) 
         script.write_text(shell_script(w))
         subprocess.run(["bash", "-n", str(script)], check=True)
         assert run_script(tmp_path, script, []) == (w.argv, w.env)
+
+
+K8S = ROOT / "deploy" / "k8s"
+
+
+def test_k8s_manifests_match_their_topology() -> None:
+    result = plan(load_topology(K8S / "topology.yaml"))
+    assert yaml.safe_load((K8S / "gateway.yaml").read_text()) == result.gateway_config()
+    pods: dict[str, dict] = {}
+    for manifest in K8S.glob("*-workers.yaml"):
+        for sts in yaml.safe_load_all(manifest.read_text()):
+            for i in range(sts["spec"]["replicas"]):  # StatefulSet pod names: <name>-<ordinal>
+                pods[f"{sts['metadata']['name']}-{i}"] = sts
+    assert sorted(pods) == sorted(w.name for w in result.workers)
+    for w in result.workers:
+        sts = pods[w.name]
+        container = sts["spec"]["template"]["spec"]["containers"][0]
+        assert sts["spec"]["serviceName"] == w.pool
+        assert container["ports"][0]["containerPort"] == w.port
+        devices = container["resources"]["limits"]["aws.amazon.com/neuron"]
+        assert devices * 4 == int(w.argv[w.argv.index("--tensor-parallel-size") + 1])  # 4 cores/device at LNC=2
+
+
+def test_k8s_decode_pod_follows_device_plugin_cores() -> None:
+    t = load_topology(K8S / "topology.yaml")
+    decode = plan(t, {"NEURON_RT_VISIBLE_CORES": "32-63"}).worker("pd-decode-0")
+    assert decode.env["NEURON_RT_VISIBLE_CORES"] == "32-63"
+    assert split_kv(decode.argv)[1]["neuron_core_offset"] == 32
+
+
+def test_ports_count_per_host() -> None:
+    t = topo("""
+        hosts: [{name: a, ip: 10.0.0.1}, {name: b, ip: 10.0.0.2}]
+        models: [{name: m, path: /m}]
+        pools: [{name: dp, model: m, kind: replicas, replicas: 4, tp: 32, hosts: [a, b]}]
+    """)
+    assert [w.url for w in plan(t).workers] == [
+        "http://10.0.0.1:8000",
+        "http://10.0.0.2:8000",
+        "http://10.0.0.1:8001",
+        "http://10.0.0.2:8001",
+    ]
 
 
 def _cli(args: list[str]) -> int:

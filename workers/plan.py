@@ -7,8 +7,9 @@ inference: server.sh). tests/test_plan.py holds those as golden cases.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from workers.plan_cores import CoreRequest, allocate
 from workers.plan_launch import Slot, WorkerSpec, build_worker
@@ -79,12 +80,9 @@ def plan(topology: Topology, env: Mapping[str, str] | None = None) -> Plan:
     _assign_side_channels(slots)
     gateway_host = _gateway_host(topology, hosts)
     _check_ports(topology, slots, gateway_host)
-    workers = [
-        build_worker(topology.python, topology.env, models[s.pool.model], s, slots) for s in slots
-    ]
+    workers = [build_worker(topology.python, topology.env, models[s.pool.model], s, slots) for s in slots]
     routes = [
-        PoolRoute(p.name, p.kind, p.model, p.connector if isinstance(p, PDPool) else None)
-        for p in topology.pools
+        PoolRoute(p.name, p.kind, p.model, p.connector if isinstance(p, PDPool) else None) for p in topology.pools
     ]
     return Plan(workers, routes, topology.gateway.host, topology.gateway.port)
 
@@ -104,9 +102,7 @@ def _check_model_unshared(topology: Topology, index: int) -> None:
 # --- placement -----------------------------------------------------------------
 
 
-def _pool_slots(
-    pool: Pool, index: int, hosts: Mapping[str, HostSpec], default_host: HostSpec
-) -> list[Slot]:
+def _pool_slots(pool: Pool, index: int, hosts: Mapping[str, HostSpec], default_host: HostSpec) -> list[Slot]:
     if isinstance(pool, ReplicasPool):
         return _role_slots(pool, index, "replica", None, hosts, default_host)
     for role in ("prefill", "decode"):
@@ -144,9 +140,7 @@ def _role_slots(
         if name not in hosts:
             raise PlanError(f"{where}.hosts: unknown host {name!r}; known hosts: {sorted(hosts)}")
     if cores is not None and len(cores) != count:
-        raise PlanError(
-            f"{where}.cores: {len(cores)} core range(s) for {count} worker(s); give one per worker"
-        )
+        raise PlanError(f"{where}.cores: {len(cores)} core range(s) for {count} worker(s); give one per worker")
     placed = [hosts[host_names[i % len(host_names)]] for i in range(count)]
     # Ports count up per host: one host gets 8000, 8001; one worker per host keeps 8000.
     return [
@@ -169,7 +163,7 @@ def _allocate_cores(host: HostSpec, slots: list[Slot], env: Mapping[str, str]) -
     if not host.tracks_cores:
         return
     requests = [CoreRequest(s.name, s.field, s.tp, s.explicit_cores) for s in slots]
-    for slot, block in zip(slots, allocate(host, requests, env)):
+    for slot, block in zip(slots, allocate(host, requests, env), strict=True):
         slot.cores = block
 
 
@@ -199,8 +193,7 @@ def _check_ports(topology: Topology, slots: list[Slot], gateway_host: HostSpec) 
         key = (host.name, port)
         if key in owners and owners[key] != owner:
             raise PlanError(
-                f"port {port} on host {host.name!r} is used by both {owners[key]} and {owner}; "
-                "change one of them"
+                f"port {port} on host {host.name!r} is used by both {owners[key]} and {owner}; change one of them"
             )
         owners[key] = owner
 

@@ -1,9 +1,9 @@
 """`pd-gateway plan`: show or write the launch plan of a topology.
 
-    pd-gateway plan deploy/topologies/dp2-tp32.yaml                 # table
-    pd-gateway plan TOPOLOGY --emit shell --out run/                # one script per worker + gateway.yaml
-    pd-gateway plan TOPOLOGY --emit gateway-config > gateway.yaml
-    pd-gateway plan TOPOLOGY --emit json
+pd-gateway plan deploy/topologies/dp2-tp32.yaml                 # table
+pd-gateway plan TOPOLOGY --emit shell --out run/                # one script per worker + gateway.yaml
+pd-gateway plan TOPOLOGY --emit gateway-config > gateway.yaml
+pd-gateway plan TOPOLOGY --emit json
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -85,12 +86,9 @@ def gateway_yaml(result: Plan) -> str:
 
 def table(result: Plan) -> str:
     header = ("WORKER", "POOL", "ROLE", "HOST", "PORT", "CORES", "URL")
-    rows = [header] + [
-        (w.name, w.pool, w.role, w.host, str(w.port), w.cores or "-", w.url)
-        for w in result.workers
-    ]
+    rows = [header] + [(w.name, w.pool, w.role, w.host, str(w.port), w.cores or "-", w.url) for w in result.workers]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(n) for c, n in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(n) for c, n in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.append(f"\ngateway listens on {result.listen_host}:{result.listen_port}")
     return "\n".join(lines) + "\n"
 

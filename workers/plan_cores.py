@@ -4,8 +4,8 @@ NeuronCores (or GPUs), inside the range the environment already granted, if any.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from workers.topology import HostSpec, PlanError
 
@@ -47,9 +47,7 @@ def visible_var(host: HostSpec) -> str:
     return "CUDA_VISIBLE_DEVICES" if host.accelerator == "gpu" else "NEURON_RT_VISIBLE_CORES"
 
 
-def allocate(
-    host: HostSpec, requests: list[CoreRequest], env: Mapping[str, str]
-) -> list[list[int] | None]:
+def allocate(host: HostSpec, requests: list[CoreRequest], env: Mapping[str, str]) -> list[list[int] | None]:
     """Cores per request, in order; None means "the whole host, do not pin".
 
     Explicit ranges are reserved first, then the rest go first-fit in order, so
@@ -95,9 +93,7 @@ def _available(host: HostSpec, env: Mapping[str, str]) -> tuple[list[int], bool]
     return cores, True
 
 
-def _check_sizes(
-    host: HostSpec, requests: list[CoreRequest], available: list[int], inherited: bool
-) -> None:
+def _check_sizes(host: HostSpec, requests: list[CoreRequest], available: list[int], inherited: bool) -> None:
     n, total = len(available), host.cores or len(available)
     unit = "GPUs" if host.accelerator == "gpu" else "logical NeuronCores"
     source = f" (restricted by {visible_var(host)})" if inherited else ""
@@ -110,8 +106,7 @@ def _check_sizes(
         if total % r.tp:  # the host's size, not the granted range: blocks stay aligned
             divisors = [d for d in range(1, total + 1) if total % d == 0]
             raise PlanError(
-                f"{r.field}: tp {r.tp} does not divide the {total} {unit} of host "
-                f"{host.name!r}; use one of {divisors}"
+                f"{r.field}: tp {r.tp} does not divide the {total} {unit} of host {host.name!r}; use one of {divisors}"
             )
     need = sum(r.tp for r in requests)
     if need > n:
@@ -122,9 +117,7 @@ def _check_sizes(
         )
 
 
-def _reserve(
-    host: HostSpec, req: CoreRequest, available: set[int], taken: dict[int, str]
-) -> list[int]:
+def _reserve(host: HostSpec, req: CoreRequest, available: set[int], taken: dict[int, str]) -> list[int]:
     assert req.explicit is not None
     where = f"{req.field}.cores ({req.name})"
     try:
@@ -149,9 +142,7 @@ def _reserve(
     return cores
 
 
-def _first_fit(
-    host: HostSpec, req: CoreRequest, available: list[int], taken: dict[int, str]
-) -> list[int]:
+def _first_fit(host: HostSpec, req: CoreRequest, available: list[int], taken: dict[int, str]) -> list[int]:
     for start in range(len(available) - req.tp + 1):
         block = available[start : start + req.tp]
         if block[-1] - block[0] == req.tp - 1 and not any(c in taken for c in block):

@@ -131,9 +131,7 @@ def _vllm_argv(python: str, model: ModelSpec, slot: Slot, kv: str | None) -> lis
     return argv + _extra_args(slot) + ["--port", str(slot.port)]
 
 
-def _sim_argv(
-    python: str, model: ModelSpec, slot: Slot, slots: list[Slot], cores: str | None
-) -> list[str]:
+def _sim_argv(python: str, model: ModelSpec, slot: Slot, slots: list[Slot], cores: str | None) -> list[str]:
     """Flags of the simulated engine (workers/sim/config.py)."""
     pool = slot.pool
     argv = [python, "-m", pool.entrypoint or SIM_ENTRYPOINT, "--host", slot.host.ip]

@@ -8,7 +8,7 @@ the planner's job (workers/plan.py), which raises PlanError.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -82,7 +82,7 @@ class GatewaySpec(_Strict):
 
 
 # JSON for --override-neuron-config: a mapping (serialised) or a literal string.
-NeuronOverride = Union[dict[str, Any], str]
+NeuronOverride = dict[str, Any] | str
 
 
 class _WorkerKnobs(_Strict):
@@ -148,7 +148,7 @@ class PDPool(_PoolBase):
         return self
 
 
-Pool = Annotated[Union[ReplicasPool, PDPool], Field(discriminator="kind")]
+Pool = Annotated[ReplicasPool | PDPool, Field(discriminator="kind")]
 
 
 class Topology(_Strict):
