@@ -10,6 +10,7 @@ import aiohttp
 
 from .errors import UpstreamError, UpstreamStatus
 from .limits import overloaded
+from .payload import load_json
 from .pool import Endpoint, Pool, Role
 from .router import Router, Saturated
 from .sse import DONE, EventFramer
@@ -96,18 +97,19 @@ class Leg:
         assert self.resp is not None
         return self.resp.headers.get("content-type", "application/json")
 
-    async def read(self) -> bytes:
-        """The whole (non-streaming) body; releases the endpoint."""
+    async def read(self) -> tuple[bytes, dict]:
+        """The whole (non-streaming) JSON body, raw and parsed; releases the endpoint."""
         assert self.resp is not None
         try:
-            body = await self.router.upstream.read(self.resp)
+            raw = await self.router.upstream.read(self.resp)
+            answer = load_json(raw, f"{self.role} worker {self._where}")
         except UpstreamError as err:
             self._failed(err.message)
             raise
         finally:
             self.release()
         self._succeeded()
-        return body
+        return raw, answer
 
     async def events(self) -> AsyncIterator[bytes]:
         """Runs of complete SSE events; any failure, or an end without [DONE], raises UpstreamError."""

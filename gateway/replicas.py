@@ -5,7 +5,6 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from .leg import Leg
-from .payload import load_json
 from .pool import Pool
 from .relay import StreamRelay, guarded
 from .requests import ApiRequest
@@ -16,8 +15,7 @@ async def forward(router: Router, pool: Pool, req: ApiRequest, request_id: str) 
     leg = Leg(router, pool, "replica", request_id)
     await leg.open(req.path, req.raw)
     if not req.stream:
-        body = await leg.read()
-        load_json(body, f"worker {leg.ep.url if leg.ep else ''}")  # garbage must not pass as a 200
+        body, _ = await leg.read()  # read() refuses garbage: it must not pass as a 200
         return Response(body, leg.status, media_type=leg.content_type, headers={"x-request-id": request_id})
     return StreamRelay(
         guarded(leg.events()),

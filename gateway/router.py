@@ -102,6 +102,7 @@ class Router:
             return
         duration = min(cfg.base_ejection_s * 2**ep.ejections, cfg.max_ejection_s)
         ep.ejections += 1
+        ep.errors = 0
         ep.ejected_until = now + duration
         ep.healthy = False
         ep.passes = 0

@@ -51,8 +51,8 @@ async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str) ->
     try:
         await _together(p.open(req.path, dumps(prefill_body(req.body))), d.open(req.path, req.raw))
         if not req.stream:
-            p_raw, d_raw = await _together(p.read(), d.read())
-            return _non_stream(p_raw, d_raw, d, request_id)
+            (_, p_answer), (d_raw, d_answer) = await _together(p.read(), d.read())
+            return _non_stream(p_answer, d_raw, d_answer, d, request_id)
     except BaseException:
         _release(p, d)
         raise
@@ -65,12 +65,11 @@ async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str) ->
     return StreamRelay(guarded(events), request_id, on_disconnect=abort, on_close=lambda: _release(p, d))
 
 
-def _non_stream(p_raw: bytes, d_raw: bytes, d: Leg, request_id: str) -> Response:
+def _non_stream(p_answer: dict, d_raw: bytes, answer: dict, d: Leg, request_id: str) -> Response:
     headers = {"x-request-id": request_id}
-    p_usage = load_json(p_raw, "prefill worker").get("usage")
+    p_usage = p_answer.get("usage")
     if not (p_usage or {}).get("prompt_tokens_details"):
         return Response(d_raw, d.status, media_type=d.content_type, headers=headers)
-    answer = load_json(d_raw, "decode worker")
     answer["usage"] = merge_usage(answer.get("usage"), p_usage)
     return Response(dumps(answer), d.status, media_type="application/json", headers=headers)
 

@@ -29,7 +29,7 @@ async def prefill(router: Router, pool: Pool, req: ApiRequest, request_id: str) 
     body["kv_transfer_params"] = {"do_remote_decode": True}
     leg = Leg(router, pool, "prefill", request_id, tokens=req.prompt_tokens)
     await leg.open(req.path, dumps(body))
-    answer = load_json(await leg.read(), f"prefill worker {leg.ep.url if leg.ep else ''}")
+    _, answer = await leg.read()
     if not isinstance(answer.get("kv_transfer_params"), dict):
         raise UpstreamError("the prefill worker returned no kv_transfer_params; is it a kv_producer?")
     return answer
@@ -43,10 +43,9 @@ async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str) ->
     await leg.open(req.path, dumps(body))
     p_usage = answer.get("usage")
     if not req.stream:
-        raw = await leg.read()
+        raw, result = await leg.read()
         if not (p_usage or {}).get("prompt_tokens_details"):
             return Response(raw, leg.status, media_type=leg.content_type, headers={"x-request-id": request_id})
-        result = load_json(raw, "decode worker")
         result["usage"] = merge_usage(result.get("usage"), p_usage)
         return Response(dumps(result), leg.status, media_type="application/json", headers={"x-request-id": request_id})
     events = leg.events()
