@@ -1,0 +1,105 @@
+"""Faults that need the gateway as its own process: signals and memory."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.conftest import sse_payloads
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _spawn(tmp_path: Path, workers: list[str], **sections: object) -> tuple[asyncio.subprocess.Process, str]:
+    port = _free_port()
+    config = {"listen": {"host": "127.0.0.1", "port": port}, "pools": [{"name": "dp", "workers": workers}]}
+    config.update(sections)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "serve", "--config", str(path), "--log-level", "warning",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as c:
+        for _ in range(200):
+            try:
+                if (await c.get(f"{url}/ready")).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.05)
+    proc.kill()
+    raise AssertionError("gateway did not become ready")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_sigterm_during_50_streams_lets_all_50_complete(sim, tmp_path):
+    a = await sim(itl_ms=20)
+    proc, url = await _spawn(tmp_path, [a.url], drain_s=10)
+    body = {"model": "sim-model", "prompt": "hi", "max_tokens": 40, "stream": True}
+    async with httpx.AsyncClient(timeout=20, limits=httpx.Limits(max_connections=60)) as c:
+        streams = [asyncio.create_task(c.post(f"{url}/v1/completions", json=body)) for _ in range(50)]
+        await asyncio.sleep(0.3)  # all 50 are streaming (40 tokens x 20 ms = 0.8 s each)
+        assert a.stats.in_flight == 50
+        proc.send_signal(signal.SIGTERM)
+        results = await asyncio.gather(*streams)
+    for r in results:
+        payloads = sse_payloads(r.content)
+        assert not any(isinstance(p, dict) and "error" in p for p in payloads)
+        assert sum(1 for p in payloads if isinstance(p, dict)) == 40
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_streams_past_the_drain_deadline_end_with_an_error_event(sim, tmp_path):
+    a = await sim(itl_ms=50)
+    proc, url = await _spawn(tmp_path, [a.url], drain_s=0.5)
+    body = {"model": "sim-model", "prompt": "hi", "max_tokens": 200, "stream": True}
+    async with httpx.AsyncClient(timeout=20) as c:
+        stream = asyncio.create_task(c.post(f"{url}/v1/completions", json=body))
+        await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        payloads = sse_payloads((await stream).content)
+    assert "shutting down" in payloads[-2]["error"]["message"]
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_slow_clients_that_read_nothing_keep_gateway_memory_bounded(sim, tmp_path):
+    # Each stream carries ~20 MB; without backpressure the gateway would hold all of it.
+    a = await sim(itl_ms=0, max_model_len=1_000_000)
+    proc, url = await _spawn(tmp_path, [a.url], limits={"max_tokens": 200_000})
+    before = _rss_kib(proc.pid)
+    port = int(url.rsplit(":", 1)[1])
+    body = b'{"model":"sim-model","prompt":"hi","max_tokens":100000,"stream":true}'
+    request = (b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+               b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    sockets = []
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(request)
+        sockets.append(s)  # and never read
+    await asyncio.sleep(3)
+    grown_mib = (_rss_kib(proc.pid) - before) / 1024
+    for s in sockets:
+        s.close()
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 10)
+    assert a.stats.generation_tokens_total > 50_000, a.stats.generation_tokens_total
+    assert grown_mib < 25, f"gateway grew {grown_mib:.1f} MiB for 5 stalled streams"
