@@ -558,6 +558,18 @@ def test_ports_count_per_host() -> None:
     ]
 
 
+def test_readme_schema_example_plans() -> None:
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    block = readme.split("## Topology schema", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    result = plan(parse_topology(yaml.safe_load(block)))
+    assert [(w.name, w.host, w.cores) for w in result.workers] == [
+        ("dp-replica-0", "dp-host", "0-31"),
+        ("dp-replica-1", "dp-host", "32-63"),
+        ("pd-prefill-0", "prefill-host", None),
+        ("pd-decode-0", "decode-host", None),
+    ]
+
+
 def _cli(args: list[str]) -> int:
     import argparse
 
