@@ -447,6 +447,8 @@ def test_cpu_rejects_neuron_only_settings() -> None:
         plan(topo(cpu + textwrap.indent(_pd("neuron-legacy"), "  ")))
     with pytest.raises(PlanError, match=r"pools\[0\].override_neuron_config: only applies to trainium"):
         plan(topo(cpu + f"  {_A}, override_neuron_config: {{}}}}"))
+    with pytest.raises(PlanError, match=r"pools\[0\].cores: host 'local' \(cpu\) has no cores to pin"):
+        plan(topo(cpu + f"  {_A}, cores: ['0']}}"))
 
 
 _REST = "\nmodels: [{name: m, path: /m}]\npools: [{name: a, model: m, kind: replicas}]"

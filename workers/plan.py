@@ -161,6 +161,12 @@ def _role_slots(
 
 def _allocate_cores(host: HostSpec, slots: list[Slot], env: Mapping[str, str]) -> None:
     if not host.tracks_cores:
+        pinned = next((s for s in slots if s.explicit_cores is not None), None)
+        if pinned is not None:
+            raise PlanError(
+                f"{pinned.field}.cores: host {host.name!r} ({host.accelerator}) has no cores to pin; "
+                "remove 'cores' or give the host a 'cores' count (sim) / use a trainium or gpu host"
+            )
         return
     requests = [CoreRequest(s.name, s.field, s.tp, s.explicit_cores) for s in slots]
     for slot, block in zip(slots, allocate(host, requests, env), strict=True):
