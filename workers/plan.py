@@ -104,7 +104,7 @@ def _check_model_unshared(topology: Topology, index: int) -> None:
 
 def _pool_slots(pool: Pool, index: int, hosts: Mapping[str, HostSpec], default_host: HostSpec) -> list[Slot]:
     if isinstance(pool, ReplicasPool):
-        return _role_slots(pool, index, "replica", None, hosts, default_host)
+        return _role_slots(pool, index, "replica", None, (pool.replicas, pool.base_port), hosts, default_host)
     for role in ("prefill", "decode"):
         if getattr(pool, role).count < 1:
             raise PlanError(
@@ -117,9 +117,11 @@ def _pool_slots(pool: Pool, index: int, hosts: Mapping[str, HostSpec], default_h
             "supports exactly 1 prefill and 1 decode worker; set both counts to 1 "
             "or use connector: nixl"
         )
-    return _role_slots(pool, index, "prefill", pool.prefill, hosts, default_host) + _role_slots(
-        pool, index, "decode", pool.decode, hosts, default_host
-    )
+    return [
+        slot
+        for role, spec in (("prefill", pool.prefill), ("decode", pool.decode))
+        for slot in _role_slots(pool, index, role, spec, (spec.count, spec.base_port), hosts, default_host)
+    ]
 
 
 def _role_slots(
@@ -127,18 +129,20 @@ def _role_slots(
     index: int,
     role: str,
     spec: RoleSpec | None,
+    count_and_port: tuple[int, int],
     hosts: Mapping[str, HostSpec],
     default_host: HostSpec,
 ) -> list[Slot]:
+    count, base_port = count_and_port
     where = f"pools[{index}]" + (f".{role}" if spec else "")
-    count = spec.count if spec else pool.replicas  # type: ignore[union-attr]
-    base_port = spec.base_port if spec else pool.base_port  # type: ignore[union-attr]
     tp = (spec.tp if spec and spec.tp else None) or pool.tp
-    host_names = (spec.hosts if spec else None) or pool.hosts or [default_host.name]
+    role_hosts = spec.hosts if spec else None
+    host_names = role_hosts or pool.hosts or [default_host.name]
     cores = (spec.cores if spec else pool.cores) or None
     for name in host_names:
         if name not in hosts:
-            raise PlanError(f"{where}.hosts: unknown host {name!r}; known hosts: {sorted(hosts)}")
+            field = f"{where}.hosts" if role_hosts else f"pools[{index}].hosts"
+            raise PlanError(f"{field}: unknown host {name!r}; known hosts: {sorted(hosts)}")
     if cores is not None and len(cores) != count:
         raise PlanError(f"{where}.cores: {len(cores)} core range(s) for {count} worker(s); give one per worker")
     placed = [hosts[host_names[i % len(host_names)]] for i in range(count)]
