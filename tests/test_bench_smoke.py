@@ -1,0 +1,56 @@
+"""The relay benchmark runs end to end with tiny numbers and prints its table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_relay_tiny_run(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, "-m", "bench.relay", "--streams", "1,4", "--tokens", "8", "--rounds", "1",
+            "--seq-requests", "4", "--seq-tokens", "8", "--itl-ms", "5", "--pd-streams", "1,4",
+            "--json", str(out)]
+    started = time.monotonic()
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert elapsed < 15, f"the smoke run took {elapsed:.1f}s"
+
+    table = proc.stdout
+    for text in ("SCENARIO", "VIA-DIRECT", "PIPE-DIRECT", "TARGET", "relay 1x8tok", "relay 4x8tok",
+                 "pd 1x8tok", "pd 4x8tok", "TTFT p50 ms", "ITL p50 ms", "gateway CPU-s / 1k chunks",
+                 "(vs client-run P->D)", "errors"):
+        assert text in table, f"{text!r} missing from:\n{table}"
+    error_rows = [line.split() for line in table.splitlines() if line.split()[:1] == ["errors"]]
+    assert len(error_rows) == 4 and all(set(r[1:4]) <= {"0"} for r in error_rows), table
+
+    report = json.loads(out.read_text())
+    assert report["total_errors"] == 0
+    kinds = [(sc["kind"], sc["streams"]) for sc in report["scenarios"]]
+    assert kinds == [("relay", 1), ("relay", 4), ("pd", 1), ("pd", 4)]
+    for sc in report["scenarios"]:
+        phases = ["direct", "via"] + (["pipe"] if sc["kind"] == "relay" else ["client_pd"])
+        for phase in phases:
+            ph = sc[phase]
+            assert ph["errors"] == 0 and ph["ok"] == sc["requests"], (sc["kind"], phase, ph)
+            # 8 content events + [DONE] per request
+            assert ph["chunks"] == 9 * sc["requests"], (sc["kind"], phase, ph["chunks"])
+            assert ph["ttft_p50_ms"] > 0 and ph["itl_p50_ms"] > 0
+        assert sc["gateway_cpu_s_per_1k_chunks"] >= 0
+
+
+def test_bench_subcommand_parses() -> None:
+    from bench.cli import add_bench_parser, run_bench
+
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--quick", "--streams", "1,32", "--skip-pd", "--json", "x.json"])
+    assert args.func is run_bench
+    assert args.quick and args.skip_pd and args.streams == "1,32" and args.json == "x.json"
