@@ -251,3 +251,17 @@ async def test_openai_client_streams_chat_with_one_usage_chunk(sim, gateway):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len(text.split()) == 6
     await oai.close()
+
+
+async def test_client_connections_have_nodelay(sim, gateway, client):
+    """Without TCP_NODELAY a response's second write waits for a delayed ACK (40 ms)."""
+    import socket
+
+    a = await sim()
+    gw = await gateway([{"name": "dp", "workers": [a.url]}])
+    await client.post(f"{gw.url}/v1/completions", json={"model": "sim-model", "prompt": "hi", "max_tokens": 1})
+    conns = list(gw.server.server_state.connections)
+    assert conns
+    for conn in conns:
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
