@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
-from .config import config_from_args
+from .config import SimConfig, config_from_args
+from .cores import CoreClaim, CoreInUse, claim_cores, core_dir
 from .server import start_sim
 
 log = logging.getLogger("workers.sim")
 
 
-async def _serve(argv: Sequence[str] | None) -> None:
-    server = await start_sim(config_from_args(argv))
+def _claim(config: SimConfig) -> CoreClaim | None:
+    """Hold --neuron-cores for the process lifetime, refusing cores a live worker holds."""
+    if config.neuron_cores is None:
+        return None
+    try:
+        return claim_cores(config.neuron_cores, core_dir(os.environ))
+    except (CoreInUse, ValueError) as err:
+        sys.exit(f"workers.sim: {err}")
+
+
+async def _serve(config: SimConfig) -> None:
+    server = await start_sim(config)
     cfg = server.config
     log.info("sim worker %s role=%s kv=%s model=%s on %s", cfg.engine_id, cfg.role,
              cfg.kv_protocol, cfg.model, server.url)
@@ -30,12 +42,16 @@ async def _serve(argv: Sequence[str] | None) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
+    config = config_from_args(argv)
+    claim = _claim(config)  # before binding the port: vLLM, too, takes the cores first
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_serve(argv))
+        asyncio.run(_serve(config))
     else:
-        uvloop.run(_serve(argv))
+        uvloop.run(_serve(config))
+    if claim is not None:
+        claim.release()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ class SimConfig:
     kv_hold_s: float = 30.0
     kv_wait_s: float = 10.0
     fail_after_tokens: int | None = None
-    neuron_cores: str | None = None  # recorded only
+    neuron_cores: str | None = None  # claimed exclusively by the CLI (cores.py)
     engine_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def __post_init__(self) -> None:
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a legacy decode waits for KV")
     p.add_argument("--fail-after-tokens", type=int, default=None,
                    help="abort the connection after N token chunks (fault injection)")
-    p.add_argument("--neuron-cores", default=None, help="recorded only, e.g. 0-15")
+    p.add_argument("--neuron-cores", default=None, help="cores to claim exclusively, e.g. 0-15 "
+                   "(lock files under $PD_SIM_CORE_DIR, default /tmp/pd-sim-cores)")
     p.add_argument("--engine-id", default=None, help="KV engine id (default: random uuid)")
     return p
 
