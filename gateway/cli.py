@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
 
     add_plan_parser(sub)
     commands["plan"] = run_plan
+    from workers.up_cli import add_up_parser, run_up
+
+    add_up_parser(sub)
+    commands["up"] = run_up
     try:
         from bench.cli import add_bench_parser, run_bench
     except ImportError:  # bench/ is not shipped in the wheel, only in the repo
