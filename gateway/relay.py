@@ -43,7 +43,12 @@ class ClientWatch:
 
 
 class StreamRelay(Response):
-    """An ASGI response that sends each run of SSE events as soon as it exists."""
+    """An ASGI response that sends each run of SSE events as soon as it exists.
+
+    The status line waits for the first event, so a worker that fails before producing
+    anything still gets the client a real error status; later failures end the stream
+    with an error event and [DONE].
+    """
 
     status_code = 200
     background = None
@@ -56,6 +61,7 @@ class StreamRelay(Response):
         on_close: Callable[[], None],
     ) -> None:
         self.events = events
+        self.request_id = request_id
         self.raw_headers = [*SSE_HEADERS, (b"x-request-id", request_id.encode())]
         self.on_disconnect = on_disconnect
         self.closers = [on_close]
@@ -64,18 +70,28 @@ class StreamRelay(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = self.watch or ClientWatch(receive)
         watch.callback = self.on_disconnect
+        started = False
         try:
             if watch.disconnected:
                 return
+            try:
+                first = await anext(aiter(self.events), b"")
+            except UpstreamError as err:  # nothing reached the client yet: answer with a real status
+                await err.to_response(self.request_id)(scope, receive, send)
+                return
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            started = True
+            await send({"type": "http.response.body", "body": first, "more_body": True})
             async for run in self.events:
                 if watch.disconnected:
                     break
                 await send({"type": "http.response.body", "body": run, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except UpstreamError as err:
+            await send({"type": "http.response.body", "body": error_event(err.to_dict()), "more_body": False})
         except asyncio.CancelledError:
             # The server is shutting down past its drain deadline: end the stream properly.
-            if not watch.disconnected:
+            if started and not watch.disconnected:
                 error = error_dict("the gateway is shutting down; the stream was cut short", 503, "shutting_down")
                 await send({"type": "http.response.body", "body": error_event(error), "more_body": False})
             raise
@@ -86,12 +102,3 @@ class StreamRelay(Response):
                 await aclose()
             for close in self.closers:
                 close()
-
-
-async def guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Relay events; a failure after the first byte ends the stream with an error event."""
-    try:
-        async for run in events:
-            yield run
-    except UpstreamError as err:
-        yield error_event(err.to_dict())

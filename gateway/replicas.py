@@ -6,7 +6,7 @@ from starlette.responses import Response
 
 from .leg import Leg
 from .pool import Pool
-from .relay import StreamRelay, guarded
+from .relay import StreamRelay
 from .requests import ApiRequest
 from .router import Router
 
@@ -18,7 +18,7 @@ async def forward(router: Router, pool: Pool, req: ApiRequest, request_id: str) 
         body, _ = await leg.read()  # read() refuses garbage: it must not pass as a 200
         return Response(body, leg.status, media_type=leg.content_type, headers={"x-request-id": request_id})
     return StreamRelay(
-        guarded(leg.events()),
+        leg.events(),
         request_id,
         on_disconnect=lambda: leg.abort("client disconnected"),
         on_close=leg.release,

@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Literal
 
-Behaviour = Literal["silent", "garbage-sse", "garbage-json", "close"]
+Behaviour = Literal["silent", "headers-then-silent", "garbage-sse", "garbage-json", "close"]
 
 MODELS = json.dumps({"object": "list", "data": [{"id": "sim-model", "object": "model"}]}).encode()
 
@@ -67,6 +67,10 @@ class FaultyWorker:
 
     async def _misbehave(self, writer: asyncio.StreamWriter) -> None:
         if self.behaviour == "silent":
+            await asyncio.sleep(3600)
+        elif self.behaviour == "headers-then-silent":
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            await writer.drain()
             await asyncio.sleep(3600)
         elif self.behaviour == "garbage-sse":
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")

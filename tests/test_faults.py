@@ -70,6 +70,17 @@ async def test_silent_worker_times_out_within_the_bound(gateway, client):
     await w.close()
 
 
+async def test_stream_whose_first_event_never_comes_gets_a_real_504(gateway, client):
+    w = await FaultyWorker("headers-then-silent").start()
+    gw = await gateway([{"name": "dp", "workers": [w.url]}], timeouts={"first_byte_s": 0.4})
+    start = time.monotonic()
+    resp = await client.post(f"{gw.url}/v1/completions", json={**BODY, "stream": True})
+    assert resp.status_code == 504 and time.monotonic() - start < 2
+    assert "sent nothing for 0.4s" in resp.json()["error"]["message"]
+    assert resp.headers["x-request-id"]
+    await w.close()
+
+
 @pytest.mark.parametrize(("behaviour", "stream"), [("garbage-sse", True), ("garbage-json", False), ("close", False)])
 async def test_garbage_from_a_worker_is_a_clean_error(gateway, client, behaviour, stream):
     w = await FaultyWorker(behaviour).start()

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from ..leg import Leg
 from ..payload import dumps, load_json
 from ..pool import Pool
-from ..relay import StreamRelay, guarded
+from ..relay import StreamRelay
 from ..requests import ApiRequest
 from ..router import Router
 from ..sse import DONE, event_data, split_events
@@ -62,7 +62,7 @@ async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str) ->
         d.abort("client disconnected")
 
     events = _stream(p, d, _choice_count(req))
-    return StreamRelay(guarded(events), request_id, on_disconnect=abort, on_close=lambda: _release(p, d))
+    return StreamRelay(events, request_id, on_disconnect=abort, on_close=lambda: _release(p, d))
 
 
 def _non_stream(p_answer: dict, d_raw: bytes, answer: dict, d: Leg, request_id: str) -> Response:

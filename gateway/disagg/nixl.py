@@ -15,7 +15,7 @@ from ..errors import UpstreamError
 from ..leg import Leg
 from ..payload import dumps, load_json
 from ..pool import Pool
-from ..relay import StreamRelay, guarded
+from ..relay import StreamRelay
 from ..requests import ApiRequest
 from ..router import Router
 from ..sse import split_events
@@ -52,7 +52,7 @@ async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str) ->
     if req.include_usage and (p_usage or {}).get("prompt_tokens_details"):
         events = _with_prefill_usage(events, p_usage)
     return StreamRelay(
-        guarded(events),
+        events,
         request_id,
         on_disconnect=lambda: leg.abort("client disconnected"),
         on_close=leg.release,
