@@ -48,21 +48,35 @@ def _release(*legs: Leg) -> None:
 async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str) -> Response:
     p = Leg(router, pool, "prefill", request_id, tokens=req.prompt_tokens)
     d = Leg(router, pool, "decode", request_id)
-    try:
-        await _together(p.open(req.path, dumps(prefill_body(req.body))), d.open(req.path, req.raw))
-        if not req.stream:
+    p_open = p.open(req.path, dumps(prefill_body(req.body)))
+    if not req.stream:
+        try:
+            await _together(p_open, d.open(req.path, req.raw))
             (_, p_answer), (d_raw, d_answer) = await _together(p.read(), d.read())
-            return _non_stream(p_answer, d_raw, d_answer, d, request_id)
-    except BaseException:
+        except BaseException:
+            _release(p, d)
+            raise
+        return _non_stream(p_answer, d_raw, d_answer, d, request_id)
+    # D may hold its response head until the KV arrives: P's token must not wait for it.
+    d_open = asyncio.ensure_future(d.open(req.path, req.raw))
+
+    def close() -> None:
+        d_open.cancel()
         _release(p, d)
+
+    try:
+        await p_open
+    except BaseException:
+        close()
         raise
 
     def abort() -> None:
         p.abort("client disconnected")
         d.abort("client disconnected")
+        d_open.cancel()
 
-    events = _stream(p, d, _choice_count(req))
-    return StreamRelay(events, request_id, on_disconnect=abort, on_close=lambda: _release(p, d))
+    events = _stream(p, d, d_open, _choice_count(req))
+    return StreamRelay(events, request_id, on_disconnect=abort, on_close=close)
 
 
 def _non_stream(p_answer: dict, d_raw: bytes, answer: dict, d: Leg, request_id: str) -> Response:
@@ -82,12 +96,13 @@ def _choice_count(req: ApiRequest) -> int:
     return n
 
 
-async def _stream(p: Leg, d: Leg, choices: int) -> AsyncIterator[bytes]:
+async def _stream(p: Leg, d: Leg, d_open: asyncio.Future, choices: int) -> AsyncIterator[bytes]:
     first = _PrefillChunks()
     async for run in p.events():
         out = b"".join(first.rewrite(e) for e in split_events(run))
         if out:
             yield out
+    await d_open
     dedup = _DecodeChunks(first.chunk_id, first.usage, choices)
     async for run in d.events():
         yield run if dedup.passthrough else b"".join(dedup.rewrite(e) for e in split_events(run))
