@@ -132,17 +132,17 @@ class ProcessGroupHandle:
 
 def start_group(
     argv: Sequence[str],
-    env: Mapping[str, str] | None,
+    env: Mapping[str, str | None] | None,
     log_path: str | os.PathLike[str],
     cwd: str | os.PathLike[str] | None = None,
 ) -> ProcessGroupHandle:
     """Start `argv` as the leader of a new session; stdout+stderr append to `log_path`.
 
-    `env` overlays the current environment (None: inherit it unchanged).
+    `env` overlays the current environment; a None value removes that variable.
     """
     path = Path(log_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **(env or {})}
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     with path.open("ab") as log:
         log.write(f"=== {time.strftime('%H:%M:%S')} start: {' '.join(argv)}\n".encode())
         log.flush()

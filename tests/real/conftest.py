@@ -1,0 +1,296 @@
+"""Real vLLM (CPU) servers for the `real` test tier.
+
+Fixtures (session-scoped; each server runs in its own process group, started from
+the tiny local model built by scripts/make_tiny_model.py):
+
+  vllm_replicas   list of 2 plain servers
+  vllm_pd_pair    PDPair(prefill, decode): NixlConnector kv_producer + kv_consumer
+  vllm_colocated  one plain server (vllm_replicas[0], so it costs no extra server)
+
+Each server is a VllmServer with `.url`, `.handle` (workers.launch.ProcessGroupHandle),
+`.startup_s`, `stop()`, and `await restart()` (same ports, same flags).
+
+The stack is probed once per session in a subprocess; when it is missing the real
+tests skip, or fail when PD_REQUIRE_REAL=1 (CI), so the tier never vanishes silently.
+Env knobs: PD_VLLM_PYTHON (interpreter for the servers, default: this one),
+PD_TINY_MODEL (model dir), PD_VLLM_STARTUP_TIMEOUT (s, default 300).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from workers.launch import ProcessGroupHandle, free_port, start_group, wait_healthy
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+SITE_DIR = HERE / "_site"  # sitecustomize.py: stops NIXL's progress thread from spinning
+MODEL_DIR = Path(os.environ.get("PD_TINY_MODEL", ROOT / ".models" / "tiny-llama"))
+PYTHON = os.environ.get("PD_VLLM_PYTHON", sys.executable)
+STARTUP_TIMEOUT_S = float(os.environ.get("PD_VLLM_STARTUP_TIMEOUT", "300"))
+MODEL_NAME = "tiny"
+MAX_MODEL_LEN = 512
+
+SERVER_ARGS = [
+    "--served-model-name", MODEL_NAME,
+    "--host", "127.0.0.1",
+    "--enforce-eager",
+    "--dtype", "float32",
+    "--max-model-len", str(MAX_MODEL_LEN),
+    "--max-num-seqs", "8",
+    "--kv-cache-memory-bytes", "64M",  # 64K tokens of this model's KV; ~1 GiB less RSS than the default
+    "--seed", "0",
+]  # fmt: skip
+
+SERVER_ENV: dict[str, str | None] = {
+    # The legacy VLLM_CPU_KVCACHE_SPACE (whole GiB) overrides --kv-cache-memory-bytes.
+    "VLLM_CPU_KVCACHE_SPACE": None,
+    # Several servers share 2 cores: no core pinning, one compute thread each.
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    # No network: never ask a hub, never phone home.
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+def _nixl_config(role: str) -> str:
+    return json.dumps({"kv_connector": "NixlConnector", "kv_role": role, "kv_buffer_device": "cpu"})
+
+
+@dataclass
+class VllmServer:
+    """One `python -m vllm.entrypoints.openai.api_server` in its own process group."""
+
+    name: str
+    port: int
+    log_path: Path
+    extra_args: list[str] = field(default_factory=list)
+    extra_env: dict[str, str | None] = field(default_factory=dict)
+    handle: ProcessGroupHandle | None = None
+    startup_s: float | None = None  # of the latest (re)start
+    startups: list[float] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def argv(self) -> list[str]:
+        return [
+            PYTHON, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(MODEL_DIR), "--port", str(self.port),
+            *SERVER_ARGS, *self.extra_args,
+        ]  # fmt: skip
+
+    @property
+    def env(self) -> dict[str, str | None]:
+        pythonpath = os.pathsep.join(p for p in (str(SITE_DIR), os.environ.get("PYTHONPATH")) if p)
+        return {**SERVER_ENV, "PYTHONPATH": pythonpath, **self.extra_env}
+
+    def start(self) -> None:
+        """Launch without waiting; see wait_ready()."""
+        if self.handle is not None and self.handle.alive():
+            raise RuntimeError(f"{self.name} is already running")
+        self.handle = start_group(self.argv, self.env, self.log_path, cwd=ROOT)
+
+    async def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> float:
+        assert self.handle is not None, "start() first"
+        await wait_healthy(self.url, timeout_s, self.handle)
+        self.startup_s = time.monotonic() - self.handle.started_at
+        self.startups.append(self.startup_s)
+        return self.startup_s
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.handle is not None:
+            self.handle.stop(grace_s)
+
+    async def restart(self, timeout_s: float = STARTUP_TIMEOUT_S) -> float:
+        """Stop the group if it still runs, start again on the same ports; return startup seconds."""
+        await asyncio.to_thread(self.stop)
+        self.start()
+        return await self.wait_ready(timeout_s)
+
+
+@dataclass
+class PDPair:
+    prefill: VllmServer
+    decode: VllmServer
+
+    @property
+    def url(self) -> str:  # the decode server answers the client
+        return self.decode.url
+
+    @property
+    def handle(self) -> ProcessGroupHandle | None:
+        return self.prefill.handle
+
+    async def restart(self, timeout_s: float = STARTUP_TIMEOUT_S) -> float:
+        """Restart the prefill server (the one a fault test kills)."""
+        return await self.prefill.restart(timeout_s)
+
+
+_STARTED: list[VllmServer] = []  # for the terminal summary
+
+
+def distinct_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def start_servers(servers: list[VllmServer], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    """Start all at once, wait for all; on any failure stop them all and raise."""
+    try:
+        for s in servers:
+            s.start()
+
+        async def wait_all() -> None:
+            await asyncio.gather(*(s.wait_ready(timeout_s) for s in servers))
+
+        asyncio.run(wait_all())
+    except BaseException:
+        stop_servers(servers)
+        raise
+    _STARTED.extend(servers)
+
+
+def stop_servers(servers: list[VllmServer]) -> None:
+    errors = []
+    for s in servers:
+        try:
+            s.stop()
+        except Exception as e:  # keep stopping the others
+            errors.append(f"{s.name}: {e}")
+    if errors:
+        raise RuntimeError("; ".join(errors))
+
+
+# ---------------------------------------------------------------- marking, gating
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: among the slowest real tests (P/D transfer, restarts)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.real)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    if _STARTED:
+        terminalreporter.section("real vLLM servers")
+        for s in _STARTED:
+            times = ", ".join(f"{t:.1f}s" for t in s.startups)
+            terminalreporter.write_line(f"{s.name:10s} {s.url}  startup: {times}  log: {s.log_path}")
+
+
+_PROBE = """
+import importlib, json, sys
+out = {}
+for mod in ("vllm.entrypoints.openai.api_server", "nixl._api"):
+    try:
+        importlib.import_module(mod)
+        out[mod] = None
+    except BaseException as e:
+        out[mod] = f"{type(e).__name__}: {e}"
+print("PROBE" + json.dumps(out))
+"""
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("PD_REQUIRE_REAL") == "1":
+        pytest.fail(f"PD_REQUIRE_REAL=1 but the real vLLM tier cannot run: {reason}", pytrace=False)
+    pytest.skip(f"real vLLM stack unavailable ({reason}); run scripts/real-env.sh")
+
+
+@pytest.fixture(scope="session")
+def vllm_stack() -> dict[str, str | None]:
+    """Probe the stack once (subprocess; importing vLLM here would cost seconds and RAM)."""
+    try:
+        proc = subprocess.run(
+            [PYTHON, "-c", _PROBE], capture_output=True, text=True, timeout=180, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(SITE_DIR)},
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as e:
+        _unavailable(f"probe of {PYTHON} failed: {e}")
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE")), None)
+    if line is None:
+        _unavailable(f"probe crashed (rc {proc.returncode}): {proc.stderr[-500:]}")
+    status: dict[str, str | None] = json.loads(line[5:])
+    if status["vllm.entrypoints.openai.api_server"]:
+        _unavailable(f"import vllm: {status['vllm.entrypoints.openai.api_server']}")
+    if not (MODEL_DIR / "config.json").exists():
+        built = subprocess.run(
+            [PYTHON, str(ROOT / "scripts" / "make_tiny_model.py"), "--out", str(MODEL_DIR)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if built.returncode != 0:
+            _unavailable(f"cannot build the tiny model: {built.stderr[-500:]}")
+    return status
+
+
+@pytest.fixture(scope="session")
+def vllm_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("vllm-logs")
+
+
+# ---------------------------------------------------------------- server fixtures
+
+
+@pytest.fixture(scope="session")
+def vllm_replicas(vllm_stack, vllm_logs: Path):
+    servers = [
+        VllmServer(f"replica-{i}", port, vllm_logs / f"replica-{i}.log")
+        for i, port in enumerate(distinct_ports(2))
+    ]
+    start_servers(servers)
+    yield servers
+    stop_servers(servers)
+
+
+@pytest.fixture(scope="session")
+def vllm_colocated(vllm_replicas: list[VllmServer]) -> VllmServer:
+    return vllm_replicas[0]
+
+
+@pytest.fixture(scope="session")
+def vllm_pd_pair(vllm_stack, vllm_logs: Path):
+    if vllm_stack["nixl._api"]:
+        _unavailable(f"import nixl: {vllm_stack['nixl._api']}")
+    servers = []
+    ports = distinct_ports(4)
+    for i, (name, role) in enumerate((("prefill", "kv_producer"), ("decode", "kv_consumer"))):
+        servers.append(
+            VllmServer(
+                name,
+                ports[i],
+                vllm_logs / f"{name}.log",
+                extra_args=["--kv-transfer-config", _nixl_config(role)],
+                extra_env={
+                    "VLLM_NIXL_SIDE_CHANNEL_HOST": "127.0.0.1",
+                    "VLLM_NIXL_SIDE_CHANNEL_PORT": str(ports[2 + i]),
+                },
+            )
+        )
+    start_servers(servers)
+    yield PDPair(*servers)
+    stop_servers(servers)
