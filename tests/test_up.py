@@ -7,6 +7,7 @@ anything else on the machine. Every wait has a deadline.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import select
@@ -27,10 +28,12 @@ import yaml
 from tests.conftest import sse_payloads, stream_text
 from workers.launch import group_members
 from workers.plan import plan
+from workers.plan_launch import WorkerSpec
 from workers.sim.cores import CoreInUse, claim_cores
-from workers.supervise import RestartPolicy, log_tail
+from workers.supervise import RestartPolicy, Worker, log_tail
 from workers.topology import load_topology
 from workers.up_cli import UpError, engine_specs, is_local
+from workers.up_progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPOLOGIES = ROOT / "deploy" / "topologies"
@@ -402,3 +405,24 @@ def test_is_local() -> None:
     assert is_local("127.0.0.1") and is_local("localhost")
     assert not is_local("192.0.2.1")  # TEST-NET-1: never assigned
     assert not is_local("no-such-host.invalid")
+
+
+def test_progress_redraws_in_place_on_a_terminal_and_logs_lines_otherwise() -> None:
+    spec = WorkerSpec("pd-prefill-0", "pd", "prefill", "m", "local", 8100, "0-15", ["x"], {}, "http://127.0.0.1:8100")
+    worker = Worker(spec, Path("/dev/null"))
+    tty = io.StringIO()
+    live = Progress(tty, [worker], live=True)
+    live.changed(worker)
+    worker.state, worker.healthy_after_s = "healthy", 1.25
+    live.changed(worker)
+    live.message("a report")
+    out = tty.getvalue()
+    assert out.count("\x1b[1A") == 2  # cursor back over the one-line block before each redraw
+    assert "pd-prefill-0  prefill  :8100   cores 0-15  healthy       1.2s" in out
+    assert out.index("a report") < out.rindex("healthy")  # the block is drawn again below it
+    log = io.StringIO()
+    plain = Progress(log, [worker], live=False)
+    plain.changed(worker)
+    worker.state = "stopped"
+    plain.changed(worker)  # shutdown is summed up by the caller, not per worker
+    assert log.getvalue() == "[up] pd-prefill-0  prefill  :8100   cores 0-15  healthy       1.2s\n"
