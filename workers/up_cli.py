@@ -254,7 +254,7 @@ async def _until(event: asyncio.Event, other: asyncio.Future[Any]) -> None:
 
 
 async def _serve(launch: Launch, supervisor: Supervisor, shutdown: _Shutdown, progress: Progress) -> int:
-    from gateway.server import start_gateway
+    from gateway.server import start_gateway  # uvicorn + fastapi: not for every `pd-gateway` command
 
     settled = asyncio.ensure_future(supervisor.settled())
     await _until(shutdown.requested, settled)
@@ -281,6 +281,10 @@ async def _serve(launch: Launch, supervisor: Supervisor, shutdown: _Shutdown, pr
     print(f"pd-gateway up: serving {gateway.url} (models: {', '.join(launch.models)}; "
           f"{len(up)} worker(s) up, {failed} failed)", flush=True)  # fmt: skip
     await _until(shutdown.requested, gateway.task)
+    if gateway.task.done():  # ended by itself: nothing to drain
+        err = gateway.task.exception() if not gateway.task.cancelled() else None
+        print(f"pd-gateway up: the gateway stopped unexpectedly: {err!r}", file=sys.stderr)
+        return 1
     print("pd-gateway up: draining the gateway", file=sys.stderr)
     await gateway.close()
     return 0
