@@ -124,6 +124,7 @@ def pd_round_trip(pair: PDPair, path: str, body: dict) -> tuple[dict, dict]:
 def test_nixl_pd_round_trip(vllm_pd_pair: PDPair, vllm_colocated: VllmServer, path: str, body: dict) -> None:
     d_url = vllm_pd_pair.decode.url
     external0, local0 = metric(d_url, EXTERNAL), metric(d_url, LOCAL)
+    failed0 = metric(d_url, "vllm:nixl_num_failed_transfers_total")  # other tests kill P on purpose
 
     p, d = pd_round_trip(vllm_pd_pair, path, {**body, **GREEDY})
 
@@ -135,7 +136,7 @@ def test_nixl_pd_round_trip(vllm_pd_pair: PDPair, vllm_colocated: VllmServer, pa
     # D took the whole prompt's KV from P and prefilled nothing itself.
     assert wait_metric(d_url, EXTERNAL, external0 + prompt_tokens) - external0 == prompt_tokens
     assert metric(d_url, LOCAL) == local0
-    assert metric(d_url, "vllm:nixl_num_failed_transfers_total") == 0
+    assert metric(d_url, "vllm:nixl_num_failed_transfers_total") == failed0
 
 
 @pytest.mark.slow
