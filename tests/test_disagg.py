@@ -26,8 +26,11 @@ def _text(answer: dict) -> list[str]:
     return [c.get("text") if "text" in c else c["message"]["content"] for c in answer["choices"]]
 
 
+ROUTES = [("completions", {"prompt": PROMPT}), ("chat/completions", {"messages": CHAT})]
+
+
 @pytest.mark.parametrize("protocol", ["nixl", "neuron-legacy"])
-@pytest.mark.parametrize(("route", "extra"), [("completions", {"prompt": PROMPT}), ("chat/completions", {"messages": CHAT})])
+@pytest.mark.parametrize(("route", "extra"), ROUTES)
 async def test_disaggregated_output_equals_colocated(sim, gateway, client, protocol, route, extra):
     p, d, colo, gw = await _pd(sim, gateway, protocol)
     body = {"model": "sim-model", "max_tokens": 9, **extra}

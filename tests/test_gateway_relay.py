@@ -231,7 +231,8 @@ async def test_connection_refused_retries_on_another_replica(sim, gateway, clien
     dead = gw.router.pools[0].endpoints[1]
     dead.healthy = True  # as if it died after its last health check
     for _ in range(4):
-        resp = await client.post(f"{gw.url}/v1/completions", json={"model": "sim-model", "prompt": "hi", "max_tokens": 1})
+        body = {"model": "sim-model", "prompt": "hi", "max_tokens": 1}
+        resp = await client.post(f"{gw.url}/v1/completions", json=body)
         assert resp.status_code == 200
     assert dead.healthy is False
 

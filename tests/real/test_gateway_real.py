@@ -29,7 +29,10 @@ def _text(answer: dict, i: int = 0) -> str:
     return choice["text"] if "text" in choice else choice["message"]["content"]
 
 
-@pytest.mark.parametrize(("route", "extra"), [("completions", {"prompt": PROMPTS[0]}), ("chat/completions", {"messages": CHAT})])
+ROUTES = [("completions", {"prompt": PROMPTS[0]}), ("chat/completions", {"messages": CHAT})]
+
+
+@pytest.mark.parametrize(("route", "extra"), ROUTES)
 async def test_greedy_streaming_text_equals_non_streaming(dp_gateway, route, extra):
     body = {"model": MODEL, **GREEDY, **extra}
     async with httpx.AsyncClient(timeout=120) as c:
@@ -55,9 +58,9 @@ async def test_openai_client_chat_stream_has_exactly_one_usage_chunk(dp_gateway)
 
 async def test_completions_with_a_list_of_prompts(dp_gateway):
     async with httpx.AsyncClient(timeout=120) as c:
-        batch = (await c.post(f"{dp_gateway.url}/v1/completions", json={"model": MODEL, "prompt": PROMPTS, **GREEDY})).json()
-        singles = [(await c.post(f"{dp_gateway.url}/v1/completions", json={"model": MODEL, "prompt": p, **GREEDY})).json()
-                   for p in PROMPTS]
+        url = f"{dp_gateway.url}/v1/completions"
+        batch = (await c.post(url, json={"model": MODEL, "prompt": PROMPTS, **GREEDY})).json()
+        singles = [(await c.post(url, json={"model": MODEL, "prompt": p, **GREEDY})).json() for p in PROMPTS]
     assert sorted(ch["index"] for ch in batch["choices"]) == [0, 1, 2]
     by_index = {ch["index"]: ch["text"] for ch in batch["choices"]}
     assert [by_index[i] for i in range(3)] == [_text(s) for s in singles]
