@@ -9,9 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
-from collections.abc import Sequence
 
 Role = Literal["both", "prefill", "decode"]
 KVProtocol = Literal["nixl", "neuron-legacy"]

@@ -147,7 +147,7 @@ class KVStore:
             self._waiters.setdefault(key, []).append(fut)
             try:
                 await asyncio.wait_for(fut, left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             finally:
                 waiters = self._waiters.get(key)

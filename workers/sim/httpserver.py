@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
-from collections.abc import Callable
 
 import httptools
 

@@ -66,7 +66,7 @@ async def pull_nixl(params: dict[str, Any], timeout_s: float) -> KVEntry | None:
         port = int(params["remote_port"])
         rid = str(params["remote_request_id"])
         status, body = await http_get(host, port, f"/sim/kv/{quote(rid, safe='')}", timeout_s)
-    except (KeyError, TypeError, ValueError, OSError, asyncio.TimeoutError, httptools.HttpParserError):
+    except (TimeoutError, KeyError, TypeError, ValueError, OSError, httptools.HttpParserError):
         return None
     entry = _entry(status, body)
     if entry is not None and entry.engine_id != params.get("remote_engine_id"):
@@ -79,7 +79,7 @@ async def _poll_peer(peer: str, request_id: str, wait_s: float) -> KVEntry | Non
     path = f"/sim/kv/by-request/{quote(request_id, safe='')}?wait_ms={int(wait_s * 1000)}"
     try:
         status, body = await http_get(url.hostname or "127.0.0.1", url.port or 80, path, wait_s + 2)
-    except (OSError, asyncio.TimeoutError, httptools.HttpParserError):
+    except (TimeoutError, OSError, httptools.HttpParserError):
         await asyncio.sleep(min(wait_s, 0.05))  # peer down: don't spin
         return None
     return _entry(status, body)
