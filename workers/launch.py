@@ -182,7 +182,7 @@ async def wait_healthy(
                 async with session.get(health) as resp:
                     if resp.status == 200:
                         return time.monotonic() - t0
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 pass
             if time.monotonic() - t0 > timeout_s:
                 tail = f"; log {proc.log_path}:\n{proc.log_tail()}" if proc is not None else ""
