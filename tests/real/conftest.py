@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 from workers.launch import ProcessGroupHandle, free_port, start_group, wait_healthy
@@ -129,6 +130,7 @@ class VllmServer:
 class PDPair:
     prefill: VllmServer
     decode: VllmServer
+    warmups: list[float] = field(default_factory=list)  # seconds per warm-up round trip
 
     @property
     def url(self) -> str:  # the decode server answers the client
@@ -138,12 +140,32 @@ class PDPair:
     def handle(self) -> ProcessGroupHandle | None:
         return self.prefill.handle
 
+    def warm_up(self, timeout_s: float = 120.0) -> float:
+        """One P->D round trip, so the NIXL handshake and the first UCX transfer (which
+        can take seconds up to the 30 s KV lease on CPU; docs/real-vllm.md) happen here
+        and not inside a test."""
+        t0 = time.monotonic()
+        body = {"model": MODEL_NAME, "prompt": "warm up the transfer path", "temperature": 0}
+        with httpx.Client(timeout=timeout_s) as client:
+            p = client.post(f"{self.prefill.url}/v1/completions", json={
+                **body, "max_tokens": 1, "kv_transfer_params": {"do_remote_decode": True}})  # fmt: skip
+            p.raise_for_status()
+            params = p.json()["kv_transfer_params"]
+            client.post(f"{self.decode.url}/v1/completions",
+                        json={**body, "max_tokens": 2, "kv_transfer_params": params}).raise_for_status()  # fmt: skip
+        self.warmups.append(time.monotonic() - t0)
+        return self.warmups[-1]
+
     async def restart(self, timeout_s: float = STARTUP_TIMEOUT_S) -> float:
-        """Restart the prefill server (the one a fault test kills)."""
-        return await self.prefill.restart(timeout_s)
+        """Restart the prefill server (the one a fault test kills) and warm the pair up
+        again; returns P's startup seconds (warm-up not included)."""
+        startup_s = await self.prefill.restart(timeout_s)
+        await asyncio.to_thread(self.warm_up)
+        return startup_s
 
 
 _STARTED: list[VllmServer] = []  # for the terminal summary
+_PAIRS: list[PDPair] = []
 
 
 def distinct_ports(n: int) -> list[int]:
@@ -201,6 +223,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         for s in _STARTED:
             times = ", ".join(f"{t:.1f}s" for t in s.startups)
             terminalreporter.write_line(f"{s.name:10s} {s.url}  startup: {times}  log: {s.log_path}")
+        for pair in _PAIRS:
+            times = ", ".join(f"{t:.1f}s" for t in pair.warmups)
+            terminalreporter.write_line(f"P/D warm-up round trips: {times}")
 
 
 _PROBE = """
@@ -292,5 +317,12 @@ def vllm_pd_pair(vllm_stack, vllm_logs: Path):
             )
         )
     start_servers(servers)
-    yield PDPair(*servers)
+    pair = PDPair(*servers)
+    _PAIRS.append(pair)
+    try:
+        pair.warm_up()
+    except BaseException:
+        stop_servers(servers)
+        raise
+    yield pair
     stop_servers(servers)
