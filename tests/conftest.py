@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -49,6 +51,15 @@ async def gateway() -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=10) as c:
         yield c
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 2.0, step_s: float = 0.005) -> float:
+    """Seconds until predicate() held; fails the test after timeout_s."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout_s, "condition not reached in time"
+        await asyncio.sleep(step_s)
+    return time.monotonic() - start
 
 
 def sse_payloads(body: bytes) -> list[object]:

@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.conftest import sse_payloads, stream_text
+from tests.conftest import sse_payloads, stream_text, wait_until
 
 PROMPT = "the disaggregated prefill decode router test prompt"
 CHAT = [{"role": "user", "content": "tell me about tornadoes"}]
@@ -116,10 +116,7 @@ async def test_prefill_down_gives_a_clear_error_and_no_decode_left_waiting(sim, 
     await asyncio.sleep(0.05)
     assert d.stats.in_flight == 0
     assert all(e.outstanding == 0 for e in gw.router.pools[0].endpoints)
-    for _ in range(20):  # the next health check takes the dead prefill out of /ready
-        if (await client.get(f"{gw.url}/ready")).status_code == 503:
-            break
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: not gw.router.ready)  # the next health check takes the dead prefill out
     assert (await client.get(f"{gw.url}/ready")).status_code == 503
 
 
@@ -140,10 +137,7 @@ async def test_client_disconnect_cancels_both_legs(sim, gateway, protocol):
         async with c.stream("POST", f"{gw.url}/v1/completions", json=body) as resp:
             async for _ in resp.aiter_bytes():
                 break
-    for _ in range(30):
-        if d.stats.cancelled:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: d.stats.cancelled > 0)
     assert d.stats.cancelled == 1
     assert d.stats.in_flight == 0 and p.stats.in_flight == 0
     assert all(e.outstanding == 0 for e in gw.router.pools[0].endpoints)
@@ -156,10 +150,7 @@ async def test_client_disconnect_during_prefill_cancels_prefill(sim, gateway):
     async with httpx.AsyncClient(timeout=0.3) as c:
         with pytest.raises(httpx.ReadTimeout):
             await c.post(f"{gw.url}/v1/completions", json={"model": "sim-model", "prompt": PROMPT, "stream": True})
-    for _ in range(30):
-        if p.stats.cancelled:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: p.stats.cancelled > 0)
     assert p.stats.cancelled == 1 and d.stats.requests_total == 0
 
 

@@ -8,19 +8,10 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import sse_payloads
+from tests.conftest import sse_payloads, wait_until
 from tests.faulty import FaultyWorker
 
 BODY = {"model": "sim-model", "prompt": "hello there", "max_tokens": 5}
-
-
-async def _wait_for(predicate, timeout_s: float = 2.0, step_s: float = 0.005) -> float:
-    """Seconds until predicate() held; fails after timeout_s."""
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout_s, "condition not reached in time"
-        await asyncio.sleep(step_s)
-    return time.monotonic() - start
 
 
 async def test_one_of_two_replicas_killed_under_load_fails_no_unstarted_request(sim, gateway):
@@ -108,7 +99,7 @@ async def test_prefill_killed_gives_clean_errors_then_recovers(sim, gateway, cli
         assert resp.status_code in (502, 503) and resp.json()["error"]["message"]
     assert d.stats.in_flight == 0
     await sim(role="prefill", port=port)  # it comes back on the same address
-    await _wait_for(lambda: gw.router.ready, timeout_s=3)
+    await wait_until(lambda: gw.router.ready, timeout_s=3)
     again = await client.post(f"{gw.url}/v1/completions", json={**BODY, "stream": True})
     assert again.status_code == 200 and sse_payloads(again.content)[-1] == "[DONE]"
 
@@ -120,7 +111,7 @@ async def test_client_disconnect_cancels_upstream_within_100ms(sim, gateway):
         async with c.stream("POST", f"{gw.url}/v1/completions", json={**BODY, "max_tokens": 500, "stream": True}) as r:
             async for _ in r.aiter_bytes():
                 break
-    elapsed = await _wait_for(lambda: a.stats.cancelled == 1, step_s=0.002)
+    elapsed = await wait_until(lambda: a.stats.cancelled == 1, step_s=0.002)
     assert elapsed < 0.1
 
 
@@ -136,7 +127,7 @@ async def test_consecutive_failures_eject_then_health_checks_restore(sim, gatewa
     for _ in range(6):
         await client.post(f"{gw.url}/v1/completions", json=BODY)
     assert bad.api_requests == 2 and bad_ep.ejections == 1 and not bad_ep.healthy
-    await _wait_for(lambda: bad_ep.healthy, timeout_s=2)  # ejection over, next health check passes
+    await wait_until(lambda: bad_ep.healthy, timeout_s=2)  # ejection over, next health check passes
     for _ in range(4):
         await client.post(f"{gw.url}/v1/completions", json=BODY)
     assert bad.api_requests == 4 and bad_ep.ejections == 2  # ejected again, for longer

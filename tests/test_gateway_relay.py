@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.conftest import sse_payloads, stream_text
+from tests.conftest import sse_payloads, stream_text, wait_until
 
 
 async def _two_replicas(sim, gateway, **sim_config):
@@ -175,10 +175,7 @@ async def test_client_disconnect_cancels_the_worker_request(sim, gateway):
         async with c.stream("POST", f"{gw.url}/v1/completions", json=body) as resp:
             async for _ in resp.aiter_bytes():
                 break
-    for _ in range(20):
-        if a.stats.cancelled:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: a.stats.cancelled > 0)
     assert a.stats.cancelled == 1
     assert gw.router.pools[0].endpoints[0].outstanding == 0
 
@@ -190,10 +187,7 @@ async def test_client_disconnect_before_first_token_cancels_too(sim, gateway):
     async with httpx.AsyncClient(timeout=0.2) as c:
         with pytest.raises(httpx.ReadTimeout):
             await c.post(f"{gw.url}/v1/completions", json=body)
-    for _ in range(30):
-        if a.stats.cancelled:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: a.stats.cancelled > 0)
     assert a.stats.cancelled == 1
     assert gw.router.pools[0].endpoints[0].outstanding == 0
 
@@ -218,10 +212,7 @@ async def test_stall_between_chunks_ends_the_stream_with_an_error(sim, gateway, 
     assert asyncio.get_running_loop().time() - started < 2
     assert payloads[0]["choices"][0]["text"]
     assert "sent nothing for 0.3s" in payloads[-2]["error"]["message"]
-    for _ in range(20):
-        if a.stats.cancelled:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: a.stats.cancelled > 0)
     assert a.stats.cancelled == 1
 
 
