@@ -326,3 +326,21 @@ def vllm_pd_pair(vllm_stack, vllm_logs: Path):
         raise
     yield pair
     stop_servers(servers)
+
+
+# ---------------------------------------------------------------- the gateway in front of them
+
+# vLLM on 2 shared cores can take seconds to answer /health under load: that is not a death.
+REAL_HEALTH = {"interval_s": 0.5, "timeout_s": 5, "healthy_threshold": 1, "unhealthy_threshold": 3}
+
+
+@pytest.fixture
+def real_gateway(gateway):
+    """tests/conftest.py's `gateway`, with health checks and timeouts fit for real vLLM here."""
+
+    async def start(pools: list[dict], **sections: object):
+        sections.setdefault("health", REAL_HEALTH)
+        sections.setdefault("timeouts", {"first_byte_s": 120})
+        return await gateway(pools, **sections)
+
+    return start

@@ -19,9 +19,8 @@ GREEDY = {"temperature": 0, "max_tokens": 16}
 
 
 @pytest.fixture
-async def dp_gateway(gateway, vllm_replicas):
-    return await gateway([{"name": "dp", "workers": [s.url for s in vllm_replicas]}],
-                         timeouts={"first_byte_s": 120})
+async def dp_gateway(real_gateway, vllm_replicas):
+    return await real_gateway([{"name": "dp", "workers": [s.url for s in vllm_replicas]}])
 
 
 def _text(answer: dict, i: int = 0) -> str:
@@ -107,8 +106,8 @@ async def test_client_disconnect_aborts_the_real_request(dp_gateway, vllm_replic
     assert all(e.outstanding == 0 for e in dp_gateway.router.endpoints)
 
 
-async def test_killing_one_replica_under_load_fails_no_unstarted_request(gateway, vllm_replicas):
-    gw = await gateway([{"name": "dp", "workers": [s.url for s in vllm_replicas]}], timeouts={"first_byte_s": 120})
+async def test_killing_one_replica_under_load_fails_no_unstarted_request(real_gateway, vllm_replicas):
+    gw = await real_gateway([{"name": "dp", "workers": [s.url for s in vllm_replicas]}])
     victim = vllm_replicas[1]
     outcomes: list[str] = []
 

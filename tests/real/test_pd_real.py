@@ -19,10 +19,9 @@ EXTERNAL, LOCAL = "external_kv_transfer", "local_compute"
 
 
 @pytest.fixture
-async def pd_gateway(gateway, vllm_pd_pair):
-    return await gateway([{"name": "pd", "kind": "pd", "protocol": "nixl",
-                           "prefill": [vllm_pd_pair.prefill.url], "decode": [vllm_pd_pair.decode.url]}],
-                         timeouts={"first_byte_s": 120})
+async def pd_gateway(real_gateway, vllm_pd_pair):
+    return await real_gateway([{"name": "pd", "kind": "pd", "protocol": "nixl",
+                           "prefill": [vllm_pd_pair.prefill.url], "decode": [vllm_pd_pair.decode.url]}])
 
 
 def _text(answer: dict) -> str:
