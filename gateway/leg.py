@@ -14,7 +14,7 @@ from .payload import load_json
 from .pool import Endpoint, Pool, Role
 from .router import Router, Saturated
 from .sse import DONE, EventFramer
-from .upstream import ConnectFailed, Retryable, iter_body
+from .upstream import ConnectFailed, Retryable
 from .watchdog import Watched
 
 log = logging.getLogger("pd_gateway")
@@ -118,8 +118,9 @@ class Leg:
         self.watched = w = self.router.watchdog.watch(t.first_byte_s, t.total_s, self.resp.close)
         framer = EventFramer()
         last = b""
+        read = self.resp.content.readany
         try:
-            async for data in iter_body(self.resp):
+            while data := await read():
                 w.progress += 1
                 run = framer.feed(data)
                 if run:
@@ -128,6 +129,9 @@ class Leg:
                     w.stall_s = t.between_chunks_s
                     last = run
                     yield run
+        except (aiohttp.ClientError, ConnectionError) as err:
+            self._failed(repr(err))
+            raise self._failure(f"broke off the stream: {err!r}") from None
         except UpstreamError as err:
             self._failed(err.message)
             raise self._failure(err.message) from None

@@ -7,7 +7,7 @@ chunk it costs about a third of httpx's default transport.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -97,12 +97,3 @@ class ConnectFailed(Retryable):
 
 class NoAnswer(Retryable):
     """The connection broke before the worker answered (it died, or closed a pooled connection)."""
-
-
-async def iter_body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """Raw body chunks as they arrive; transport failures become UpstreamError."""
-    try:
-        async for data in resp.content.iter_any():
-            yield data
-    except (aiohttp.ClientError, ConnectionError) as err:
-        raise UpstreamError(f"worker {resp.url.origin()} broke off the stream: {err!r}") from None
