@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class _Upstream(asyncio.Protocol):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import os
@@ -44,9 +45,10 @@ import tempfile
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import httptools
 
@@ -599,12 +601,16 @@ async def run_phase(label: str, make_client: Callable[[], Client], streams: int,
 # --------------------------------------------------------------------------- orchestration
 
 
-def _gateway_yaml(port: int, relay_url: str, p_url: str | None, d_url: str | None) -> str:
+def _gateway_yaml(port: int, relay_url: str, p_url: str | None, d_url: str | None, streams: int = 512) -> str:
     pools = [{"name": "relay", "kind": "replicas", "models": [RELAY_MODEL], "workers": [relay_url]}]
     if p_url and d_url:
         pools.append({"name": "pd", "kind": "pd", "protocol": "nixl", "models": [PD_MODEL],
                       "prefill": [p_url], "decode": [d_url]})
-    config = {"listen": {"host": HOST, "port": port}, "log_level": "warning", "pools": pools}
+    # The admission limits are raised above the benchmark's concurrency: it measures the relay,
+    # not the queue (a stream's next request can arrive before the gateway released the last).
+    cap = max(4096, 4 * streams)
+    config = {"listen": {"host": HOST, "port": port}, "log_level": "warning",
+              "limits": {"max_inflight": cap, "max_inflight_per_worker": cap}, "pools": pools}
     return json.dumps(config, indent=2) + "\n"  # JSON is YAML
 
 
@@ -648,12 +654,13 @@ async def _bench(s: Settings) -> dict[str, Any]:
             p_port, d_port = _free_port(), _free_port()
             procs.append(Proc("sim-prefill", _sim_argv(p_port, PD_MODEL, s.itl_ms, "prefill"), client_cpu, log_dir))
             procs.append(Proc("sim-decode", _sim_argv(d_port, PD_MODEL, s.itl_ms, "decode"), client_cpu, log_dir))
-        for proc, port in zip(procs, [relay_port, p_port, d_port]):
+        for proc, port in zip(procs, [relay_port, p_port, d_port], strict=False):
             await _wait_ready(proc, port, "/health")
         gw_port = _free_port()
         config = log_dir / "gateway.yaml"
         url = lambda port: f"http://{HOST}:{port}"  # noqa: E731
-        config.write_text(_gateway_yaml(gw_port, url(relay_port), p_port and url(p_port), d_port and url(d_port)))
+        config.write_text(_gateway_yaml(gw_port, url(relay_port), p_port and url(p_port), d_port and url(d_port),
+                                        max([1, *s.streams, *s.pd_streams])))
         gateway = Proc("gateway", _gateway_argv(config), gw_cpu, log_dir)
         procs.append(gateway)
         pipe = None
@@ -675,7 +682,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
             targets = [("direct", relay_port), ("via", gw_port)] + ([("pipe", pipe_port)] if pipe else [])
             phases = {}
             for label, port in targets:
-                make = lambda port=port: Client(port, RELAY_MODEL, tokens, timeout_s)  # noqa: E731
+                make = functools.partial(Client, port, RELAY_MODEL, tokens, timeout_s)
                 phases[label] = await run_phase(label, make, n, rounds, tokens, itl_s, watched)
             scenarios.append(_scenario("relay", n, rounds, tokens, phases))
             _progress(scenarios[-1], started)
@@ -689,7 +696,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
                 targets["client_pd"] = (d_port, p_port)
             phases = {}
             for label, (port, pport) in targets.items():
-                make = lambda port=port, pport=pport: Client(port, PD_MODEL, tokens, timeout_s, pport)  # noqa: E731
+                make = functools.partial(Client, port, PD_MODEL, tokens, timeout_s, pport)
                 phases[label] = await run_phase(label, make, n, rounds, tokens, itl_s, watched)
             scenarios.append(_scenario("pd", n, rounds, tokens, phases))
             _progress(scenarios[-1], started)
@@ -700,7 +707,10 @@ async def _bench(s: Settings) -> dict[str, Any]:
         raise
     for p in procs:
         p.stop()
-    if not s.keep_logs:
+    failed = any(sc[k]["errors"] for sc in scenarios for k in ("direct", "via", "pipe", "client_pd") if k in sc)
+    if s.keep_logs or failed:
+        print(f"gateway and sim logs kept in {log_dir}", file=sys.stderr)
+    else:
         for f in log_dir.iterdir():
             f.unlink()
         log_dir.rmdir()
@@ -822,7 +832,7 @@ def render(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     right = {2, 3, 4, 5}
     for r in rows[:-1]:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
         out.append("  ".join(cells).rstrip())
     if notes:
         out += [""] + notes
