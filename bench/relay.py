@@ -638,6 +638,7 @@ def _cpus(s: Settings) -> tuple[int | None, int | None, str]:
 
 async def _bench(s: Settings) -> dict[str, Any]:
     gw_cpu, client_cpu, pinning = _cpus(s)
+    code = _code_version()
     if client_cpu is not None:
         os.sched_setaffinity(0, {client_cpu})
     _raise_nofile()
@@ -715,7 +716,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
             f.unlink()
         log_dir.rmdir()
     report = {
-        "machine": dict(_machine(pinning), gateway_core=gw_cpu, client_core=client_cpu),
+        "machine": dict(_machine(pinning, code), gateway_core=gw_cpu, client_core=client_cpu),
         "settings": {k: v for k, v in s.__dict__.items()},
         "scenarios": scenarios,
         "elapsed_s": time.monotonic() - started,
@@ -756,7 +757,7 @@ def _progress(sc: dict[str, Any], started: float) -> None:
           f"{sc['direct']['errors']}/{sc['via']['errors']}", file=sys.stderr, flush=True)
 
 
-def _machine(pinning: str) -> dict[str, Any]:
+def _machine(pinning: str, code: str) -> dict[str, Any]:
     model = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -768,7 +769,21 @@ def _machine(pinning: str) -> dict[str, Any]:
     import platform
 
     return {"cpus": os.cpu_count(), "cpu_model": model, "pinning": pinning,
-            "python": platform.python_version(), "kernel": platform.release()}
+            "python": platform.python_version(), "kernel": platform.release(), "code": code}
+
+
+def _code_version() -> str:
+    """The commit the gateway and workers ran from, and whether their files differed from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway", "workers"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not head:
+        return "unknown"
+    return f"{head} (gateway/ or workers/ modified)" if dirty else head
 
 
 def _judge(report: dict[str, Any]) -> None:
@@ -817,6 +832,7 @@ def render(report: dict[str, Any]) -> str:
     st = report["settings"]
     out = [
         f"pd-gateway relay benchmark: {m['cpus']} CPUs ({m['cpu_model']}), {m['pinning']}",
+        f"code: {m.get('code', 'unknown')}, captured when the servers started; python {m['python']}",
         f"simulated workers: itl {st['itl_ms']:g} ms, ttft 0 ms; /v1/completions stream=true; "
         f"elapsed {report['elapsed_s']:.0f}s",
         "VIA-DIRECT: what the gateway adds.  PIPE-DIRECT: what a byte-pipe TCP proxy (bench.pipe) adds "
