@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request
@@ -71,7 +71,7 @@ def create_app(config: GatewayConfig) -> FastPath:
     app.include_router(admin_routes(router))
 
     async def serve(route: Route, request: Request) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request.headers.get("x-request-id") or os.urandom(16).hex()
         try:
             check_key(request.headers.get("authorization"), config.auth.api_keys)
             raw = await _read_body(request, config.limits.max_body_bytes)

@@ -30,7 +30,7 @@ class HealthChecker:
         try:
             ok = await self.upstream.get_ok(ep.url + "/health", self.config.timeout_s)
             if ok and (not ep.models or not ep.healthy):
-                ep.models = await self._models(ep)
+                ep.set_models(await self._models(ep))
         except Exception:  # any failure to answer is a failed check
             ok = False
         self._record(ep, ok)

@@ -19,6 +19,7 @@ class Endpoint:
     outstanding: int = 0  # requests in flight
     outstanding_tokens: int = 0  # prompt tokens in flight (prefill load)
     models: list[dict] = field(default_factory=list)  # last /v1/models "data"
+    model_ids: frozenset[str] = frozenset()  # their ids, looked up on every request
     passes: int = 0  # consecutive health-check passes
     failures: int = 0  # consecutive health-check failures
     errors: int = 0  # consecutive failed requests (outlier detection)
@@ -34,9 +35,9 @@ class Endpoint:
         self.outstanding -= 1
         self.outstanding_tokens -= tokens
 
-    @property
-    def model_ids(self) -> set[str]:
-        return {m.get("id") for m in self.models if isinstance(m, dict)}
+    def set_models(self, cards: list[dict]) -> None:
+        self.models = cards
+        self.model_ids = frozenset(c["id"] for c in cards)
 
 
 class Pool:
@@ -73,7 +74,7 @@ class Pool:
     def serves(self, model: str) -> bool:
         if self.config.models:
             return model in self.config.models
-        return any(model in e.model_ids for e in self.endpoints)
+        return any(model in e.model_ids for group in self.groups.values() for e in group)
 
     def model_cards(self) -> list[dict]:
         """Model objects for /v1/models: configured names, else what the workers report."""
