@@ -105,13 +105,10 @@ def main(argv: list[str] | None = None) -> int:
 
     add_up_parser(sub)
     commands["up"] = run_up
-    try:
-        from bench.cli import add_bench_parser, run_bench
-    except ImportError:  # bench/ is not shipped in the wheel, only in the repo
-        pass
-    else:
-        add_bench_parser(sub)
-        commands["bench"] = run_bench
+    from bench.cli import add_bench_parser, run_bench
+
+    add_bench_parser(sub)
+    commands["bench"] = run_bench
     args = parser.parse_args(argv)
     return commands[args.command](args)
 

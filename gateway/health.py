@@ -27,20 +27,21 @@ class HealthChecker:
             await self.check_all()
 
     async def check(self, ep: Endpoint) -> None:
+        reason = "answered /health with a non-200 status"
         try:
             ok = await self.upstream.get_ok(ep.url + "/health", self.config.timeout_s)
             if ok and (not ep.models or not ep.healthy):
                 ep.set_models(await self._models(ep))
-        except Exception:  # any failure to answer is a failed check
-            ok = False
-        self._record(ep, ok)
+        except Exception as err:  # any failure to answer is a failed check
+            reason, ok = repr(err), False
+        self._record(ep, ok, reason)
 
     async def _models(self, ep: Endpoint) -> list[dict]:
         data = await self.upstream.get_json(ep.url + "/v1/models", self.config.timeout_s)
         cards = data.get("data") if isinstance(data, dict) else None
         return [c for c in cards or [] if isinstance(c, dict) and isinstance(c.get("id"), str)]
 
-    def _record(self, ep: Endpoint, ok: bool) -> None:
+    def _record(self, ep: Endpoint, ok: bool, reason: str) -> None:
         if ok:
             ep.passes, ep.failures = ep.passes + 1, 0
             ejected = ep.ejected_until > asyncio.get_running_loop().time()
@@ -51,4 +52,5 @@ class HealthChecker:
             ep.passes, ep.failures = 0, ep.failures + 1
             if ep.healthy and ep.failures >= self.config.unhealthy_threshold:
                 ep.healthy = False
-                log.warning("endpoint %s (%s/%s) failed health checks", ep.url, ep.pool, ep.role)
+                log.warning("endpoint %s (%s/%s) failed %d health checks in a row; last: %s", ep.url, ep.pool,
+                            ep.role, ep.failures, reason)
