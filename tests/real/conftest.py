@@ -68,6 +68,12 @@ SERVER_ENV: dict[str, str | None] = {
 }
 
 
+def server_env() -> dict[str, str | None]:
+    """SERVER_ENV plus the NIXL spin fix on PYTHONPATH; None means: unset it."""
+    pythonpath = os.pathsep.join(p for p in (str(SITE_DIR), os.environ.get("PYTHONPATH")) if p)
+    return {**SERVER_ENV, "PYTHONPATH": pythonpath}
+
+
 def _nixl_config(role: str) -> str:
     return json.dumps({"kv_connector": "NixlConnector", "kv_role": role, "kv_buffer_device": "cpu"})
 
@@ -99,8 +105,7 @@ class VllmServer:
 
     @property
     def env(self) -> dict[str, str | None]:
-        pythonpath = os.pathsep.join(p for p in (str(SITE_DIR), os.environ.get("PYTHONPATH")) if p)
-        return {**SERVER_ENV, "PYTHONPATH": pythonpath, **self.extra_env}
+        return {**server_env(), **self.extra_env}
 
     def start(self) -> None:
         """Launch without waiting; see wait_ready()."""
@@ -298,9 +303,20 @@ def vllm_colocated(vllm_replicas: list[VllmServer]) -> VllmServer:
 
 
 @pytest.fixture(scope="session")
-def vllm_pd_pair(vllm_stack, vllm_logs: Path):
+def vllm_nixl(vllm_stack) -> None:
+    """NIXL imports (skip, or fail under PD_REQUIRE_REAL=1, when it does not)."""
     if vllm_stack["nixl._api"]:
         _unavailable(f"import nixl: {vllm_stack['nixl._api']}")
+
+
+@pytest.fixture(scope="session")
+def vllm_server_env() -> dict[str, str | None]:
+    """The environment the fixtures' servers run with, for tests that launch vLLM themselves."""
+    return server_env()
+
+
+@pytest.fixture(scope="session")
+def vllm_pd_pair(vllm_nixl, vllm_stack, vllm_logs: Path):
     servers = []
     ports = distinct_ports(4)
     for i, (name, role) in enumerate((("prefill", "kv_producer"), ("decode", "kv_consumer"))):

@@ -25,21 +25,9 @@ from tests.test_up import Up, assert_gone, free_base_ports
 pytestmark = pytest.mark.real
 
 ROOT = Path(__file__).resolve().parents[2]
-SITE_DIR = Path(__file__).resolve().parent / "_site"
 MODEL_DIR = Path(os.environ.get("PD_TINY_MODEL", ROOT / ".models" / "tiny-llama"))
 PYTHON = os.environ.get("PD_VLLM_PYTHON", sys.executable)
 STARTUP_TIMEOUT_S = float(os.environ.get("PD_VLLM_STARTUP_TIMEOUT", "300"))
-TEST_ENV = {
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-    "PYTHONPATH": os.pathsep.join(p for p in (str(SITE_DIR), os.environ.get("PYTHONPATH")) if p),
-}
 EXTERNAL = re.compile(r'^vllm:prompt_tokens_by_source_total\{[^}]*source="external_kv_transfer"[^}]*\} (\S+)$', re.M)
 
 
@@ -63,15 +51,13 @@ def external_prompt_tokens(url: str) -> float:
 
 
 def test_up_brings_up_nixl_1p1d_on_cpu_and_serves_through_the_gateway(
-    vllm_stack: dict[str, str | None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    vllm_nixl: None, vllm_server_env: dict[str, str | None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if vllm_stack["nixl._api"]:
-        message = f"import nixl: {vllm_stack['nixl._api']}"
-        if os.environ.get("PD_REQUIRE_REAL") == "1":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    for key, value in TEST_ENV.items():
-        monkeypatch.setenv(key, value)
+    for key, value in vllm_server_env.items():  # `up` passes its environment on to the workers
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
     topology, model = cpu_topology(tmp_path)
     t0 = time.monotonic()
     up = Up(tmp_path, topology, "--engine", "vllm", "--ready-timeout", str(STARTUP_TIMEOUT_S))
