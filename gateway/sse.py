@@ -33,11 +33,6 @@ class EventFramer:
         self._tail = data[cut:]
         return data[:cut]
 
-    @property
-    def pending(self) -> bytes:
-        """Bytes of an incomplete event (a worker that stops mid-event leaves these)."""
-        return self._tail
-
 
 def split_events(run: bytes) -> list[bytes]:
     """Split a run of complete events into single events, without their separators."""

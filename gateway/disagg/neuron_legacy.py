@@ -28,7 +28,7 @@ async def _together(first: Coroutine, second: Coroutine) -> tuple:
     """Run both; if either fails, cancel the other and raise the failure."""
     tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             if task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
