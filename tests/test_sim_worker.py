@@ -9,37 +9,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from workers.sim import SimConfig, SimServer, completion_text, count_tokens, render_chat, start_sim
+from workers.sim import SimServer, completion_text, count_tokens, render_chat
 
 ROOT = Path(__file__).resolve().parents[1]
 StartSim = Callable[..., Awaitable[SimServer]]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[StartSim]:
-    servers: list[SimServer] = []
-
-    async def _start(**kw: Any) -> SimServer:
-        server = await start_sim(SimConfig(**kw))
-        servers.append(server)
-        return server
-
-    yield _start
-    for s in servers:
-        await s.close()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as c:
-        yield c
 
 
 def sse_events(raw: str) -> list[str]:
