@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-
-import aiohttp
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 
 from .errors import UpstreamError, UpstreamStatus
 from .limits import overloaded
@@ -14,10 +13,14 @@ from .payload import load_json
 from .pool import Endpoint, Pool, Role
 from .router import Router, Saturated
 from .sse import DONE, EventFramer
+from .http1 import Response
 from .upstream import ConnectFailed, Retryable
 from .watchdog import Watched
 
 log = logging.getLogger("pd_gateway")
+
+OnRun = Callable[[bytes], "asyncio.Future | None"]
+_QUEUED_RUNS = 64  # runs an async consumer may fall behind before the worker is held back
 
 
 class Leg:
@@ -28,10 +31,12 @@ class Leg:
         self.request_id = request_id
         self.tokens = tokens
         self.ep: Endpoint | None = None
-        self.resp: aiohttp.ClientResponse | None = None
+        self.resp: Response | None = None
         self.watched: Watched | None = None
         self.aborted: str | None = None
         self._held = False
+        self._garbage: str | None = None
+        self._last = b""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -111,34 +116,82 @@ class Leg:
         self._succeeded()
         return raw, answer
 
-    async def events(self) -> AsyncIterator[bytes]:
-        """Runs of complete SSE events; any failure, or an end without [DONE], raises UpstreamError."""
-        assert self.resp is not None
+    def stream(self, on_run: OnRun, on_end: Callable[[UpstreamError | None], None]) -> None:
+        """Push runs of complete SSE events to `on_run` from the socket callback, then call
+        `on_end` (None: the stream ended with [DONE]). `on_run` may return a future to hold
+        the worker back until it is done."""
+        resp = self.resp
+        assert resp is not None
         t = self.router.config.timeouts
-        self.watched = w = self.router.watchdog.watch(t.first_byte_s, t.total_s, self.resp.close)
+        self.watched = w = self.router.watchdog.watch(t.first_byte_s, t.total_s, resp.close)
         framer = EventFramer()
-        last = b""
-        read = self.resp.content.readany
-        try:
-            while data := await read():
-                w.progress += 1
-                run = framer.feed(data)
-                if run:
-                    if not run.startswith(b"data:"):
-                        raise UpstreamError(f"sent something that is not an SSE data event: {run[:80]!r}")
-                    w.stall_s = t.between_chunks_s
-                    last = run
-                    yield run
-        except (aiohttp.ClientError, ConnectionError) as err:
-            self._failed(repr(err))
-            raise self._failure(f"broke off the stream: {err!r}") from None
-        except UpstreamError as err:
-            self._failed(err.message)
-            raise self._failure(err.message) from None
-        if w.reason or self.aborted or not last.endswith(DONE):
-            self._failed("stream ended early")
-            raise self._failure("the worker ended the stream before [DONE]")
-        self._succeeded()
+        between = t.between_chunks_s
+
+        def on_data(data: bytes) -> asyncio.Future | None:
+            if self._garbage:
+                return None
+            w.progress += 1
+            run = framer.feed(data)
+            if not run:
+                return None
+            if not run.startswith(b"data:"):
+                self._garbage = f"sent something that is not an SSE data event: {run[:80]!r}"
+                resp.close()
+                return None
+            w.stall_s = between
+            self._last = run
+            return on_run(run)
+
+        resp.stream(on_data, lambda exc: on_end(self._outcome(exc)))
+
+    def _outcome(self, exc: Exception | None) -> UpstreamError | None:
+        if self._garbage:
+            reason = self._garbage
+        elif exc is not None:
+            reason = f"broke off the stream: {exc}"
+        elif (self.watched and self.watched.reason) or self.aborted or not self._last.endswith(DONE):
+            reason = "the worker ended the stream before [DONE]"
+        else:
+            self._succeeded()
+            return None
+        self._failed(reason)
+        return self._failure(reason)
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """The same runs as an async iterator (for protocols that combine legs)."""
+        runs: deque[bytes] = deque()
+        end: list[UpstreamError | None] = []
+        loop = asyncio.get_running_loop()
+        wake: list[asyncio.Future] = [loop.create_future()]
+        room: list[asyncio.Future | None] = [None]
+
+        def on_run(run: bytes) -> asyncio.Future | None:
+            runs.append(run)
+            if not wake[0].done():
+                wake[0].set_result(None)
+            if len(runs) >= _QUEUED_RUNS:
+                room[0] = loop.create_future()
+                return room[0]
+            return None
+
+        def on_end(err: UpstreamError | None) -> None:
+            end.append(err)
+            if not wake[0].done():
+                wake[0].set_result(None)
+
+        self.stream(on_run, on_end)
+        while True:
+            while runs:
+                yield runs.popleft()
+                if room[0] is not None and len(runs) < _QUEUED_RUNS // 2:
+                    room[0].set_result(None)
+                    room[0] = None
+            if end:
+                if end[0] is not None:
+                    raise end[0]
+                return
+            wake[0] = loop.create_future()
+            await wake[0]
 
     def _succeeded(self) -> None:
         if self.ep is not None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Protocol
 
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from .errors import UpstreamError, error_dict
 from .sse import error_event
@@ -42,12 +43,54 @@ class ClientWatch:
         self._task.cancel()
 
 
+class PushSource(Protocol):
+    """Something that pushes runs of SSE events from its socket callback (a Leg)."""
+
+    def stream(self, on_run: Callable[[bytes], asyncio.Future | None],
+               on_end: Callable[[UpstreamError | None], None]) -> None: ...
+
+
+def send_now(send: Send, message: Message) -> asyncio.Future | None:
+    """Run `send(message)` here and now, outside any task.
+
+    uvicorn's send only waits when the client's buffer is full; then the rest of it runs in
+    a task, and the returned future tells the caller to hold the worker back until it is done.
+    """
+    coro = send(message)
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_finish(coro, waiting))
+
+
+async def _finish(coro: Coroutine, waiting: object) -> None:
+    while True:
+        try:
+            if isinstance(waiting, asyncio.Future):
+                waiting._asyncio_future_blocking = False  # what a task does with a future it was handed
+                await waiting
+            else:
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            coro.close()
+            raise
+        except BaseException:
+            pass  # the coroutine sees the outcome itself when it resumes
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+
+
 class StreamRelay(Response):
     """An ASGI response that sends each run of SSE events as soon as it exists.
 
-    The status line waits for the first event, so a worker that fails before producing
-    anything still gets the client a real error status; later failures end the stream
-    with an error event and [DONE].
+    The source is a Leg, whose runs are sent from the socket callback that read them (the
+    fast path: no task switch per chunk), or an async iterator of runs (protocols that
+    combine legs). The status line waits for the first event, so a worker that fails
+    before producing anything still gets the client a real error status; later failures
+    end the stream with an error event and [DONE].
     """
 
     status_code = 200
@@ -55,12 +98,14 @@ class StreamRelay(Response):
 
     def __init__(
         self,
-        events: AsyncIterator[bytes],
+        source: PushSource | AsyncIterator[bytes],
         request_id: str,
         on_disconnect: Callable[[], None],
         on_close: Callable[[], None],
+        transform: Callable[[bytes], bytes] | None = None,
     ) -> None:
-        self.events = events
+        self.source = source
+        self.transform = transform
         self.request_id = request_id
         self.raw_headers = [*SSE_HEADERS, (b"x-request-id", request_id.encode())]
         self.on_disconnect = on_disconnect
@@ -70,35 +115,107 @@ class StreamRelay(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = self.watch or ClientWatch(receive)
         watch.callback = self.on_disconnect
-        started = False
+        relay = _Pushed(self, watch, send) if hasattr(self.source, "stream") else _Pulled(self, watch, send)
         try:
             if watch.disconnected:
                 return
             try:
-                first = await anext(aiter(self.events), b"")
+                first = await relay.first()
             except UpstreamError as err:  # nothing reached the client yet: answer with a real status
                 await err.to_response(self.request_id)(scope, receive, send)
                 return
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            started = True
+            relay.started = True
             await send({"type": "http.response.body", "body": first, "more_body": True})
-            async for run in self.events:
-                if watch.disconnected:
-                    break
-                await send({"type": "http.response.body", "body": run, "more_body": True})
+            await relay.rest()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except UpstreamError as err:
             await send({"type": "http.response.body", "body": error_event(err.to_dict()), "more_body": False})
         except asyncio.CancelledError:
             # The server is shutting down past its drain deadline: end the stream properly.
-            if started and not watch.disconnected:
+            relay.stop()
+            if relay.started and not watch.disconnected:
                 error = error_dict("the gateway is shutting down; the stream was cut short", 503, "shutting_down")
                 await send({"type": "http.response.body", "body": error_event(error), "more_body": False})
             raise
         finally:
             watch.close()
-            aclose = getattr(self.events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await relay.close()
             for close in self.closers:
                 close()
+
+
+class _Pulled:
+    def __init__(self, relay: StreamRelay, watch: ClientWatch, send: Send) -> None:
+        self.events: AsyncIterator[bytes] = relay.source  # type: ignore[assignment]
+        self.watch, self.send = watch, send
+        self.started = False
+
+    async def first(self) -> bytes:
+        return await anext(aiter(self.events), b"")
+
+    async def rest(self) -> None:
+        async for run in self.events:
+            if self.watch.disconnected:
+                break
+            await self.send({"type": "http.response.body", "body": run, "more_body": True})
+
+    def stop(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        aclose = getattr(self.events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class _Pushed:
+    def __init__(self, relay: StreamRelay, watch: ClientWatch, send: Send) -> None:
+        self.watch, self.send, self.transform = watch, send, relay.transform
+        self.abort = relay.on_disconnect
+        self.started = self.stopped = False
+        loop = asyncio.get_running_loop()
+        self._first: asyncio.Future[bytes] = loop.create_future()
+        self._gate: asyncio.Future[None] = loop.create_future()  # holds the worker until the head is out
+        self._done: asyncio.Future[UpstreamError | None] = loop.create_future()
+        relay.source.stream(self._on_run, self._on_end)  # type: ignore[union-attr]
+
+    def _on_run(self, run: bytes) -> asyncio.Future | None:
+        if self.transform is not None:
+            run = self.transform(run)
+        if not self._first.done():
+            self._first.set_result(run)
+            return self._gate
+        if self.stopped or self.watch.disconnected:
+            return None
+        try:
+            return send_now(self.send, {"type": "http.response.body", "body": run, "more_body": True})
+        except Exception:
+            self.stopped = True
+            self.abort()
+            raise
+
+    def _on_end(self, err: UpstreamError | None) -> None:
+        if not self._first.done():
+            self._first.set_exception(err or UpstreamError("the worker ended the stream before any event"))
+        elif not self._done.done():
+            self._done.set_result(err)
+
+    async def first(self) -> bytes:
+        return await self._first
+
+    async def rest(self) -> None:
+        self._gate.set_result(None)
+        err = await self._done
+        if err is not None:
+            raise err
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.abort()
+
+    async def close(self) -> None:
+        if not self._gate.done():
+            self._gate.set_result(None)
+        if self._first.done() and not self._first.cancelled():
+            self._first.exception()  # retrieved, whether or not first() was awaited

@@ -18,7 +18,7 @@ async def forward(router: Router, pool: Pool, req: ApiRequest, request_id: str) 
         body, _ = await leg.read()  # read() refuses garbage: it must not pass as a 200
         return Response(body, leg.status, media_type=leg.content_type, headers={"x-request-id": request_id})
     return StreamRelay(
-        leg.events(),
+        leg,
         request_id,
         on_disconnect=lambda: leg.abort("client disconnected"),
         on_close=leg.release,

@@ -1,87 +1,97 @@
-"""The upstream client: one pooled aiohttp session to all workers.
+"""The upstream client: requests to workers over pooled keep-alive connections (gateway.http1).
 
-aiohttp was chosen over httpx by measurement (see bench/README figures): per relayed
-chunk it costs about a third of httpx's default transport.
+aiohttp and httpx were measured first (bench/transports.py): both hand every chunk to the
+reader through a task wake-up, which was most of the relay's CPU; gateway.http1 pushes
+chunks to the relay from the socket callback instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
-
-import aiohttp
 
 from .config import Timeouts
 from .errors import UpstreamError, UpstreamStatus
+from .http1 import ConnectionBroken, ConnectionPool, Response
 
 
 class Upstream:
     def __init__(self, timeouts: Timeouts) -> None:
         self.timeouts = timeouts
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, force_close=False),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=self.timeouts.connect_s, sock_read=None
-                ),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            )
-        return self._session
+        self.pool = ConnectionPool(timeouts.connect_s)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self.pool.close()
 
     async def open(
         self, url: str, body: bytes, headers: Mapping[str, str], first_byte_s: float | None = None
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """POST and wait for the response head; non-2xx raises UpstreamStatus with its body."""
         limit = first_byte_s or self.timeouts.first_byte_s
+        resp: Response | None = None
         try:
             async with asyncio.timeout(limit):
-                resp = await self.session.post(url, data=body, headers=headers)
+                resp = await self._send("POST", url, headers, body)
+                await resp.head
                 if resp.status >= 300:
-                    payload = await resp.read()
-                    resp.release()
-                    raise UpstreamStatus(
-                        resp.status, payload, resp.headers.get("content-type", "application/json")
-                    )
+                    failed, resp = resp, None
+                    payload = await failed.read()
+                    failed.release()
+                    raise UpstreamStatus(failed.status, payload, failed.headers.get("content-type", "application/json"))
                 return resp
         except TimeoutError:
+            if resp is not None:
+                resp.close()
             raise UpstreamError(f"worker {url} sent no response within {limit:g}s", 504, "timeout") from None
-        except aiohttp.ClientConnectorError as err:
-            raise ConnectFailed(f"cannot connect to worker {url}: {err.os_error or err}") from None
-        except aiohttp.ClientError as err:
-            raise NoAnswer(f"worker {url} failed before answering: {err!r}") from None
+        except ConnectionBroken as err:
+            raise NoAnswer(f"worker {url} failed before answering: {err}") from None
+        except BaseException:
+            if resp is not None:
+                resp.close()
+            raise
 
-    async def read(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes = b"") -> Response:
+        try:
+            return await self.pool.request(method, url, headers, body)
+        except ConnectionBroken:
+            raise
+        except OSError as err:  # TimeoutError included: the connect timeout
+            reason = str(err) or f"no connection within {self.timeouts.connect_s:g}s"
+            raise ConnectFailed(f"cannot connect to worker {url}: {reason}") from None
+
+    async def read(self, resp: Response) -> bytes:
         try:
             async with asyncio.timeout(self.timeouts.between_chunks_s):
                 return await resp.read()
         except TimeoutError:
             raise UpstreamError(f"worker {resp.url} stalled while sending its body", 504, "timeout") from None
-        except aiohttp.ClientError as err:
-            raise UpstreamError(f"worker {resp.url} broke off its response: {err!r}") from None
+        except ConnectionBroken as err:
+            raise UpstreamError(f"worker {resp.url} broke off its response: {err}") from None
         finally:
             resp.release()
 
+    async def get(self, url: str, timeout_s: float) -> tuple[int, bytes]:
+        """A GET's status and body (health checks, model lists)."""
+        resp: Response | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                resp = await self._send("GET", url, {})
+                await resp.head
+                return resp.status, await resp.read()
+        finally:
+            if resp is not None:
+                resp.release()
+
     async def get_json(self, url: str, timeout_s: float) -> object:
-        async with asyncio.timeout(timeout_s):
-            async with self.session.get(url) as resp:
-                resp.raise_for_status()
-                return await resp.json(content_type=None)
+        status, body = await self.get(url, timeout_s)
+        if status != 200:
+            raise UpstreamError(f"worker {url} answered {status}")
+        return json.loads(body)
 
     async def get_ok(self, url: str, timeout_s: float) -> bool:
-        async with asyncio.timeout(timeout_s):
-            async with self.session.get(url) as resp:
-                await resp.read()
-                return resp.status == 200
+        status, _ = await self.get(url, timeout_s)
+        return status == 200
 
 
 class Retryable(UpstreamError):

@@ -7,7 +7,7 @@ pulls the KV and produces every output token, so its response goes to the client
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
 
 from starlette.responses import Response
 
@@ -48,22 +48,22 @@ async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str) ->
             return Response(raw, leg.status, media_type=leg.content_type, headers={"x-request-id": request_id})
         result["usage"] = merge_usage(result.get("usage"), p_usage)
         return Response(dumps(result), leg.status, media_type="application/json", headers={"x-request-id": request_id})
-    events = leg.events()
+    transform = None
     if req.include_usage and (p_usage or {}).get("prompt_tokens_details"):
-        events = _with_prefill_usage(events, p_usage)
+        transform = functools.partial(_with_prefill_usage, p_usage=p_usage)
     return StreamRelay(
-        events,
+        leg,
         request_id,
         on_disconnect=lambda: leg.abort("client disconnected"),
         on_close=leg.release,
+        transform=transform,
     )
 
 
-async def _with_prefill_usage(events: AsyncIterator[bytes], p_usage: dict) -> AsyncIterator[bytes]:
-    async for run in events:
-        if b'"choices":[]' in run:
-            run = b"".join(_merge_event(e, p_usage) for e in split_events(run))
-        yield run
+def _with_prefill_usage(run: bytes, p_usage: dict) -> bytes:
+    if b'"choices":[]' in run:
+        run = b"".join(_merge_event(e, p_usage) for e in split_events(run))
+    return run
 
 
 def _merge_event(event: bytes, p_usage: dict) -> bytes:
