@@ -34,10 +34,11 @@ class FastPath:
     """Serves the two OpenAI routes straight from the ASGI server; the rest goes to FastAPI.
 
     FastAPI's routing and middleware wrap `send` in two closures, which costs every relayed
-    chunk; the hot routes skip them. The FastAPI routes stay for everything else (and docs).
+    chunk; the hot routes skip them, and Starlette's Request too (headers are read from
+    the scope in one pass). The FastAPI routes stay for everything else (and docs).
     """
 
-    def __init__(self, app: FastAPI, serve: Callable[[Route, Request], Awaitable[Response]]) -> None:
+    def __init__(self, app: FastAPI, serve: Callable[[Route, dict[bytes, bytes], Receive], Awaitable[Response]]) -> None:
         self.app = app
         self.state = app.state
         self.serve = serve
@@ -46,7 +47,7 @@ class FastPath:
         if scope["type"] == "http" and scope["method"] == "POST":
             route = FAST_ROUTES.get(scope["path"])
             if route is not None:
-                response = await self.serve(route, Request(scope, receive))
+                response = await self.serve(route, dict(scope["headers"]), receive)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -70,15 +71,20 @@ def create_app(config: GatewayConfig) -> FastPath:
     app.state.router = router
     app.include_router(admin_routes(router))
 
-    async def serve(route: Route, request: Request) -> Response:
-        request_id = request.headers.get("x-request-id") or os.urandom(16).hex()
+    async def serve(route: Route, headers: dict[bytes, bytes], receive: Receive) -> Response:
+        """The OpenAI routes; `headers` are the request's, names lower-case (as ASGI has them)."""
+        given_id = headers.get(b"x-request-id")
+        request_id = given_id.decode("latin-1") if given_id else os.urandom(16).hex()
         try:
-            check_key(request.headers.get("authorization"), config.auth.api_keys)
-            raw = await _read_body(request, config.limits.max_body_bytes)
+            if config.auth.api_keys:
+                check_key(headers.get(b"authorization", b"").decode("latin-1"), config.auth.api_keys)
+            raw = await _read_body(receive, headers.get(b"content-length", b""), config.limits.max_body_bytes)
             await router.admission.enter()
         except GatewayError as err:
             return _refused(err, request_id, route, router)
-        watch = ClientWatch(request.receive)
+        except _ClientGone:
+            return _gone(request_id, route, router)
+        watch = ClientWatch(receive)
         try:
             result = await dispatch(route, raw, request_id)
         except asyncio.CancelledError:
@@ -86,9 +92,7 @@ def create_app(config: GatewayConfig) -> FastPath:
             if not watch.disconnected:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            log.info("rid=%s client disconnected before the response started", request_id)
-            router.metrics.inc("pd_gateway_requests_total", route=route, status="499")
-            return Response(status_code=499)
+            return _gone(request_id, route, router)
         finally:
             watch.callback = _ignore
         if isinstance(result, StreamRelay):
@@ -116,11 +120,11 @@ def create_app(config: GatewayConfig) -> FastPath:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await serve("completions", request)
+        return await serve("completions", dict(request.scope["headers"]), request.receive)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await serve("chat", request)
+        return await serve("chat", dict(request.scope["headers"]), request.receive)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
@@ -151,18 +155,32 @@ def create_app(config: GatewayConfig) -> FastPath:
     return FastPath(app, serve)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+class _ClientGone(Exception):
+    """The client disconnected before its request body was complete."""
+
+
+async def _read_body(receive: Receive, length: bytes, limit: int) -> bytes:
     too_large = GatewayError(413, f"request body exceeds {limit} bytes", "body_too_large")
-    length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise too_large
     parts, size = [], 0
-    async for part in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        part = message.get("body", b"")
         size += len(part)
         if size > limit:
             raise too_large
         parts.append(part)
-    return b"".join(parts)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _gone(request_id: str, route: str, router: Router) -> Response:
+    log.info("rid=%s client disconnected before the response started", request_id)
+    router.metrics.inc("pd_gateway_requests_total", route=route, status="499")
+    return Response(status_code=499)
 
 
 def _ignore() -> None:

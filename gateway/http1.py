@@ -263,7 +263,7 @@ class ConnectionPool:
         if not conn.used:
             return resp
         try:
-            await asyncio.shield(resp.head)
+            await resp.head
         except ConnectionBroken:
             if conn.got_bytes:
                 raise
