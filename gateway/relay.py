@@ -43,6 +43,9 @@ class ClientWatch:
         self._task.cancel()
 
 
+_PENDING_RUNS = 64  # runs held before the head is out, at most, before the worker is held back
+
+
 class PushSource(Protocol):
     """Something that pushes runs of SSE events from its socket callback (a Leg)."""
 
@@ -170,22 +173,31 @@ class _Pulled:
 
 
 class _Pushed:
+    """Runs from a Leg's socket callback: held in `_pending` until the head is out, then sent
+    from the callback itself."""
+
     def __init__(self, relay: StreamRelay, watch: ClientWatch, send: Send) -> None:
         self.watch, self.send, self.transform = watch, send, relay.transform
         self.abort = relay.on_disconnect
         self.started = self.stopped = False
         loop = asyncio.get_running_loop()
-        self._first: asyncio.Future[bytes] = loop.create_future()
-        self._gate: asyncio.Future[None] = loop.create_future()  # holds the worker until the head is out
+        self._pending: list[bytes] | None = []
+        self._room: asyncio.Future[None] | None = None  # the worker waits while too much is pending
+        self._first: asyncio.Future[None] = loop.create_future()
         self._done: asyncio.Future[UpstreamError | None] = loop.create_future()
         relay.source.stream(self._on_run, self._on_end)  # type: ignore[union-attr]
 
     def _on_run(self, run: bytes) -> asyncio.Future | None:
         if self.transform is not None:
             run = self.transform(run)
-        if not self._first.done():
-            self._first.set_result(run)
-            return self._gate
+        if self._pending is not None:
+            self._pending.append(run)
+            if not self._first.done():
+                self._first.set_result(None)
+            if len(self._pending) >= _PENDING_RUNS:
+                self._room = asyncio.get_running_loop().create_future()
+                return self._room
+            return None
         if self.stopped or self.watch.disconnected:
             return None
         try:
@@ -201,11 +213,22 @@ class _Pushed:
         elif not self._done.done():
             self._done.set_result(err)
 
+    def _take(self) -> bytes:
+        assert self._pending is not None
+        runs, self._pending = self._pending, []
+        if self._room is not None:
+            self._room.set_result(None)
+            self._room = None
+        return b"".join(runs)
+
     async def first(self) -> bytes:
-        return await self._first
+        await self._first
+        return self._take()
 
     async def rest(self) -> None:
-        self._gate.set_result(None)
+        while self._pending:  # what arrived while the head and the first runs were being sent
+            await self.send({"type": "http.response.body", "body": self._take(), "more_body": True})
+        self._pending = None  # from here on, the socket callback sends
         err = await self._done
         if err is not None:
             raise err
@@ -215,7 +238,7 @@ class _Pushed:
         self.abort()
 
     async def close(self) -> None:
-        if not self._gate.done():
-            self._gate.set_result(None)
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
         if self._first.done() and not self._first.cancelled():
             self._first.exception()  # retrieved, whether or not first() was awaited
