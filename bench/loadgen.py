@@ -269,6 +269,52 @@ def _pct(data: list[float], q: float) -> float:
     return data[lo] + (data[hi] - data[lo]) * (k - lo)
 
 
+def _record(phase: Phase, rec: Rec, tokens: int) -> None:
+    phase.requests += 1
+    phase.events += rec.events
+    kind = classify(rec, tokens)
+    if kind is None:
+        phase.ok += 1
+        phase.ttft.append(rec.t_first - rec.t_send)
+    else:
+        phase.errors[kind] += 1
+        if phase.first_error is None:
+            detail = rec.error or b"".join(rec.body)[:300].decode(errors="replace")
+            phase.first_error = f"{kind}: {detail}"
+
+
+async def run_interleaved(makers: dict[str, Callable[[], Client]], rounds: int, tokens: int,
+                          procs: dict[str, Proc]) -> dict[str, Phase]:
+    """One stream, the targets taking turns request by request, so that a slow spell of the
+    machine lands on all of them alike. Each phase's CPU and wall time are summed over its
+    own requests only."""
+    clients = {label: make() for label, make in makers.items()}
+    phases = {label: Phase(label, 1) for label in clients}
+    scratch = array("d")
+    for label, client in clients.items():
+        await client.connect()
+        if classify(await client.request(scratch, warm=True), 2):
+            raise RuntimeError(f"{label}: the warm-up request failed")
+    loop = asyncio.get_running_loop()
+    for _ in range(rounds):
+        for label, client in clients.items():
+            phase = phases[label]
+            before = {name: p.cpu_s() for name, p in procs.items()}
+            self_before, cores_before, t0 = _self_cpu_seconds(), _core_busy(), loop.time()
+            rec = await client.request(phase.gaps)
+            phase.wall_s += loop.time() - t0
+            for name, p in procs.items():
+                phase.cpu_s[name] = phase.cpu_s.get(name, 0.0) + p.cpu_s() - before[name]
+            phase.cpu_s["loadgen"] = phase.cpu_s.get("loadgen", 0.0) + _self_cpu_seconds() - self_before
+            for k, v in _core_busy().items():
+                phase.core_s[k] = phase.core_s.get(k, 0.0) + v - cores_before.get(k, 0.0)
+            _record(phase, rec, tokens)
+    for c in clients.values():
+        c.close()
+    await asyncio.sleep(0.05)
+    return phases
+
+
 async def run_phase(label: str, make_client: Callable[[], Client], streams: int, rounds: int,
                     tokens: int, itl_s: float, procs: dict[str, Proc]) -> Phase:
     """Open N connections, warm them (and the gateway's upstream pool) with one short
@@ -297,18 +343,7 @@ async def run_phase(label: str, make_client: Callable[[], Client], streams: int,
         if delay > 0:
             await asyncio.sleep(delay)
         for _ in range(rounds):
-            rec = await client.request(phase.gaps)
-            phase.requests += 1
-            phase.events += rec.events
-            kind = classify(rec, tokens)
-            if kind is None:
-                phase.ok += 1
-                phase.ttft.append(rec.t_first - rec.t_send)
-            else:
-                phase.errors[kind] += 1
-                if phase.first_error is None:
-                    detail = rec.error or b"".join(rec.body)[:300].decode(errors="replace")
-                    phase.first_error = f"{kind}: {detail}"
+            _record(phase, await client.request(phase.gaps), tokens)
 
     await asyncio.gather(*(stream(i) for i in range(streams)))
     phase.wall_s = loop.time() - t0

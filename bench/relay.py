@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .loadgen import Client, run_phase
+from .loadgen import Client, run_interleaved, run_phase
 from .procs import HOST, Proc, _code_version, _free_port, _machine, _raise_nofile, _wait_ready
 from .report import _judge, _scenario, render
 
@@ -244,10 +244,9 @@ async def _bench(s: Settings) -> dict[str, Any]:
             if pipe is not None:
                 watched["pipe"] = pipe
             targets = [("direct", relay_port), ("via", gw_port)] + ([("pipe", pipe_port)] if pipe else [])
-            phases = {}
-            for label, port in targets:
-                make = functools.partial(Client, port, RELAY_MODEL, tokens, timeout_s)
-                phases[label] = await run_phase(label, make, n, rounds, tokens, itl_s, watched)
+            makers = {label: functools.partial(Client, port, RELAY_MODEL, tokens, timeout_s)
+                      for label, port in targets}
+            phases = await _run(makers, n, rounds, tokens, itl_s, watched)
             scenarios.append(_scenario("relay", n, rounds, tokens, phases))
             _progress(scenarios[-1], started)
         for n in s.pd_streams:
@@ -258,10 +257,9 @@ async def _bench(s: Settings) -> dict[str, Any]:
             targets = {"direct": (d_port, None), "via": (gw_port, None)}
             if s.pd_client:
                 targets["client_pd"] = (d_port, p_port)
-            phases = {}
-            for label, (port, pport) in targets.items():
-                make = functools.partial(Client, port, PD_MODEL, tokens, timeout_s, pport)
-                phases[label] = await run_phase(label, make, n, rounds, tokens, itl_s, watched)
+            makers = {label: functools.partial(Client, port, PD_MODEL, tokens, timeout_s, pport)
+                      for label, (port, pport) in targets.items()}
+            phases = await _run(makers, n, rounds, tokens, itl_s, watched)
             scenarios.append(_scenario("pd", n, rounds, tokens, phases))
             _progress(scenarios[-1], started)
     except BaseException:
@@ -287,6 +285,15 @@ async def _bench(s: Settings) -> dict[str, Any]:
     _judge(report)
     return report
 
+
+
+async def _run(makers: dict[str, Any], streams: int, rounds: int, tokens: int, itl_s: float,
+               watched: dict[str, Proc]) -> dict[str, Any]:
+    """The targets of one scenario: interleaved request by request at 1 stream, else one after another."""
+    if streams == 1:
+        return await run_interleaved(makers, rounds, tokens, watched)
+    return {label: await run_phase(label, make, streams, rounds, tokens, itl_s, watched)
+            for label, make in makers.items()}
 
 
 def _progress(sc: dict[str, Any], started: float) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request
@@ -74,7 +74,8 @@ def create_app(config: GatewayConfig) -> FastPath:
     async def serve(route: Route, headers: dict[bytes, bytes], receive: Receive) -> Response:
         """The OpenAI routes; `headers` are the request's, names lower-case (as ASGI has them)."""
         given_id = headers.get(b"x-request-id")
-        request_id = given_id.decode("latin-1") if given_id else os.urandom(16).hex()
+        # Ids only need to be unique, not secret: no getrandom syscall on the hot path.
+        request_id = given_id.decode("latin-1") if given_id else f"{random.getrandbits(128):032x}"
         try:
             if config.auth.api_keys:
                 check_key(headers.get(b"authorization", b"").decode("latin-1"), config.auth.api_keys)
