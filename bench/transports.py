@@ -1,4 +1,4 @@
-"""Upstream client choice, measured: CPU per relayed chunk for aiohttp and httpx.
+"""Upstream client choice, measured: CPU per relayed chunk for aiohttp, httpx and gateway.http1.
 
 Reads the same streams from a simulated worker (in a subprocess on the other core) with
 each client, in this process, and prints this process's CPU-seconds per 1,000 chunks.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import subprocess
@@ -18,6 +19,8 @@ import time
 
 import aiohttp
 import httpx
+
+from gateway.http1 import ConnectionPool
 
 
 def _cpu() -> float:
@@ -40,6 +43,31 @@ async def _httpx(url: str, body: dict, streams: int) -> int:
             async with c.stream("POST", url, json=body) as resp:
                 return sum([1 async for _ in resp.aiter_raw()])
         return sum(await asyncio.gather(*(one() for _ in range(streams))))
+
+
+async def _http1(url: str, body: dict, streams: int) -> int:
+    """The gateway's own client: chunks are counted in the socket callback, as the relay sends them."""
+    pool = ConnectionPool(connect_timeout_s=5)
+    payload = json.dumps(body).encode()
+
+    async def one() -> int:
+        resp = await pool.request("POST", url, {"content-type": "application/json"}, payload)
+        await resp.head
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        count = [0]
+
+        def on_data(_: bytes) -> None:
+            count[0] += 1
+
+        resp.stream(on_data, lambda exc: done.set_result(None))
+        await done
+        resp.release()
+        return count[0]
+
+    try:
+        return sum(await asyncio.gather(*(one() for _ in range(streams))))
+    finally:
+        pool.close()
 
 
 async def _measure(name: str, fn, url: str, body: dict, streams: int, rounds: int) -> None:  # type: ignore[no-untyped-def]
@@ -70,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         body = {"model": "sim-model", "prompt": "hi", "max_tokens": args.tokens, "stream": True}
         import uvloop
 
-        for name, fn in (("aiohttp", _aiohttp), ("httpx", _httpx)):
+        for name, fn in (("aiohttp", _aiohttp), ("httpx", _httpx), ("http1", _http1)):
             uvloop.run(_measure(name, fn, url, body, args.streams, args.rounds))
     finally:
         sim.terminate()

@@ -27,6 +27,7 @@ from .router import Router
 log = logging.getLogger("pd_gateway")
 
 
+Serve = Callable[[Route, dict[bytes, bytes], Receive], Awaitable[Response]]
 FAST_ROUTES: dict[str, Route] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
 
@@ -38,7 +39,7 @@ class FastPath:
     the scope in one pass). The FastAPI routes stay for everything else (and docs).
     """
 
-    def __init__(self, app: FastAPI, serve: Callable[[Route, dict[bytes, bytes], Receive], Awaitable[Response]]) -> None:
+    def __init__(self, app: FastAPI, serve: Serve) -> None:
         self.app = app
         self.state = app.state
         self.serve = serve

@@ -8,12 +8,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from .errors import UpstreamError, UpstreamStatus
+from .http1 import Response
 from .limits import overloaded
 from .payload import load_json
 from .pool import Endpoint, Pool, Role
 from .router import Router, Saturated
 from .sse import DONE, EventFramer
-from .http1 import Response
 from .upstream import ConnectFailed, Retryable
 from .watchdog import Watched
 
@@ -159,39 +159,10 @@ class Leg:
 
     async def events(self) -> AsyncIterator[bytes]:
         """The same runs as an async iterator (for protocols that combine legs)."""
-        runs: deque[bytes] = deque()
-        end: list[UpstreamError | None] = []
-        loop = asyncio.get_running_loop()
-        wake: list[asyncio.Future] = [loop.create_future()]
-        room: list[asyncio.Future | None] = [None]
-
-        def on_run(run: bytes) -> asyncio.Future | None:
-            runs.append(run)
-            if not wake[0].done():
-                wake[0].set_result(None)
-            if len(runs) >= _QUEUED_RUNS:
-                room[0] = loop.create_future()
-                return room[0]
-            return None
-
-        def on_end(err: UpstreamError | None) -> None:
-            end.append(err)
-            if not wake[0].done():
-                wake[0].set_result(None)
-
-        self.stream(on_run, on_end)
-        while True:
-            while runs:
-                yield runs.popleft()
-                if room[0] is not None and len(runs) < _QUEUED_RUNS // 2:
-                    room[0].set_result(None)
-                    room[0] = None
-            if end:
-                if end[0] is not None:
-                    raise end[0]
-                return
-            wake[0] = loop.create_future()
-            await wake[0]
+        queue = _RunQueue()
+        self.stream(queue.put, queue.end)
+        while (run := await queue.get()) is not None:
+            yield run
 
     def _succeeded(self) -> None:
         if self.ep is not None:
@@ -230,3 +201,43 @@ class Leg:
         if self.resp is not None:
             self.resp.release()
 
+
+
+class _RunQueue:
+    """Runs pushed from a socket callback, taken by a task; the worker waits when it is far ahead."""
+
+    def __init__(self) -> None:
+        self._runs: deque[bytes] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None
+        self._ended = False
+        self._error: UpstreamError | None = None
+
+    def put(self, run: bytes) -> asyncio.Future | None:
+        self._runs.append(run)
+        self._notify()
+        if len(self._runs) >= _QUEUED_RUNS:
+            self._room = asyncio.get_running_loop().create_future()
+        return self._room
+
+    def end(self, error: UpstreamError | None) -> None:
+        self._ended, self._error = True, error
+        self._notify()
+
+    async def get(self) -> bytes | None:
+        """The next run; None at a clean end; raises the stream's error."""
+        while not self._runs and not self._ended:
+            self._wake = asyncio.get_running_loop().create_future()
+            await self._wake
+        if self._runs:
+            if self._room is not None and len(self._runs) <= _QUEUED_RUNS // 2:
+                self._room.set_result(None)
+                self._room = None
+            return self._runs.popleft()
+        if self._error is not None:
+            raise self._error
+        return None
+
+    def _notify(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
