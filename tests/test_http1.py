@@ -12,10 +12,26 @@ from gateway.http1 import ConnectionBroken, ConnectionPool
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def _serve(handler: Handler) -> tuple[asyncio.Server, str]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return server, f"http://127.0.0.1:{port}/v1/completions"
+@pytest.fixture
+async def serve():
+    """Start a raw server with a handler; returns its URL. Servers close at teardown."""
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler) -> str:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/completions"
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+async def pool():
+    pool = ConnectionPool(connect_timeout_s=2)
+    yield pool
+    pool.close()
 
 
 async def _read_request(reader: asyncio.StreamReader) -> bytes:
@@ -25,7 +41,7 @@ async def _read_request(reader: asyncio.StreamReader) -> bytes:
     return await reader.readexactly(length)
 
 
-async def test_a_keep_alive_connection_the_worker_closed_while_idle_is_replaced_transparently():
+async def test_a_keep_alive_connection_the_worker_closed_while_idle_is_replaced_transparently(serve, pool):
     connections = 0
 
     async def answer_once_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -36,22 +52,17 @@ async def test_a_keep_alive_connection_the_worker_closed_while_idle_is_replaced_
         await writer.drain()
         writer.close()  # like a worker's keep-alive timeout, but at once
 
-    server, url = await _serve(answer_once_then_close)
-    pool = ConnectionPool(connect_timeout_s=2)
-    try:
-        for payload in (b"first", b"second"):
-            resp = await pool.request("POST", url, {}, payload)
-            await resp.head
-            assert await resp.read() == payload
-            resp.release()
-            await asyncio.sleep(0.05)  # the server's close reaches the pooled connection
-        assert connections == 2
-    finally:
-        pool.close()
-        server.close()
+    url = await serve(answer_once_then_close)
+    for payload in (b"first", b"second"):
+        resp = await pool.request("POST", url, {}, payload)
+        await resp.head
+        assert await resp.read() == payload
+        resp.release()
+        await asyncio.sleep(0.05)  # the server's close reaches the pooled connection
+    assert connections == 2
 
 
-async def test_a_reused_connection_that_breaks_without_answering_is_retried_once():
+async def test_a_reused_connection_that_breaks_without_answering_is_retried_once(serve, pool):
     seen: list[bytes] = []
 
     async def second_request_dies(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -64,21 +75,16 @@ async def test_a_reused_connection_that_breaks_without_answering_is_retried_once
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             await writer.drain()
 
-    server, url = await _serve(second_request_dies)
-    pool = ConnectionPool(connect_timeout_s=2)
-    try:
-        for _ in range(2):
-            resp = await pool.request("POST", url, {}, b"x")
-            await resp.head
-            assert await resp.read() == b"ok"
-            resp.release()
-        assert len(seen) == 3  # the broken attempt and its retry on a new connection
-    finally:
-        pool.close()
-        server.close()
+    url = await serve(second_request_dies)
+    for _ in range(2):
+        resp = await pool.request("POST", url, {}, b"x")
+        await resp.head
+        assert await resp.read() == b"ok"
+        resp.release()
+    assert len(seen) == 3  # the broken attempt and its retry on a new connection
 
 
-async def test_a_body_delimited_by_the_connection_closing_is_read_whole():
+async def test_a_body_delimited_by_the_connection_closing_is_read_whole(serve, pool):
     async def close_delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\npart one, ")
@@ -87,18 +93,13 @@ async def test_a_body_delimited_by_the_connection_closing_is_read_whole():
         writer.write(b"part two")
         writer.close()
 
-    server, url = await _serve(close_delimited)
-    pool = ConnectionPool(connect_timeout_s=2)
-    try:
-        resp = await pool.request("POST", url, {}, b"x")
-        await resp.head
-        assert await resp.read() == b"part one, part two"
-    finally:
-        pool.close()
-        server.close()
+    url = await serve(close_delimited)
+    resp = await pool.request("POST", url, {}, b"x")
+    await resp.head
+    assert await resp.read() == b"part one, part two"
 
 
-async def test_a_stream_cut_mid_body_reports_the_break_after_the_bytes_it_got():
+async def test_a_stream_cut_mid_body_reports_the_break_after_the_bytes_it_got(serve, pool):
     async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
@@ -106,23 +107,18 @@ async def test_a_stream_cut_mid_body_reports_the_break_after_the_bytes_it_got():
         await asyncio.sleep(0.02)
         writer.transport.abort()
 
-    server, url = await _serve(cut)
-    pool = ConnectionPool(connect_timeout_s=2)
-    try:
-        resp = await pool.request("POST", url, {}, b"x")
-        await resp.head
-        got: list[bytes] = []
-        ended: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-        resp.stream(lambda data: got.append(data), ended.set_result)
-        error = await asyncio.wait_for(ended, 2)
-        assert got == [b"hello"]
-        assert isinstance(error, ConnectionBroken)
-    finally:
-        pool.close()
-        server.close()
+    url = await serve(cut)
+    resp = await pool.request("POST", url, {}, b"x")
+    await resp.head
+    got: list[bytes] = []
+    ended: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+    resp.stream(lambda data: got.append(data), ended.set_result)
+    error = await asyncio.wait_for(ended, 2)
+    assert got == [b"hello"]
+    assert isinstance(error, ConnectionBroken)
 
 
-async def test_a_consumer_that_returns_a_future_holds_the_worker_back():
+async def test_a_consumer_that_returns_a_future_holds_the_worker_back(serve, pool):
     async def fast_chunks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -132,33 +128,27 @@ async def test_a_consumer_that_returns_a_future_holds_the_worker_back():
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
-    server, url = await _serve(fast_chunks)
-    pool = ConnectionPool(connect_timeout_s=2)
+    url = await serve(fast_chunks)
     loop = asyncio.get_running_loop()
     gate: asyncio.Future[None] = loop.create_future()
     got: list[bytes] = []
-    try:
-        resp = await pool.request("POST", url, {}, b"x")
-        await resp.head
-        ended: asyncio.Future[Exception | None] = loop.create_future()
+    resp = await pool.request("POST", url, {}, b"x")
+    await resp.head
+    ended: asyncio.Future[Exception | None] = loop.create_future()
 
-        def on_data(data: bytes) -> asyncio.Future | None:
-            got.append(data)
-            return gate if not gate.done() else None
+    def on_data(data: bytes) -> asyncio.Future | None:
+        got.append(data)
+        return gate if not gate.done() else None
 
-        resp.stream(on_data, ended.set_result)
-        await asyncio.sleep(0.2)
-        assert len(got) == 1  # nothing more was pushed while the consumer was busy
-        gate.set_result(None)
-        assert await asyncio.wait_for(ended, 5) is None
-        assert b"".join(got) == b"".join(bytes([65 + i % 26]) * 4096 for i in range(200))
-    finally:
-        pool.close()
-        server.close()
+    resp.stream(on_data, ended.set_result)
+    await asyncio.sleep(0.2)
+    assert len(got) == 1  # nothing more was pushed while the consumer was busy
+    gate.set_result(None)
+    assert await asyncio.wait_for(ended, 5) is None
+    assert b"".join(got) == b"".join(bytes([65 + i % 26]) * 4096 for i in range(200))
 
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/x", "http:///nohost"])
-async def test_non_http_urls_are_refused(url):
-    pool = ConnectionPool(connect_timeout_s=1)
+async def test_non_http_urls_are_refused(url, pool):
     with pytest.raises(ValueError):
         await pool.request("GET", url, {})
