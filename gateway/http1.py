@@ -206,9 +206,7 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.response = resp = Response(self, url)
         self.got_bytes = False
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            self.transport.write(body)
+        self.transport.write(head + body)  # one segment for the usual small body
         return resp
 
     def pause(self) -> None:
