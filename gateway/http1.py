@@ -22,8 +22,9 @@ OnData = Callable[[bytes], "asyncio.Future | None"]
 OnEnd = Callable[["Exception | None"], None]
 
 
-class ConnectionBroken(ConnectionError):
-    """The connection closed or broke before the response was complete."""
+class ConnectionBroken(Exception):
+    """The connection closed or broke before the response was complete (not an OSError:
+    those mean the connection could not be made)."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -146,7 +147,6 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.used = False  # has answered a request before: a failure may be a stale keep-alive
         self.got_bytes = False
-        self._header_name = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]

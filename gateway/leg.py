@@ -202,7 +202,6 @@ class Leg:
             self.resp.release()
 
 
-
 class _RunQueue:
     """Runs pushed from a socket callback, taken by a task; the worker waits when it is far ahead."""
 

@@ -54,8 +54,6 @@ class Upstream:
     async def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes = b"") -> Response:
         try:
             return await self.pool.request(method, url, headers, body)
-        except ConnectionBroken:
-            raise
         except OSError as err:  # TimeoutError included: the connect timeout
             reason = str(err) or f"no connection within {self.timeouts.connect_s:g}s"
             raise ConnectFailed(f"cannot connect to worker {url}: {reason}") from None
