@@ -19,7 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
+from gateway.config import Timeouts
+from gateway.errors import UpstreamError
+from gateway.http1 import ConnectionBroken
+from gateway.upstream import Upstream
 
 
 class StartupError(RuntimeError):
@@ -170,8 +173,9 @@ async def wait_healthy(
     """
     health = url.rstrip("/") + "/health"
     t0 = time.monotonic()
-    request_timeout = aiohttp.ClientTimeout(total=min(5.0, max(timeout_s, 0.1)))
-    async with aiohttp.ClientSession(timeout=request_timeout) as session:
+    request_timeout_s = min(5.0, max(timeout_s, 0.1))
+    upstream = Upstream(Timeouts(connect_s=request_timeout_s))
+    try:
         while True:
             if proc is not None and not proc.alive():
                 raise StartupError(
@@ -179,12 +183,13 @@ async def wait_healthy(
                     f"log {proc.log_path}:\n{proc.log_tail()}"
                 )
             try:
-                async with session.get(health) as resp:
-                    if resp.status == 200:
-                        return time.monotonic() - t0
-            except (TimeoutError, aiohttp.ClientError, OSError):
+                if await upstream.get_ok(health, request_timeout_s):
+                    return time.monotonic() - t0
+            except (TimeoutError, UpstreamError, ConnectionBroken, OSError):
                 pass
             if time.monotonic() - t0 > timeout_s:
                 tail = f"; log {proc.log_path}:\n{proc.log_tail()}" if proc is not None else ""
                 raise StartupError(f"{health} not healthy after {timeout_s:.0f}s{tail}")
             await asyncio.sleep(interval_s)
+    finally:
+        await upstream.close()
