@@ -27,7 +27,7 @@ from .router import Router
 log = logging.getLogger("pd_gateway")
 
 
-Serve = Callable[[Route, dict[bytes, bytes], Receive], Awaitable[Response]]
+Serve = Callable[[Route, dict[bytes, bytes], Receive, "Send | None"], Awaitable[Response]]
 FAST_ROUTES: dict[str, Route] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
 
@@ -48,7 +48,7 @@ class FastPath:
         if scope["type"] == "http" and scope["method"] == "POST":
             route = FAST_ROUTES.get(scope["path"])
             if route is not None:
-                response = await self.serve(route, dict(scope["headers"]), receive)
+                response = await self.serve(route, dict(scope["headers"]), receive, send)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -72,8 +72,10 @@ def create_app(config: GatewayConfig) -> FastPath:
     app.state.router = router
     app.include_router(admin_routes(router))
 
-    async def serve(route: Route, headers: dict[bytes, bytes], receive: Receive) -> Response:
-        """The OpenAI routes; `headers` are the request's, names lower-case (as ASGI has them)."""
+    async def serve(route: Route, headers: dict[bytes, bytes], receive: Receive, send: Send | None) -> Response:
+        """The OpenAI routes; `headers` are the request's, names lower-case (as ASGI has them).
+
+        Given the client's `send`, a stream's first events may go out before this returns."""
         given_id = headers.get(b"x-request-id")
         # Ids only need to be unique, not secret: no getrandom syscall on the hot path.
         request_id = given_id.decode("latin-1") if given_id else f"{random.getrandbits(128):032x}"
@@ -88,7 +90,7 @@ def create_app(config: GatewayConfig) -> FastPath:
             return _gone(request_id, route, router)
         watch = ClientWatch(receive)
         try:
-            result = await dispatch(route, raw, request_id)
+            result = await dispatch(route, raw, request_id, send)
         except asyncio.CancelledError:
             router.admission.leave()
             if not watch.disconnected:
@@ -105,14 +107,14 @@ def create_app(config: GatewayConfig) -> FastPath:
             router.admission.leave()
         return result
 
-    async def dispatch(route: Route, raw: bytes, request_id: str) -> Response:
+    async def dispatch(route: Route, raw: bytes, request_id: str, send: Send | None) -> Response:
         try:
             req = parse_request(route, raw, config.limits)
             pool = router.pool_for(req.model)
             if pool.kind == "replicas":
-                result = await replicas.forward(router, pool, req, request_id)
+                result = await replicas.forward(router, pool, req, request_id, send)
             else:
-                result = await PROTOCOLS[pool.protocol](router, pool, req, request_id)
+                result = await PROTOCOLS[pool.protocol](router, pool, req, request_id, send)
         except GatewayError as err:
             return _refused(err, request_id, route, router)
         except UpstreamStatus as err:
@@ -122,11 +124,11 @@ def create_app(config: GatewayConfig) -> FastPath:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await serve("completions", dict(request.scope["headers"]), request.receive)
+        return await serve("completions", dict(request.scope["headers"]), request.receive, None)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await serve("chat", dict(request.scope["headers"]), request.receive)
+        return await serve("chat", dict(request.scope["headers"]), request.receive, None)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:

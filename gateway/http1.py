@@ -50,6 +50,7 @@ class Response:
         self.headers: dict[str, str] = {}
         self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.complete = False
+        self.aborted = False  # closed by its caller: never retried
         self.error: Exception | None = None
         self._buffer: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
@@ -57,6 +58,7 @@ class Response:
         self._on_end: OnEnd | None = None
         self._backlog: deque[bytes] = deque()
         self._blocked = False
+        self._consumer: tuple[OnData, OnEnd] | None = None
 
     # --- consumer side
 
@@ -70,21 +72,36 @@ class Response:
         return b"".join(self._buffer)
 
     def stream(self, on_data: OnData, on_end: OnEnd) -> None:
-        """Push body bytes to `on_data` as they arrive, then call `on_end` (None: complete)."""
+        """Push body bytes to `on_data` as they arrive, then call `on_end` (None: complete).
+
+        Before the head, this waits for it: a 2xx head starts the push from the same socket
+        callback, any other status leaves the body to `read`."""
+        if not self.head.done():
+            self._consumer = (on_data, on_end)
+            return
         self._on_data, self._on_end = on_data, on_end
         self._backlog.extend(self._buffer)
         self._buffer = []
         self._drain()
 
     def close(self) -> None:
-        """Abort: the connection is closed (the worker sees the request cancelled)."""
-        self.conn.close()
+        """Abort: the connection is closed (the worker sees the request cancelled); a no-op
+        once released, when the connection may be serving another request."""
+        self.aborted = True
+        if self.conn.response is self:
+            self.conn.close()
 
     def release(self) -> None:
         """Done with it: a complete response gives its connection back to the pool."""
         self.conn.done(self)
 
     # --- connection side
+
+    def _head_done(self, status: int) -> None:
+        self.status = status
+        self.head.set_result(None)
+        if self._consumer is not None and status < 300:
+            self.stream(*self._consumer)
 
     def _body(self, data: bytes) -> None:
         if self._on_data is None:
@@ -186,8 +203,7 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         resp = self.response
         if resp is not None and not resp.head.done():
-            resp.status = self.parser.get_status_code()
-            resp.head.set_result(None)
+            resp._head_done(self.parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
         if self.response is not None:
@@ -242,11 +258,14 @@ class ConnectionPool:
         self._idle: dict[tuple[str, int, bool], list[Connection]] = {}
         self._ssl: ssl.SSLContext | None = None
 
-    async def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes = b"") -> Response:
-        """Send the request; returns the Response at once (await `response.head` for the head).
+    async def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes = b"",
+                      on_sent: Callable[[Response], None] | None = None) -> Response:
+        """Send the request; returns the Response (await `response.head` for the head).
 
         A reused connection that breaks before any byte of the answer was probably closed
-        by the worker while idle: that case is retried once on a new connection.
+        by the worker while idle: that case is retried once on a new connection, so on a
+        reused connection this returns with the head; `on_sent` sees each Response as soon
+        as its request is written.
         """
         scheme, host, port, path = split_url(url)
         origin = (host, port, scheme == "https")
@@ -258,15 +277,19 @@ class ConnectionPool:
         if conn is None:
             conn = await self._connect(origin)
         resp = conn.request(head, body, url)
+        if on_sent is not None:
+            on_sent(resp)
         if not conn.used:
             return resp
         try:
             await resp.head
         except ConnectionBroken:
-            if conn.got_bytes:
+            if conn.got_bytes or resp.aborted:
                 raise
             conn = await self._connect(origin)
             resp = conn.request(head, body, url)
+            if on_sent is not None:
+                on_sent(resp)
         except BaseException:  # cancelled: the request must not stay open at the worker
             conn.close()
             raise

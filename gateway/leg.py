@@ -37,13 +37,19 @@ class Leg:
         self._held = False
         self._garbage: str | None = None
         self._last = b""
+        self._consumer: tuple[OnRun, Callable[[UpstreamError | None], None]] | None = None
+        self._on_sent: Callable[[], None] | None = None
 
     @property
     def headers(self) -> dict[str, str]:
         return self.router.worker_headers(self.pool, self.request_id)
 
-    async def open(self, path: str, body: bytes) -> None:
-        """Send the request; retry other workers while none has produced anything."""
+    async def open(self, path: str, body: bytes, on_sent: Callable[[], None] | None = None) -> None:
+        """Send the request; retry other workers while none has produced anything.
+
+        `on_sent` runs once the request is first on the wire: work that need not delay it
+        (arming a relay with `stream`, say) goes there."""
+        self._on_sent = on_sent
         router = self.router
         tried: set[Endpoint] = set()
         loop = asyncio.get_running_loop()
@@ -57,26 +63,59 @@ class Leg:
                 continue
             ep.acquire(self.tokens)
             try:
-                self.resp = await router.upstream.open(ep.url + path, body, self.headers)
+                await self._attempt(ep.url + path, body)
             except (Retryable, UpstreamStatus) as err:
-                self._drop(ep)
+                self._given_up(ep)
                 if isinstance(err, UpstreamStatus) and err.status < 500:
                     raise
                 router.failed(ep, str(err), eject_now=isinstance(err, ConnectFailed))
                 tried.add(ep)
-                if len(tried) > retries:
+                if len(tried) > retries or self.aborted:
                     raise
                 log.warning("rid=%s %s; retrying on another worker", self.request_id, err)
                 continue
             except UpstreamError as err:  # a timeout: the prompt may simply be long, so no retry
-                self._drop(ep)
+                self._given_up(ep)
                 router.failed(ep, err.message)
                 raise
             except BaseException:
-                self._drop(ep)
+                self._given_up(ep)
                 raise
             self.ep, self._held = ep, True
             return
+
+    async def _attempt(self, url: str, body: bytes) -> None:
+        upstream, t = self.router.upstream, self.router.config.timeouts
+        try:
+            await upstream.answer(await upstream.post(url, body, self.headers, self._sent))
+        except Retryable:
+            if self.watched is not None and self.watched.reason:
+                raise UpstreamError(f"worker {url} sent no response within {t.first_byte_s:g}s", 504, "timeout") from None
+            raise
+
+    def _sent(self, resp: Response) -> None:
+        """The request is written (again, after a stale keep-alive connection)."""
+        self.resp = resp
+        if self.watched is None:
+            # One watchdog entry bounds the whole call: the answer, the first event, the gaps.
+            t = self.router.config.timeouts
+            self.watched = self.router.watchdog.watch(t.first_byte_s, t.total_s, self._close)
+        if self._consumer is not None:
+            self._push(resp, *self._consumer)
+        if self._on_sent is not None:
+            on_sent, self._on_sent = self._on_sent, None
+            on_sent()
+
+    def _close(self) -> None:
+        if self.resp is not None:
+            self.resp.close()
+
+    def _given_up(self, ep: Endpoint) -> None:
+        self._unwatch()
+        if self.resp is not None:
+            self.resp.close()
+            self.resp = None
+        self._drop(ep)
 
     async def _wait_for_capacity(self, remaining: float) -> None:
         try:
@@ -105,6 +144,7 @@ class Leg:
     async def read(self) -> tuple[bytes, dict]:
         """The whole (non-streaming) JSON body, raw and parsed; releases the endpoint."""
         assert self.resp is not None
+        self._unwatch()  # the body has a timer of its own
         try:
             raw = await self.router.upstream.read(self.resp)
             answer = load_json(raw, f"{self.role} worker {self._where}")
@@ -119,13 +159,19 @@ class Leg:
     def stream(self, on_run: OnRun, on_end: Callable[[UpstreamError | None], None]) -> None:
         """Push runs of complete SSE events to `on_run` from the socket callback, then call
         `on_end` (None: the stream ended with [DONE]). `on_run` may return a future to hold
-        the worker back until it is done."""
-        resp = self.resp
-        assert resp is not None
-        t = self.router.config.timeouts
-        self.watched = w = self.router.watchdog.watch(t.first_byte_s, t.total_s, resp.close)
+        the worker back until it is done.
+
+        Called before `open` returns, the runs start as soon as a 2xx answer's body arrives;
+        a failed attempt pushes nothing."""
+        self._consumer = (on_run, on_end)
+        if self.resp is not None:
+            self._push(self.resp, on_run, on_end)
+
+    def _push(self, resp: Response, on_run: OnRun, on_end: Callable[[UpstreamError | None], None]) -> None:
+        w = self.watched
+        assert w is not None
         framer = EventFramer()
-        between = t.between_chunks_s
+        between = self.router.config.timeouts.between_chunks_s
 
         def on_data(data: bytes) -> asyncio.Future | None:
             if self._garbage:
@@ -191,10 +237,13 @@ class Leg:
             if self.resp is not None:
                 self.resp.close()
 
-    def release(self) -> None:
+    def _unwatch(self) -> None:
         if self.watched is not None:
             self.router.watchdog.forget(self.watched)
             self.watched = None
+
+    def release(self) -> None:
+        self._unwatch()
         if self._held and self.ep is not None:
             self._drop(self.ep)
             self._held = False

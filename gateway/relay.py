@@ -31,6 +31,12 @@ class ClientWatch:
         owner = asyncio.current_task()
         assert owner is not None
         self.callback: Callable[[], object] = owner.cancel
+        self._task: asyncio.Task | None = None
+        # Started once the request's first step (up to the upstream write) is over: a task
+        # created here would cost the first token more than it is worth that early.
+        self._starting = asyncio.get_running_loop().call_soon(self._start, receive)
+
+    def _start(self, receive: Receive) -> None:
         self._task = asyncio.create_task(self._run(receive))
 
     async def _run(self, receive: Receive) -> None:
@@ -40,10 +46,9 @@ class ClientWatch:
         self.callback()
 
     def close(self) -> None:
-        self._task.cancel()
-
-
-_PENDING_RUNS = 64  # runs held before the head is out, at most, before the worker is held back
+        self._starting.cancel()
+        if self._task is not None:
+            self._task.cancel()
 
 
 class PushSource(Protocol):
@@ -59,7 +64,11 @@ def send_now(send: Send, message: Message) -> asyncio.Future | None:
     uvicorn's send only waits when the client's buffer is full; then the rest of it runs in
     a task, and the returned future tells the caller to hold the worker back until it is done.
     """
-    coro = send(message)
+    return run_now(send(message))
+
+
+def run_now(coro: Coroutine) -> asyncio.Future | None:
+    """Step `coro` here and now; if it has to wait, the rest runs in a task (its future is returned)."""
     try:
         waiting = coro.send(None)
     except StopIteration:
@@ -106,6 +115,7 @@ class StreamRelay(Response):
         on_disconnect: Callable[[], None],
         on_close: Callable[[], None],
         transform: Callable[[bytes], bytes] | None = None,
+        send: Send | None = None,
     ) -> None:
         self.source = source
         self.transform = transform
@@ -114,11 +124,15 @@ class StreamRelay(Response):
         self.on_disconnect = on_disconnect
         self.closers = [on_close]
         self.watch: ClientWatch | None = None
+        # Given the client's `send` before the leg opens, a push relay sends the head and the
+        # first runs from the socket callback that read them, before this response is called.
+        self._armed = _Pushed(self, send) if send is not None and hasattr(source, "stream") else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watch = self.watch or ClientWatch(receive)
         watch.callback = self.on_disconnect
-        relay = _Pushed(self, watch, send) if hasattr(self.source, "stream") else _Pulled(self, watch, send)
+        relay = self._armed or (_Pushed(self, send) if hasattr(self.source, "stream") else _Pulled(self, send))
+        relay.watch = watch
         try:
             if watch.disconnected:
                 return
@@ -127,9 +141,10 @@ class StreamRelay(Response):
             except UpstreamError as err:  # nothing reached the client yet: answer with a real status
                 await err.to_response(self.request_id)(scope, receive, send)
                 return
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            relay.started = True
-            await send({"type": "http.response.body", "body": first, "more_body": True})
+            if not relay.started:
+                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                relay.started = True
+                await send({"type": "http.response.body", "body": first, "more_body": True})
             await relay.rest()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except UpstreamError as err:
@@ -149,9 +164,10 @@ class StreamRelay(Response):
 
 
 class _Pulled:
-    def __init__(self, relay: StreamRelay, watch: ClientWatch, send: Send) -> None:
+    def __init__(self, relay: StreamRelay, send: Send) -> None:
         self.events: AsyncIterator[bytes] = relay.source  # type: ignore[assignment]
-        self.watch, self.send = watch, send
+        self.send = send
+        self.watch: ClientWatch | None = None
         self.started = False
 
     async def first(self) -> bytes:
@@ -159,7 +175,7 @@ class _Pulled:
 
     async def rest(self) -> None:
         async for run in self.events:
-            if self.watch.disconnected:
+            if self.watch is not None and self.watch.disconnected:
                 break
             await self.send({"type": "http.response.body", "body": run, "more_body": True})
 
@@ -173,16 +189,16 @@ class _Pulled:
 
 
 class _Pushed:
-    """Runs from a Leg's socket callback: held in `_pending` until the head is out, then sent
-    from the callback itself."""
+    """Runs from a Leg's socket callback, sent from that callback: the first one with the
+    head, so that the first token does not wait for a task to be scheduled."""
 
-    def __init__(self, relay: StreamRelay, watch: ClientWatch, send: Send) -> None:
-        self.watch, self.send, self.transform = watch, send, relay.transform
+    def __init__(self, relay: StreamRelay, send: Send) -> None:
+        self.send, self.transform = send, relay.transform
+        self.headers = relay.raw_headers
         self.abort = relay.on_disconnect
+        self.watch: ClientWatch | None = None
         self.started = self.stopped = False
         loop = asyncio.get_running_loop()
-        self._pending: list[bytes] | None = []
-        self._room: asyncio.Future[None] | None = None  # the worker waits while too much is pending
         self._first: asyncio.Future[None] = loop.create_future()
         self._done: asyncio.Future[UpstreamError | None] = loop.create_future()
         relay.source.stream(self._on_run, self._on_end)  # type: ignore[union-attr]
@@ -190,22 +206,22 @@ class _Pushed:
     def _on_run(self, run: bytes) -> asyncio.Future | None:
         if self.transform is not None:
             run = self.transform(run)
-        if self._pending is not None:
-            self._pending.append(run)
-            if not self._first.done():
-                self._first.set_result(None)
-            if len(self._pending) >= _PENDING_RUNS:
-                self._room = asyncio.get_running_loop().create_future()
-                return self._room
-            return None
-        if self.stopped or self.watch.disconnected:
+        if self.stopped or (self.watch is not None and self.watch.disconnected):
             return None
         try:
-            return send_now(self.send, {"type": "http.response.body", "body": run, "more_body": True})
+            if self.started:
+                return send_now(self.send, {"type": "http.response.body", "body": run, "more_body": True})
+            self.started = True
+            self._first.set_result(None)
+            return run_now(self._begin(run))
         except Exception:
             self.stopped = True
             self.abort()
             raise
+
+    async def _begin(self, first: bytes) -> None:
+        await self.send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await self.send({"type": "http.response.body", "body": first, "more_body": True})
 
     def _on_end(self, err: UpstreamError | None) -> None:
         if not self._first.done():
@@ -213,22 +229,12 @@ class _Pushed:
         elif not self._done.done():
             self._done.set_result(err)
 
-    def _take(self) -> bytes:
-        assert self._pending is not None
-        runs, self._pending = self._pending, []
-        if self._room is not None:
-            self._room.set_result(None)
-            self._room = None
-        return b"".join(runs)
-
     async def first(self) -> bytes:
+        """Waits for the first run, which is sent by then."""
         await self._first
-        return self._take()
+        return b""
 
     async def rest(self) -> None:
-        while self._pending:  # what arrived while the head and the first runs were being sent
-            await self.send({"type": "http.response.body", "body": self._take(), "more_body": True})
-        self._pending = None  # from here on, the socket callback sends
         err = await self._done
         if err is not None:
             raise err
@@ -238,7 +244,5 @@ class _Pushed:
         self.abort()
 
     async def close(self) -> None:
-        if self._room is not None and not self._room.done():
-            self._room.set_result(None)
         if self._first.done() and not self._first.cancelled():
             self._first.exception()  # retrieved, whether or not first() was awaited

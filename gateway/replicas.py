@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from starlette.responses import Response
+from starlette.types import Send
 
 from .leg import Leg
 from .pool import Pool
@@ -11,15 +12,23 @@ from .requests import ApiRequest
 from .router import Router
 
 
-async def forward(router: Router, pool: Pool, req: ApiRequest, request_id: str) -> Response | StreamRelay:
+async def forward(router: Router, pool: Pool, req: ApiRequest, request_id: str,
+                  send: Send | None = None) -> Response | StreamRelay:
     leg = Leg(router, pool, "replica", request_id)
-    await leg.open(req.path, req.raw)
     if not req.stream:
+        await leg.open(req.path, req.raw)
         body, _ = await leg.read()  # read() refuses garbage: it must not pass as a 200
         return Response(body, leg.status, media_type=leg.content_type, headers={"x-request-id": request_id})
-    return StreamRelay(
-        leg,
-        request_id,
-        on_disconnect=lambda: leg.abort("client disconnected"),
-        on_close=leg.release,
-    )
+    relay: list[StreamRelay] = []
+
+    def arm() -> None:  # once the request is on its way: the first event goes out as soon as it is read
+        relay.append(StreamRelay(
+            leg,
+            request_id,
+            on_disconnect=lambda: leg.abort("client disconnected"),
+            on_close=leg.release,
+            send=send,
+        ))
+
+    await leg.open(req.path, req.raw, on_sent=arm)
+    return relay[0]

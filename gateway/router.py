@@ -35,7 +35,8 @@ class Router:
         self.config = config
         self.pools = [Pool(p) for p in config.pools]
         self.upstream = Upstream(config.timeouts)
-        self.watchdog = Watchdog(period_s=min(1.0, config.timeouts.between_chunks_s / 4))
+        t = config.timeouts
+        self.watchdog = Watchdog(period_s=min(1.0, t.first_byte_s / 4, t.between_chunks_s / 4))
         self.health = HealthChecker(self.endpoints, self.upstream, config.health)
         self.metrics = Metrics()
         limits = config.limits

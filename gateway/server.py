@@ -66,6 +66,7 @@ async def start_gateway(config: GatewayConfig, install_signal_handlers: bool = F
             loop="none",
             lifespan="on",
             access_log=False,
+            server_header=False,  # one header less to write per response
             proxy_headers=False,  # the gateway reads no forwarded-for headers; one ASGI layer less
             log_level=config.log_level,
             timeout_graceful_shutdown=config.drain_s,

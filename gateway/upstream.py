@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .config import Timeouts
 from .errors import UpstreamError, UpstreamStatus
@@ -24,39 +24,37 @@ class Upstream:
     async def close(self) -> None:
         self.pool.close()
 
-    async def open(
-        self, url: str, body: bytes, headers: Mapping[str, str], first_byte_s: float | None = None
-    ) -> Response:
-        """POST and wait for the response head; non-2xx raises UpstreamStatus with its body."""
-        limit = first_byte_s or self.timeouts.first_byte_s
-        resp: Response | None = None
-        try:
-            async with asyncio.timeout(limit):
-                resp = await self._send("POST", url, headers, body)
-                await resp.head
-                if resp.status >= 300:
-                    failed, resp = resp, None
-                    payload = await failed.read()
-                    failed.release()
-                    raise UpstreamStatus(failed.status, payload, failed.headers.get("content-type", "application/json"))
-                return resp
-        except TimeoutError:
-            if resp is not None:
-                resp.close()
-            raise UpstreamError(f"worker {url} sent no response within {limit:g}s", 504, "timeout") from None
-        except ConnectionBroken as err:
-            raise NoAnswer(f"worker {url} failed before answering: {err}") from None
-        except BaseException:
-            if resp is not None:
-                resp.close()
-            raise
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
+                   on_sent: Callable[[Response], None]) -> Response:
+        """Send a POST (`on_sent` sees the Response once written); then `answer` has the head.
 
-    async def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes = b"") -> Response:
+        No timer here: the caller's watchdog entry bounds the wait for the answer, which
+        is cheaper on the hot path than an asyncio timeout per request.
+        """
+        return await self._send("POST", url, headers, body, on_sent)
+
+    async def answer(self, resp: Response) -> None:
+        """Wait for the head; non-2xx raises UpstreamStatus with its body."""
         try:
-            return await self.pool.request(method, url, headers, body)
+            await resp.head
+        except ConnectionBroken as err:
+            raise NoAnswer(f"worker {resp.url} failed before answering: {err}") from None
+        except BaseException:
+            resp.close()
+            raise
+        if resp.status >= 300:
+            payload = await self.read(resp)
+            raise UpstreamStatus(resp.status, payload, resp.headers.get("content-type", "application/json"))
+
+    async def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes = b"",
+                    on_sent: Callable[[Response], None] | None = None) -> Response:
+        try:
+            return await self.pool.request(method, url, headers, body, on_sent)
         except OSError as err:  # TimeoutError included: the connect timeout
             reason = str(err) or f"no connection within {self.timeouts.connect_s:g}s"
             raise ConnectFailed(f"cannot connect to worker {url}: {reason}") from None
+        except ConnectionBroken as err:  # a reused connection's retry failed too
+            raise NoAnswer(f"worker {url} failed before answering: {err}") from None
 
     async def read(self, resp: Response) -> bytes:
         try:

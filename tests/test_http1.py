@@ -152,3 +152,56 @@ async def test_a_consumer_that_returns_a_future_holds_the_worker_back(serve, poo
 async def test_non_http_urls_are_refused(url, pool):
     with pytest.raises(ValueError):
         await pool.request("GET", url, {})
+
+
+@pytest.mark.parametrize(("status", "pushed"), [(200, True), (503, False)])
+async def test_a_consumer_set_before_the_head_gets_the_body_only_of_a_2xx_answer(serve, pool, status, pushed):
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await asyncio.sleep(0.05)  # the consumer is in place well before the head
+        writer.write(b"HTTP/1.1 %d X\r\ncontent-length: 4\r\n\r\nbody" % status)
+        await writer.drain()
+
+    url = await serve(answer)
+    got: list[bytes] = []
+    ended: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+    resp = await pool.request("POST", url, {}, b"x")
+    resp.stream(got.append, ended.set_result)
+    await resp.head
+    assert resp.status == status
+    if pushed:
+        assert await asyncio.wait_for(ended, 2) is None
+        assert got == [b"body"]
+    else:
+        assert await resp.read() == b"body" and got == []
+        assert not ended.done()
+
+
+async def test_a_request_its_caller_closed_is_not_retried(serve, pool):
+    requests = 0
+
+    async def count_and_stay_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        while True:
+            await _read_request(reader)
+            requests += 1
+            if requests == 1:
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+
+    url = await serve(count_and_stay_silent)
+    first = await pool.request("POST", url, {}, b"x")
+    await first.head
+    assert await first.read() == b"ok"
+    first.release()
+    first.close()  # released: a no-op, the pooled connection stays usable
+
+    sent: list = []
+    pending = asyncio.ensure_future(pool.request("POST", url, {}, b"x", on_sent=sent.append))
+    await asyncio.sleep(0.05)
+    assert len(sent) == 1 and requests == 2  # the pooled connection was reused
+    sent[0].close()  # a caller giving up, e.g. on a timeout
+    with pytest.raises(ConnectionBroken):
+        await asyncio.wait_for(pending, 2)
+    await asyncio.sleep(0.05)
+    assert requests == 2 and len(sent) == 1

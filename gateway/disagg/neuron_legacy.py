@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator, Coroutine
 
 from starlette.responses import Response
+from starlette.types import Send
 
 from ..leg import Leg
 from ..payload import dumps, load_json
@@ -45,7 +46,8 @@ def _release(*legs: Leg) -> None:
         leg.release()
 
 
-async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str) -> Response:
+async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str, send: Send | None = None) -> Response:
+    """`send` is unused: the relay combines two legs in a task."""
     p = Leg(router, pool, "prefill", request_id, tokens=req.prompt_tokens)
     d = Leg(router, pool, "decode", request_id)
     p_open = p.open(req.path, dumps(prefill_body(req.body)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 from starlette.responses import Response
+from starlette.types import Send
 
 from ..errors import UpstreamError
 from ..leg import Leg
@@ -35,14 +36,14 @@ async def prefill(router: Router, pool: Pool, req: ApiRequest, request_id: str) 
     return answer
 
 
-async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str) -> Response:
+async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str, send: Send | None = None) -> Response:
     answer = await prefill(router, pool, req, request_id)
     body = dict(req.body)
     body["kv_transfer_params"] = answer["kv_transfer_params"]
     leg = Leg(router, pool, "decode", request_id)
-    await leg.open(req.path, dumps(body))
     p_usage = answer.get("usage")
     if not req.stream:
+        await leg.open(req.path, dumps(body))
         raw, result = await leg.read()
         if not (p_usage or {}).get("prompt_tokens_details"):
             return Response(raw, leg.status, media_type=leg.content_type, headers={"x-request-id": request_id})
@@ -51,13 +52,20 @@ async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str) ->
     transform = None
     if req.include_usage and (p_usage or {}).get("prompt_tokens_details"):
         transform = functools.partial(_with_prefill_usage, p_usage=p_usage)
-    return StreamRelay(
-        leg,
-        request_id,
-        on_disconnect=lambda: leg.abort("client disconnected"),
-        on_close=leg.release,
-        transform=transform,
-    )
+    relay: list[StreamRelay] = []
+
+    def arm() -> None:  # as for replicas: the first event goes out as soon as it is read
+        relay.append(StreamRelay(
+            leg,
+            request_id,
+            on_disconnect=lambda: leg.abort("client disconnected"),
+            on_close=leg.release,
+            transform=transform,
+            send=send,
+        ))
+
+    await leg.open(req.path, dumps(body), on_sent=arm)
+    return relay[0]
 
 
 def _with_prefill_usage(run: bytes, p_usage: dict) -> bytes:
