@@ -85,12 +85,13 @@ class Leg:
             return
 
     async def _attempt(self, url: str, body: bytes) -> None:
-        upstream, t = self.router.upstream, self.router.config.timeouts
+        upstream = self.router.upstream
         try:
             await upstream.answer(await upstream.post(url, body, self.headers, self._sent))
         except Retryable:
             if self.watched is not None and self.watched.reason:
-                raise UpstreamError(f"worker {url} sent no response within {t.first_byte_s:g}s", 504, "timeout") from None
+                limit = self.router.config.timeouts.first_byte_s
+                raise UpstreamError(f"worker {url} sent no response within {limit:g}s", 504, "timeout") from None
             raise
 
     def _sent(self, resp: Response) -> None:
