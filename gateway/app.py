@@ -164,9 +164,8 @@ class _ClientGone(Exception):
 
 
 async def _read_body(receive: Receive, length: bytes, limit: int) -> bytes:
-    too_large = GatewayError(413, f"request body exceeds {limit} bytes", "body_too_large")
     if length.isdigit() and int(length) > limit:
-        raise too_large
+        raise _too_large(limit)
     parts, size = [], 0
     while True:
         message = await receive()
@@ -175,10 +174,14 @@ async def _read_body(receive: Receive, length: bytes, limit: int) -> bytes:
         part = message.get("body", b"")
         size += len(part)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         parts.append(part)
         if not message.get("more_body", False):
             return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"request body exceeds {limit} bytes", "body_too_large")
 
 
 def _gone(request_id: str, route: str, router: Router) -> Response:

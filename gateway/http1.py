@@ -27,6 +27,10 @@ class ConnectionBroken(Exception):
     those mean the connection could not be made)."""
 
 
+def header_lines(headers: Mapping[str, str]) -> bytes:
+    return "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+
+
 @functools.lru_cache(maxsize=4096)
 def split_url(url: str) -> tuple[str, str, int, str]:
     """(scheme, host, port, path-and-query) of an http(s) URL."""
@@ -258,9 +262,11 @@ class ConnectionPool:
         self._idle: dict[tuple[str, int, bool], list[Connection]] = {}
         self._ssl: ssl.SSLContext | None = None
 
-    async def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes = b"",
+    async def request(self, method: str, url: str, headers: bytes = b"", body: bytes = b"",
                       on_sent: Callable[[Response], None] | None = None) -> Response:
         """Send the request; returns the Response (await `response.head` for the head).
+
+        `headers` are header lines, each ending in CRLF (`header_lines` makes them).
 
         A reused connection that breaks before any byte of the answer was probably closed
         by the worker while idle: that case is retried once on a new connection, so on a
@@ -269,10 +275,8 @@ class ConnectionPool:
         """
         scheme, host, port, path = split_url(url)
         origin = (host, port, scheme == "https")
-        lines = [f"{method} {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-length: {len(body)}\r\n"]
-        lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        head = b"%s %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-length: %d\r\n%s\r\n" % (
+            method.encode(), path.encode(), host.encode(), port, len(body), headers)
         conn = self._take(origin)
         if conn is None:
             conn = await self._connect(origin)

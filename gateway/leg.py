@@ -41,7 +41,7 @@ class Leg:
         self._on_sent: Callable[[], None] | None = None
 
     @property
-    def headers(self) -> dict[str, str]:
+    def headers(self) -> bytes:
         return self.router.worker_headers(self.pool, self.request_id)
 
     async def open(self, path: str, body: bytes, on_sent: Callable[[], None] | None = None) -> None:

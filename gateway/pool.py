@@ -63,9 +63,6 @@ class Pool:
     def endpoints(self) -> list[Endpoint]:
         return [e for group in self.groups.values() for e in group]
 
-    def available(self, role: Role) -> list[Endpoint]:
-        return [e for e in self.groups.get(role, []) if e.healthy and not e.draining]
-
     @property
     def ready(self) -> bool:
         """Every role of the pool has at least one healthy endpoint."""

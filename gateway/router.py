@@ -8,6 +8,7 @@ import logging
 from .config import GatewayConfig
 from .errors import GatewayError
 from .health import HealthChecker
+from .http1 import header_lines
 from .limits import Admission, Capacity
 from .metrics import Metrics
 from .policy import Policy, least_loaded
@@ -30,10 +31,18 @@ def _prompt_tokens(ep: Endpoint) -> int:
     return ep.outstanding_tokens
 
 
+def _pool_headers(pool: Pool) -> bytes:
+    headers = {"content-type": "application/json"}
+    if pool.config.api_key:
+        headers["authorization"] = f"Bearer {pool.config.api_key}"
+    return header_lines(headers)
+
+
 class Router:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.pools = [Pool(p) for p in config.pools]
+        self._headers = {p.name: _pool_headers(p) for p in self.pools}
         self.upstream = Upstream(config.timeouts)
         t = config.timeouts
         self.watchdog = Watchdog(period_s=min(1.0, t.first_byte_s / 4, t.between_chunks_s / 4))
@@ -57,26 +66,28 @@ class Router:
         raise GatewayError(404, f"The model `{model}` does not exist.", "model_not_found")
 
     def choose(self, pool: Pool, role: Role, exclude: set[Endpoint] | frozenset = frozenset()) -> Endpoint:
-        available = [e for e in pool.available(role) if e not in exclude]
-        if not available:
+        limit = self.config.limits.max_inflight_per_worker
+        candidates, available = [], False
+        for e in pool.groups.get(role, ()):
+            if e.healthy and not e.draining and e not in exclude:
+                available = True
+                if e.outstanding < limit:
+                    candidates.append(e)
+        if not candidates:
+            if available:
+                raise Saturated()
             raise GatewayError(
                 503, f"no healthy {role} worker in pool '{pool.name}'", "no_healthy_worker",
                 headers={"retry-after": "1"},
             )
-        limit = self.config.limits.max_inflight_per_worker
-        candidates = [e for e in available if e.outstanding < limit]
-        if not candidates:
-            raise Saturated()
         load = self.load_of[role]
         cursor = pool.ties.get(role, 0)
         pool.ties[role] = cursor + 1
         return candidates[self.policy([load(e) for e in candidates], cursor)]
 
-    def worker_headers(self, pool: Pool, request_id: str) -> dict[str, str]:
-        headers = {"content-type": "application/json", "x-request-id": request_id}
-        if pool.config.api_key:
-            headers["authorization"] = f"Bearer {pool.config.api_key}"
-        return headers
+    def worker_headers(self, pool: Pool, request_id: str) -> bytes:
+        """The header lines of a request to one of the pool's workers."""
+        return self._headers[pool.name] + b"x-request-id: %s\r\n" % request_id.encode("latin-1")
 
     # Outlier ejection -------------------------------------------------------
 

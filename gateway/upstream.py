@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from .config import Timeouts
 from .errors import UpstreamError, UpstreamStatus
@@ -24,7 +24,7 @@ class Upstream:
     async def close(self) -> None:
         self.pool.close()
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
+    async def post(self, url: str, body: bytes, headers: bytes,
                    on_sent: Callable[[Response], None]) -> Response:
         """Send a POST (`on_sent` sees the Response once written); then `answer` has the head.
 
@@ -46,7 +46,7 @@ class Upstream:
             payload = await self.read(resp)
             raise UpstreamStatus(resp.status, payload, resp.headers.get("content-type", "application/json"))
 
-    async def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes = b"",
+    async def _send(self, method: str, url: str, headers: bytes = b"", body: bytes = b"",
                     on_sent: Callable[[Response], None] | None = None) -> Response:
         try:
             return await self.pool.request(method, url, headers, body, on_sent)
@@ -72,7 +72,7 @@ class Upstream:
         resp: Response | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                resp = await self._send("GET", url, {})
+                resp = await self._send("GET", url)
                 await resp.head
                 return resp.status, await resp.read()
         finally:

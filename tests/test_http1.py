@@ -54,7 +54,7 @@ async def test_a_keep_alive_connection_the_worker_closed_while_idle_is_replaced_
 
     url = await serve(answer_once_then_close)
     for payload in (b"first", b"second"):
-        resp = await pool.request("POST", url, {}, payload)
+        resp = await pool.request("POST", url, b"", payload)
         await resp.head
         assert await resp.read() == payload
         resp.release()
@@ -77,7 +77,7 @@ async def test_a_reused_connection_that_breaks_without_answering_is_retried_once
 
     url = await serve(second_request_dies)
     for _ in range(2):
-        resp = await pool.request("POST", url, {}, b"x")
+        resp = await pool.request("POST", url, b"", b"x")
         await resp.head
         assert await resp.read() == b"ok"
         resp.release()
@@ -94,7 +94,7 @@ async def test_a_body_delimited_by_the_connection_closing_is_read_whole(serve, p
         writer.close()
 
     url = await serve(close_delimited)
-    resp = await pool.request("POST", url, {}, b"x")
+    resp = await pool.request("POST", url, b"", b"x")
     await resp.head
     assert await resp.read() == b"part one, part two"
 
@@ -108,7 +108,7 @@ async def test_a_stream_cut_mid_body_reports_the_break_after_the_bytes_it_got(se
         writer.transport.abort()
 
     url = await serve(cut)
-    resp = await pool.request("POST", url, {}, b"x")
+    resp = await pool.request("POST", url, b"", b"x")
     await resp.head
     got: list[bytes] = []
     ended: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
@@ -132,7 +132,7 @@ async def test_a_consumer_that_returns_a_future_holds_the_worker_back(serve, poo
     loop = asyncio.get_running_loop()
     gate: asyncio.Future[None] = loop.create_future()
     got: list[bytes] = []
-    resp = await pool.request("POST", url, {}, b"x")
+    resp = await pool.request("POST", url, b"", b"x")
     await resp.head
     ended: asyncio.Future[Exception | None] = loop.create_future()
 
@@ -151,7 +151,7 @@ async def test_a_consumer_that_returns_a_future_holds_the_worker_back(serve, poo
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/x", "http:///nohost"])
 async def test_non_http_urls_are_refused(url, pool):
     with pytest.raises(ValueError):
-        await pool.request("GET", url, {})
+        await pool.request("GET", url)
 
 
 @pytest.mark.parametrize(("status", "pushed"), [(200, True), (503, False)])
@@ -165,7 +165,7 @@ async def test_a_consumer_set_before_the_head_gets_the_body_only_of_a_2xx_answer
     url = await serve(answer)
     got: list[bytes] = []
     ended: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-    resp = await pool.request("POST", url, {}, b"x")
+    resp = await pool.request("POST", url, b"", b"x")
     resp.stream(got.append, ended.set_result)
     await resp.head
     assert resp.status == status
@@ -190,14 +190,14 @@ async def test_a_request_its_caller_closed_is_not_retried(serve, pool):
                 await writer.drain()
 
     url = await serve(count_and_stay_silent)
-    first = await pool.request("POST", url, {}, b"x")
+    first = await pool.request("POST", url, b"", b"x")
     await first.head
     assert await first.read() == b"ok"
     first.release()
     first.close()  # released: a no-op, the pooled connection stays usable
 
     sent: list = []
-    pending = asyncio.ensure_future(pool.request("POST", url, {}, b"x", on_sent=sent.append))
+    pending = asyncio.ensure_future(pool.request("POST", url, b"", b"x", on_sent=sent.append))
     await asyncio.sleep(0.05)
     assert len(sent) == 1 and requests == 2  # the pooled connection was reused
     sent[0].close()  # a caller giving up, e.g. on a timeout
