@@ -90,13 +90,26 @@ async def _generated(url: str) -> float:
                if line.startswith("vllm:generation_tokens_total"))
 
 
+async def _settled_generated(urls: list[str]) -> float:
+    """The replicas' generated-token count once it stops moving: a token still being made
+    for an earlier request (or counted late) must not be put down to this one."""
+    last = -1.0
+    for _ in range(60):
+        now = sum([await _generated(u) for u in urls])
+        if now == last:
+            return now
+        last = now
+        await asyncio.sleep(0.5)
+    raise AssertionError("the replicas kept generating tokens with no request in flight")
+
+
 async def test_client_disconnect_aborts_the_real_request(dp_gateway, vllm_replicas):
     body = {"model": MODEL, "prompt": PROMPTS[1], "max_tokens": 400, "ignore_eos": True}
     async with httpx.AsyncClient(timeout=120) as c:
         started = time.monotonic()
         await c.post(f"{dp_gateway.url}/v1/completions", json=body)
         full_s = time.monotonic() - started  # how long the whole request takes when nobody leaves
-        before = sum([await _generated(s.url) for s in vllm_replicas])
+        before = await _settled_generated([s.url for s in vllm_replicas])
         async with c.stream("POST", f"{dp_gateway.url}/v1/completions", json={**body, "stream": True}) as resp:
             async for _ in resp.aiter_bytes():
                 break
