@@ -7,11 +7,14 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
+from starlette.types import Send
+
 from .errors import UpstreamError, UpstreamStatus
 from .http1 import Response
 from .limits import overloaded
 from .payload import load_json
 from .pool import Endpoint, Pool, Role
+from .relay import StreamRelay
 from .router import Router, Saturated
 from .sse import DONE, EventFramer
 from .upstream import ConnectFailed, Retryable
@@ -156,6 +159,19 @@ class Leg:
             self.release()
         self._succeeded()
         return raw, answer
+
+    async def open_relay(self, path: str, body: bytes, send: Send | None,
+                         transform: Callable[[bytes], bytes] | None = None) -> StreamRelay:
+        """Open the leg and relay its stream to the client. The relay is armed once the request
+        is on its way, so the first event goes out as soon as it is read."""
+        made: list[StreamRelay] = []
+
+        def arm() -> None:
+            made.append(StreamRelay(self, self.request_id, on_disconnect=lambda: self.abort("client disconnected"),
+                                    on_close=self.release, transform=transform, send=send))
+
+        await self.open(path, body, on_sent=arm)
+        return made[0]
 
     def stream(self, on_run: OnRun, on_end: Callable[[UpstreamError | None], None]) -> None:
         """Push runs of complete SSE events to `on_run` from the socket callback, then call

@@ -19,16 +19,4 @@ async def forward(router: Router, pool: Pool, req: ApiRequest, request_id: str,
         await leg.open(req.path, req.raw)
         body, _ = await leg.read()  # read() refuses garbage: it must not pass as a 200
         return Response(body, leg.status, media_type=leg.content_type, headers={"x-request-id": request_id})
-    relay: list[StreamRelay] = []
-
-    def arm() -> None:  # once the request is on its way: the first event goes out as soon as it is read
-        relay.append(StreamRelay(
-            leg,
-            request_id,
-            on_disconnect=lambda: leg.abort("client disconnected"),
-            on_close=leg.release,
-            send=send,
-        ))
-
-    await leg.open(req.path, req.raw, on_sent=arm)
-    return relay[0]
+    return await leg.open_relay(req.path, req.raw, send)

@@ -16,7 +16,6 @@ from ..errors import UpstreamError
 from ..leg import Leg
 from ..payload import dumps, load_json
 from ..pool import Pool
-from ..relay import StreamRelay
 from ..requests import ApiRequest
 from ..router import Router
 from ..sse import split_events
@@ -52,20 +51,7 @@ async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str, se
     transform = None
     if req.include_usage and (p_usage or {}).get("prompt_tokens_details"):
         transform = functools.partial(_with_prefill_usage, p_usage=p_usage)
-    relay: list[StreamRelay] = []
-
-    def arm() -> None:  # as for replicas: the first event goes out as soon as it is read
-        relay.append(StreamRelay(
-            leg,
-            request_id,
-            on_disconnect=lambda: leg.abort("client disconnected"),
-            on_close=leg.release,
-            transform=transform,
-            send=send,
-        ))
-
-    await leg.open(req.path, dumps(body), on_sent=arm)
-    return relay[0]
+    return await leg.open_relay(req.path, dumps(body), send, transform)
 
 
 def _with_prefill_usage(run: bytes, p_usage: dict) -> bytes:
