@@ -116,9 +116,8 @@ class Leg:
 
     def _given_up(self, ep: Endpoint) -> None:
         self._unwatch()
-        if self.resp is not None:
-            self.resp.close()
-            self.resp = None
+        self._close()
+        self.resp = None
         self._drop(ep)
 
     async def _wait_for_capacity(self, remaining: float) -> None:
