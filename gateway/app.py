@@ -27,7 +27,7 @@ from .router import Router
 log = logging.getLogger("pd_gateway")
 
 
-Serve = Callable[[Route, dict[bytes, bytes], Receive, "Send | None"], Awaitable[Response]]
+Serve = Callable[[Route, dict[bytes, bytes], "bytes | None", Receive, "Send | None"], Awaitable[Response]]
 FAST_ROUTES: dict[str, Route] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
 
@@ -39,19 +39,25 @@ class FastPath:
     the scope in one pass). The FastAPI routes stay for everything else (and docs).
     """
 
-    def __init__(self, app: FastAPI, serve: Serve) -> None:
+    def __init__(self, app: FastAPI, serve: Serve, body_limit: int) -> None:
         self.app = app
         self.state = app.state
         self.serve = serve
+        self.body_limit = body_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             route = FAST_ROUTES.get(scope["path"])
             if route is not None:
-                response = await self.serve(route, dict(scope["headers"]), receive, send)
-                await response(scope, receive, send)
+                await self.handle(route, dict(scope["headers"]), None, scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    async def handle(self, route: Route, headers: dict[bytes, bytes], body: bytes | None,
+                     scope: Scope, receive: Receive, send: Send) -> None:
+        """One OpenAI request; `body` is None when it is still to be read from `receive`."""
+        response = await self.serve(route, headers, body, receive, send)
+        await response(scope, receive, send)
 
 
 def create_app(config: GatewayConfig) -> FastPath:
@@ -72,7 +78,8 @@ def create_app(config: GatewayConfig) -> FastPath:
     app.state.router = router
     app.include_router(admin_routes(router))
 
-    async def serve(route: Route, headers: dict[bytes, bytes], receive: Receive, send: Send | None) -> Response:
+    async def serve(route: Route, headers: dict[bytes, bytes], body: bytes | None,
+                    receive: Receive, send: Send | None) -> Response:
         """The OpenAI routes; `headers` are the request's, names lower-case (as ASGI has them).
 
         Given the client's `send`, a stream's first events may go out before this returns."""
@@ -82,7 +89,8 @@ def create_app(config: GatewayConfig) -> FastPath:
         try:
             if config.auth.api_keys:
                 check_key(headers.get(b"authorization", b"").decode("latin-1"), config.auth.api_keys)
-            raw = await _read_body(receive, headers.get(b"content-length", b""), config.limits.max_body_bytes)
+            raw = body if body is not None else await _read_body(
+                receive, headers.get(b"content-length", b""), config.limits.max_body_bytes)
             await router.admission.enter()
         except GatewayError as err:
             return _refused(err, request_id, route, router)
@@ -124,11 +132,11 @@ def create_app(config: GatewayConfig) -> FastPath:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        return await serve("completions", dict(request.scope["headers"]), request.receive, None)
+        return await serve("completions", dict(request.scope["headers"]), None, request.receive, None)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        return await serve("chat", dict(request.scope["headers"]), request.receive, None)
+        return await serve("chat", dict(request.scope["headers"]), None, request.receive, None)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
@@ -156,7 +164,7 @@ def create_app(config: GatewayConfig) -> FastPath:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(error_dict(str(exc.detail), exc.status_code), exc.status_code)
 
-    return FastPath(app, serve)
+    return FastPath(app, serve, config.limits.max_body_bytes)
 
 
 class _ClientGone(Exception):

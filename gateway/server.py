@@ -11,6 +11,7 @@ import uvicorn
 
 from .app import create_app
 from .config import GatewayConfig
+from .protocol import GatewayProtocol
 
 
 class RunningGateway:
@@ -62,7 +63,7 @@ async def start_gateway(config: GatewayConfig, install_signal_handlers: bool = F
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),
-            http="httptools",
+            http=GatewayProtocol,
             loop="none",
             lifespan="on",
             access_log=False,
