@@ -24,6 +24,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from .app import FAST_ROUTES, FastPath
+from .relay import run_now
 from .requests import PATHS, Route
 
 log = logging.getLogger("uvicorn.error")
@@ -145,6 +146,15 @@ class Exchange:
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
 
+    def push(self, body: bytes) -> asyncio.Future | None:
+        """A body part of a started response, written here and now: the relay's per-event
+        path, without the ASGI message and coroutine of `send`. A future means "wait"."""
+        if self._head is not None or not self._chunked or self.response_complete or self.protocol.flow.write_paused:
+            return run_now(self.send({"type": "http.response.body", "body": body, "more_body": True}))
+        if not self.disconnected and body:
+            self.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+        return None
+
     async def send(self, message: Message) -> None:
         flow = self.protocol.flow
         if flow.write_paused and not self.disconnected:
@@ -182,11 +192,14 @@ class Exchange:
             self._complete()
 
     def _render_head(self, status: int, headers: Any) -> list[bytes]:
+        # One search over all names and one over all values (tab is allowed in values).
+        headers = (*self.protocol.server_state.default_headers, *headers)
+        names, values = b"".join(n for n, _ in headers), b"\t".join(v for _, v in headers)
+        if HEADER_RE.search(names) or HEADER_VALUE_RE.search(values):
+            raise RuntimeError("Invalid HTTP header.")
         out = [STATUS_LINE[status]]
         close = False
-        for name, value in (*self.protocol.server_state.default_headers, *headers):
-            if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
-                raise RuntimeError("Invalid HTTP header.")
+        for name, value in headers:
             name = name.lower()
             if name == b"content-length" and self._chunked:
                 self._chunked = False

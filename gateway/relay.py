@@ -188,12 +188,21 @@ class _Pulled:
             await aclose()
 
 
+def _body_pusher(send: Send) -> Callable[[bytes], asyncio.Future | None]:
+    """The server's own per-part writer where it has one (gateway.protocol), else `send_now`."""
+    push = getattr(getattr(send, "__self__", None), "push", None)
+    if push is not None:
+        return push
+    return lambda run: send_now(send, {"type": "http.response.body", "body": run, "more_body": True})
+
+
 class _Pushed:
     """Runs from a Leg's socket callback, sent from that callback: the first one with the
     head, so that the first token does not wait for a task to be scheduled."""
 
     def __init__(self, relay: StreamRelay, send: Send) -> None:
         self.send, self.transform = send, relay.transform
+        self.push = _body_pusher(send)
         self.headers = relay.raw_headers
         self.abort = relay.on_disconnect
         self.watch: ClientWatch | None = None
@@ -210,7 +219,7 @@ class _Pushed:
             return None
         try:
             if self.started:
-                return send_now(self.send, {"type": "http.response.body", "body": run, "more_body": True})
+                return self.push(run)
             self.started = True
             self._first.set_result(None)
             return run_now(self._begin(run))
