@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 from starlette.types import Send
 
-from .errors import UpstreamError, UpstreamStatus
+from .errors import GatewayError, UpstreamError, UpstreamStatus
 from .http1 import Response
 from .limits import overloaded
 from .payload import load_json
@@ -27,8 +27,12 @@ _QUEUED_RUNS = 64  # runs an async consumer may fall behind before the worker is
 
 
 class Leg:
-    def __init__(self, router: Router, pool: Pool, role: Role, request_id: str, tokens: int = 0) -> None:
+    def __init__(self, router: Router, pool: Pool, role: Role, request_id: str, tokens: int = 0,
+                 replayable: bool = False) -> None:
+        """`replayable`: the request may go to another worker as it is when a stream fails
+        before its first event (a replica's, not a decode leg's that depends on its prefill)."""
         self.router = router
+        self.replayable = replayable
         self.pool = pool
         self.role = role
         self.request_id = request_id
@@ -42,6 +46,9 @@ class Leg:
         self._last = b""
         self._consumer: tuple[OnRun, Callable[[UpstreamError | None], None]] | None = None
         self._on_sent: Callable[[], None] | None = None
+        self._request = ("", b"")
+        self._tried: set[Endpoint] = set()
+        self._replay: asyncio.Task | None = None
 
     @property
     def headers(self) -> bytes:
@@ -53,12 +60,19 @@ class Leg:
         `on_sent` runs once the request is first on the wire: work that need not delay it
         (arming a relay with `stream`, say) goes there."""
         self._on_sent = on_sent
+        self._request = (path, body)
+        await self._choose_and_send()
+
+    async def _choose_and_send(self) -> None:
         router = self.router
-        tried: set[Endpoint] = set()
+        path, body = self._request
+        tried = self._tried
         loop = asyncio.get_running_loop()
         deadline = loop.time() + router.config.limits.queue_timeout_s
         retries = router.config.retries.attempts
         while True:
+            if self.aborted:
+                raise self._failure(self.aborted)
             try:
                 ep = router.choose(self.pool, self.role, exclude=tried)
             except Saturated:
@@ -204,7 +218,36 @@ class Leg:
             self._last = run
             return on_run(run)
 
-        resp.stream(on_data, lambda exc: on_end(self._outcome(exc)))
+        def ended(exc: Exception | None) -> None:
+            outcome = self._outcome(exc)
+            if outcome is not None and self._may_replay():
+                self._replay = asyncio.ensure_future(self._send_again(outcome, on_end))
+            else:
+                on_end(outcome)
+
+        resp.stream(on_data, ended)
+
+    def _may_replay(self) -> bool:
+        """Nothing reached the consumer, the worker failed (no timeout, abort or garbage),
+        and another worker may be tried."""
+        timed_out = self.watched is not None and self.watched.reason
+        return (self.replayable and not self._last and not timed_out and not self.aborted and not self._garbage
+                and len(self._tried) < self.router.config.retries.attempts)
+
+    async def _send_again(self, failure: UpstreamError, on_end: Callable[[UpstreamError | None], None]) -> None:
+        ep = self.ep
+        assert ep is not None
+        log.warning("rid=%s %s before its first event; retrying on another worker", self.request_id, failure.message)
+        self._tried.add(ep)
+        self._given_up(ep)
+        self.ep, self._held = None, False
+        try:
+            await self._choose_and_send()  # a 2xx answer re-arms the consumer (see _sent)
+        except UpstreamError as err:
+            on_end(err)
+        except (GatewayError, UpstreamStatus) as err:
+            message = err.message if isinstance(err, GatewayError) else f"worker answered {err.status}"
+            on_end(UpstreamError(f"{failure.message}; no other worker took the request: {message}"))
 
     def _outcome(self, exc: Exception | None) -> UpstreamError | None:
         if self._garbage:
@@ -259,6 +302,8 @@ class Leg:
             self.watched = None
 
     def release(self) -> None:
+        if self._replay is not None:
+            self._replay.cancel()
         self._unwatch()
         if self._held and self.ep is not None:
             self._drop(self.ep)

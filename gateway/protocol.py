@@ -105,12 +105,10 @@ class Exchange:
         self._wrote = False
         self._chunked = True
         self._remaining = 0
-        self._body_taken = False
         self._gone: asyncio.Future[None] | None = None
 
     async def run(self, gateway: FastPath) -> None:
         body = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
-        self._body_taken = True
         scope = {"type": "http", "method": "POST", "path": PATHS[self.route], "headers": self.headers}
         try:
             await gateway.handle(self.route, dict(self.headers), body, scope, self.receive, self.send)
@@ -128,9 +126,7 @@ class Exchange:
         self.transport.close()
 
     async def receive(self) -> Message:
-        if not self._body_taken:
-            self._body_taken = True
-            return {"type": "http.request", "body": b"".join(self.parts), "more_body": False}
+        """The body went to the gateway directly: `receive` only tells of the end (a disconnect)."""
         if not (self.disconnected or self.response_complete):
             if self._gone is None:
                 self._gone = asyncio.get_running_loop().create_future()

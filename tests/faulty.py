@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Literal
 
-Behaviour = Literal["silent", "headers-then-silent", "garbage-sse", "garbage-json", "close"]
+Behaviour = Literal["silent", "headers-then-silent", "headers-then-close", "garbage-sse", "garbage-json", "close"]
 
 MODELS = json.dumps({"object": "list", "data": [{"id": "sim-model", "object": "model"}]}).encode()
 
@@ -72,6 +72,8 @@ class FaultyWorker:
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
             await writer.drain()
             await asyncio.sleep(3600)
+        elif self.behaviour == "headers-then-close":  # a worker that dies before its first token
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
         elif self.behaviour == "garbage-sse":
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
             body = b"this is not server-sent events\n\n"

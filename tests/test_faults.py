@@ -72,6 +72,30 @@ async def test_stream_whose_first_event_never_comes_gets_a_real_504(gateway, cli
     await w.close()
 
 
+async def test_stream_cut_before_its_first_event_is_replayed_on_another_replica(sim, gateway, client):
+    dying = await FaultyWorker("headers-then-close").start()
+    good = await sim()
+    gw = await gateway([{"name": "dp", "workers": [dying.url, good.url]}])
+    for _ in range(4):  # least-loaded with round-robin ties: the dying one is chosen first half the time
+        resp = await client.post(f"{gw.url}/v1/completions", json={**BODY, "stream": True})
+        payloads = sse_payloads(resp.content)
+        assert resp.status_code == 200 and payloads[-1] == "[DONE]"
+        assert "".join(p["choices"][0]["text"] for p in payloads[:-1]) and "error" not in str(payloads)
+    assert dying.api_requests >= 1
+    assert [ep.outstanding for ep in gw.router.pools[0].endpoints] == [0, 0]  # nothing leaked
+    await dying.close()
+
+
+async def test_stream_cut_before_its_first_event_with_no_replica_left_is_a_502(gateway, client):
+    dying = [await FaultyWorker("headers-then-close").start() for _ in range(2)]
+    gw = await gateway([{"name": "dp", "workers": [w.url for w in dying]}])
+    resp = await client.post(f"{gw.url}/v1/completions", json={**BODY, "stream": True})
+    assert resp.status_code == 502 and "broke off the stream" in resp.json()["error"]["message"]
+    assert sum(w.api_requests for w in dying) == 2  # each tried once, then the client is told
+    for w in dying:
+        await w.close()
+
+
 @pytest.mark.parametrize(("behaviour", "stream"), [("garbage-sse", True), ("garbage-json", False), ("close", False)])
 async def test_garbage_from_a_worker_is_a_clean_error(gateway, client, behaviour, stream):
     w = await FaultyWorker(behaviour).start()
