@@ -37,6 +37,9 @@ _SERVER_ERROR = (
 
 
 class GatewayProtocol(HttpToolsProtocol):
+    """Takes the short path where `_short_route` allows it; `self.cycle` is then an Exchange,
+    which has the attributes uvicorn's own code reads (pipelining, shutdown, keep-alive)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gateway = self.app if isinstance(self.app, FastPath) else None
