@@ -45,13 +45,15 @@ class GatewayProtocol(HttpToolsProtocol):
         self.gateway = self.app if isinstance(self.app, FastPath) else None
 
     def on_headers_complete(self) -> None:
-        route = self._short_route()
-        if route is None:
+        short = self._short_route()
+        if short is None:
             super().on_headers_complete()
             return
-        self.cycle = Exchange(self, route, self.parser.should_keep_alive())  # type: ignore[assignment]
+        route, headers = short
+        self.cycle = Exchange(self, route, headers, self.parser.should_keep_alive())  # type: ignore[assignment]
 
-    def _short_route(self) -> Route | None:
+    def _short_route(self) -> tuple[Route, dict[bytes, bytes]] | None:
+        """The route and the headers (as the gateway reads them) of a request for the short path."""
         if self.gateway is None or self.limit_concurrency is not None or self.expect_100_continue:
             return None
         route = _ROUTES.get(self.url)
@@ -60,15 +62,11 @@ class GatewayProtocol(HttpToolsProtocol):
             return None
         if parser.should_upgrade() or not (self.cycle is None or self.cycle.response_complete):
             return None
-        length = None
-        for name, value in self.headers:
-            if name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                return None
-        if length is None or not length.isdigit() or int(length) > self.gateway.body_limit:
+        headers = dict(self.headers)
+        length = headers.get(b"content-length")
+        if b"transfer-encoding" in headers or length is None or not length.isdigit():
             return None
-        return route
+        return (route, headers) if int(length) <= self.gateway.body_limit else None
 
     def on_body(self, body: bytes) -> None:
         if isinstance(self.cycle, Exchange):
@@ -96,11 +94,12 @@ class GatewayProtocol(HttpToolsProtocol):
 class Exchange:
     """One request on the short path: what the gateway's responses need of uvicorn's cycle."""
 
-    def __init__(self, protocol: GatewayProtocol, route: Route, keep_alive: bool) -> None:
+    def __init__(self, protocol: GatewayProtocol, route: Route, headers: dict[bytes, bytes], keep_alive: bool) -> None:
         self.protocol = protocol
         self.transport = protocol.transport
         self.route = route
-        self.headers = protocol.headers
+        self.headers = headers
+        self._header_list = protocol.headers  # this request's: a pipelined one gets a new list
         self.keep_alive = keep_alive
         self.parts: list[bytes] = []
         self.response_started = self.response_complete = self.disconnected = False
@@ -112,9 +111,9 @@ class Exchange:
 
     async def run(self, gateway: FastPath) -> None:
         body = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
-        scope = {"type": "http", "method": "POST", "path": PATHS[self.route], "headers": self.headers}
+        scope = {"type": "http", "method": "POST", "path": PATHS[self.route], "headers": self._header_list}
         try:
-            await gateway.handle(self.route, dict(self.headers), body, scope, self.receive, self.send)
+            await gateway.handle(self.route, self.headers, body, scope, self.receive, self.send)
         except BaseException as exc:
             log.error("Exception in ASGI application\n", exc_info=exc)
             self._fail()
