@@ -38,7 +38,7 @@ class Upstream:
         try:
             await resp.head
         except ConnectionBroken as err:
-            raise NoAnswer(f"worker {resp.url} failed before answering: {err}") from None
+            raise NoAnswer.about(resp.url, err) from None
         except BaseException:
             resp.close()
             raise
@@ -54,7 +54,7 @@ class Upstream:
             reason = str(err) or f"no connection within {self.timeouts.connect_s:g}s"
             raise ConnectFailed(f"cannot connect to worker {url}: {reason}") from None
         except ConnectionBroken as err:  # a reused connection's retry failed too
-            raise NoAnswer(f"worker {url} failed before answering: {err}") from None
+            raise NoAnswer.about(url, err) from None
 
     async def read(self, resp: Response) -> bytes:
         try:
@@ -103,3 +103,7 @@ class ConnectFailed(Retryable):
 
 class NoAnswer(Retryable):
     """The connection broke before the worker answered (it died, or closed a pooled connection)."""
+
+    @classmethod
+    def about(cls, url: str, err: Exception) -> NoAnswer:
+        return cls(f"worker {url} failed before answering: {err}")
