@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     add_bench_parser(sub)
     commands["bench"] = run_bench
     args = parser.parse_args(argv)
+    if argv is None and args.command == "serve":  # this process's own command line: safe to replace
+        from .hugepages import reexec_on_huge_pages
+
+        reexec_on_huge_pages()
     return commands[args.command](args)
 
 
