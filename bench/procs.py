@@ -25,6 +25,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def _huge_page_kib(pid: int) -> int | None:
+    """The process's memory on transparent huge pages (AnonHugePages), in KiB."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _core_busy() -> dict[str, float]:
     """Busy seconds of every core so far, all processes (from /proc/stat)."""
     out = {}

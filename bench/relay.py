@@ -46,8 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .coldmem import cold_read_us
 from .loadgen import Client, run_interleaved, run_phase
-from .procs import HOST, Proc, _code_version, _free_port, _machine, _raise_nofile, _wait_ready
+from .procs import HOST, Proc, _code_version, _free_port, _huge_page_kib, _machine, _raise_nofile, _wait_ready
 from .report import _judge, _scenario, render
 
 RELAY_MODEL = "sim-relay"
@@ -205,6 +206,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
     if client_cpu is not None:
         os.sched_setaffinity(0, {client_cpu})
     _raise_nofile()
+    memory = dict(zip(("cold_read_us", "warm_read_us"), cold_read_us(gw_cpu, rounds=5), strict=True))
     itl_s = s.itl_ms / 1000
     log_dir = Path(tempfile.mkdtemp(prefix="pd-gateway-bench-"))
     procs: list[Proc] = []
@@ -235,6 +237,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
             procs.append(pipe)
             await _wait_ready(pipe, pipe_port, "/health")
         await _wait_ready(gateway, gw_port, "/ready")
+        memory["gateway_huge_page_kib"] = _huge_page_kib(gateway.pid)
 
         scenarios: list[dict[str, Any]] = []
         for n in s.streams:
@@ -277,7 +280,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
             f.unlink()
         log_dir.rmdir()
     report = {
-        "machine": dict(_machine(pinning, code), gateway_core=gw_cpu, client_core=client_cpu),
+        "machine": dict(_machine(pinning, code), gateway_core=gw_cpu, client_core=client_cpu, **memory),
         "settings": {k: v for k, v in s.__dict__.items()},
         "scenarios": scenarios,
         "elapsed_s": time.monotonic() - started,

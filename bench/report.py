@@ -89,6 +89,7 @@ def render(report: dict[str, Any]) -> str:
         f"code: {m.get('code', 'unknown')}, captured when the servers started; python {m['python']}",
         f"simulated workers: itl {st['itl_ms']:g} ms, ttft 0 ms; /v1/completions stream=true; "
         f"elapsed {report['elapsed_s']:.0f}s",
+        _memory_line(m),
         "VIA-DIRECT: what the gateway adds.  PIPE-DIRECT: what a byte-pipe TCP proxy (bench.pipe) adds "
         "on the same core: the machine's floor.",
         "",
@@ -107,6 +108,14 @@ def render(report: dict[str, Any]) -> str:
     if notes:
         out += [""] + notes
     return "\n".join(out) + "\n"
+
+
+def _memory_line(m: dict[str, Any]) -> str:
+    core = "" if m.get("gateway_core") is None else f" on CPU {m['gateway_core']}"
+    huge = m.get("gateway_huge_page_kib")
+    heap = "unknown" if huge is None else f"{huge / 1024:.0f} MiB" if huge else "none (4 KiB pages)"
+    return (f"memory{core}: a page read after 300 ms idle {m['cold_read_us']:.2f} us, warm {m['warm_read_us']:.3f} us "
+            f"(bench.coldmem); gateway heap on huge pages: {heap}")
 
 
 def _f(x: float | None, digits: int = 3, sign: bool = False) -> str:

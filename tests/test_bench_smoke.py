@@ -26,7 +26,7 @@ def test_bench_relay_tiny_run(tmp_path: Path) -> None:
     table = proc.stdout
     for text in ("SCENARIO", "VIA-DIRECT", "PIPE-DIRECT", "TARGET", "relay 1x8tok", "relay 4x8tok",
                  "pd 1x8tok", "pd 4x8tok", "TTFT p50 ms", "ITL p50 ms", "gateway CPU-s / 1k chunks",
-                 "(vs client-run P->D)", "errors"):
+                 "(vs client-run P->D)", "errors", "a page read after 300 ms idle", "gateway heap on huge pages"):
         assert text in table, f"{text!r} missing from:\n{table}"
     error_rows = [line.split() for line in table.splitlines() if line.split()[:1] == ["errors"]]
     assert len(error_rows) == 4 and all(set(r[1:4]) <= {"0"} for r in error_rows), table
