@@ -44,14 +44,19 @@ def _glibc_at_least(glibc: str, version: tuple[int, int]) -> bool:
         return False
 
 
-def reexec_on_huge_pages() -> None:
-    """Re-execute this very command line with the heap on huge pages, where that applies."""
+def huge_page_env_here(env: Mapping[str, str]) -> dict[str, str] | None:
+    """`huge_page_env` with this machine's kernel setting and C library."""
     try:
         thp_mode = THP_MODE.read_text()
         glibc = os.confstr("CS_GNU_LIBC_VERSION") or ""
     except (OSError, ValueError):
-        return
-    env = huge_page_env(os.environ, thp_mode, glibc)
+        return None
+    return huge_page_env(env, thp_mode, glibc)
+
+
+def reexec_on_huge_pages() -> None:
+    """Re-execute this very command line with the heap on huge pages, where that applies."""
+    env = huge_page_env_here(os.environ)
     if env is not None:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.hugepages import THP_MODE, huge_page_env
+from gateway.hugepages import huge_page_env, huge_page_env_here
 
 MADVISE = "always [madvise] never\n"
 
@@ -41,7 +41,7 @@ def test_nothing_changes_where_huge_pages_cannot_help(env: dict, thp: str, glibc
     assert huge_page_env(env, thp, glibc) is None
 
 
-@pytest.mark.skipif(not THP_MODE.exists() or "[never]" in THP_MODE.read_text(), reason="no THP here")
+@pytest.mark.skipif(huge_page_env_here({}) is None, reason="no THP or no glibc >= 2.35 here")
 def test_serve_runs_on_glibc_malloc_with_huge_pages(tmp_path: Path) -> None:
     """The real command line: the process that parses the config has the new environment (an
     invalid config makes it stop right there, after the re-exec)."""
