@@ -6,6 +6,7 @@ import asyncio
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -53,17 +54,20 @@ def _rss_kib(pid: int) -> int:
 async def test_sigterm_during_50_streams_lets_all_50_complete(sim, tmp_path):
     a = await sim(itl_ms=20)
     proc, url = await _spawn(tmp_path, [a.url], drain_s=10)
-    body = {"model": "sim-model", "prompt": "hi", "max_tokens": 40, "stream": True}
+    body = {"model": "sim-model", "prompt": "hi", "max_tokens": 100, "stream": True}
     async with httpx.AsyncClient(timeout=20, limits=httpx.Limits(max_connections=60)) as c:
         streams = [asyncio.create_task(c.post(f"{url}/v1/completions", json=body)) for _ in range(50)]
-        await asyncio.sleep(0.3)  # all 50 are streaming (40 tokens x 20 ms = 0.8 s each)
+        # Each stream lasts 100 x 20 ms = 2 s; opening 50 takes a loaded 2-core machine a while.
+        deadline = time.monotonic() + 1.5
+        while a.stats.in_flight < 50 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         assert a.stats.in_flight == 50
         proc.send_signal(signal.SIGTERM)
         results = await asyncio.gather(*streams)
     for r in results:
         payloads = sse_payloads(r.content)
         assert not any(isinstance(p, dict) and "error" in p for p in payloads)
-        assert sum(1 for p in payloads if isinstance(p, dict)) == 40
+        assert sum(1 for p in payloads if isinstance(p, dict)) == 100
     assert await asyncio.wait_for(proc.wait(), 10) == 0
 
 
