@@ -53,6 +53,11 @@ from .report import _judge, _scenario, render
 
 RELAY_MODEL = "sim-relay"
 PD_MODEL = "sim-pd"
+# Relays that take the same load on the gateway's core: module, what it shows.
+REFERENCES = {
+    "pipe": ("bench.pipe", "a byte-pipe TCP proxy, the machine's floor"),
+    "aiohttp": ("bench.aiohttp_pass", "a plain aiohttp pass-through, the issue's reference relay"),
+}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -76,8 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stream counts of the PD scenario (default 1,32)")
     p.add_argument("--no-pd-client", action="store_true",
                    help="skip the client-run P->D baseline of the PD scenario")
-    p.add_argument("--no-pipe", action="store_true",
-                   help="skip the floor reference: the same load through a byte-pipe TCP proxy (bench.pipe)")
+    p.add_argument("--refs", default=",".join(REFERENCES),
+                   help="reference relays run on the gateway's core in the relay scenarios: "
+                   + "; ".join(f"{k}: {v[1]}" for k, v in REFERENCES.items()) + " (default: all; '' for none)")
     p.add_argument("--gateway-cpu", type=int, default=0, help="core the gateway is pinned to (default 0)")
     p.add_argument("--client-cpu", type=int, default=1,
                    help="core of the sim workers and the load generator (default 1)")
@@ -123,7 +129,7 @@ class Settings:
     seq_tokens: int
     pd_streams: list[int]
     pd_client: bool
-    pipe: bool
+    refs: list[str]
     gateway_cpu: int
     client_cpu: int
     timeout_s: float | None
@@ -140,7 +146,7 @@ class Settings:
             seq_tokens=a.seq_tokens,
             pd_streams=[] if a.skip_pd else _int_list(a.pd_streams),
             pd_client=not a.no_pd_client,
-            pipe=not a.no_pipe,
+            refs=_refs(a.refs),
             gateway_cpu=a.gateway_cpu,
             client_cpu=a.client_cpu,
             timeout_s=a.timeout_s,
@@ -152,6 +158,14 @@ class Settings:
         if streams == 1:
             return self.seq_requests, self.seq_tokens
         return self.rounds or max(3, math.ceil(128 / streams)), self.tokens
+
+
+def _refs(text: str) -> list[str]:
+    out = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = sorted(set(out) - set(REFERENCES))
+    if unknown:
+        raise SystemExit(f"--refs: unknown {unknown}; choose from {list(REFERENCES)}")
+    return out
 
 
 def _int_list(text: str) -> list[int]:
@@ -229,13 +243,14 @@ async def _bench(s: Settings) -> dict[str, Any]:
                                         max([1, *s.streams, *s.pd_streams])))
         gateway = Proc("gateway", _gateway_argv(config), gw_cpu, log_dir)
         procs.append(gateway)
-        pipe = None
-        pipe_port = _free_port()
-        if s.pipe:
-            pipe = Proc("pipe", [sys.executable, "-m", "bench.pipe", "--listen", str(pipe_port),
-                                 "--upstream", str(relay_port)], gw_cpu, log_dir)
-            procs.append(pipe)
-            await _wait_ready(pipe, pipe_port, "/health")
+        refs: dict[str, tuple[Proc, int]] = {}
+        for name in s.refs:
+            port = _free_port()
+            ref = Proc(name, [sys.executable, "-m", REFERENCES[name][0], "--listen", str(port),
+                              "--upstream", str(relay_port)], gw_cpu, log_dir)
+            procs.append(ref)
+            await _wait_ready(ref, port, "/health")
+            refs[name] = ref, port
         await _wait_ready(gateway, gw_port, "/ready")
         memory["gateway_huge_page_kib"] = _huge_page_kib(gateway.pid)
 
@@ -243,10 +258,8 @@ async def _bench(s: Settings) -> dict[str, Any]:
         for n in s.streams:
             rounds, tokens = s.shape(n)
             timeout_s = s.timeout_s or 10 + 3 * tokens * itl_s
-            watched = {"gateway": gateway, "sim": sim}
-            if pipe is not None:
-                watched["pipe"] = pipe
-            targets = [("direct", relay_port), ("via", gw_port)] + ([("pipe", pipe_port)] if pipe else [])
+            watched = {"gateway": gateway, "sim": sim} | {name: proc for name, (proc, _) in refs.items()}
+            targets = [("direct", relay_port), ("via", gw_port)] + [(name, port) for name, (_, port) in refs.items()]
             makers = {label: functools.partial(Client, port, RELAY_MODEL, tokens, timeout_s)
                       for label, port in targets}
             phases = await _run(makers, n, rounds, tokens, itl_s, watched)
@@ -272,7 +285,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
         raise
     for p in procs:
         p.stop()
-    failed = any(sc[k]["errors"] for sc in scenarios for k in ("direct", "via", "pipe", "client_pd") if k in sc)
+    failed = any(sc[k]["errors"] for sc in scenarios for k in ("direct", "via", "client_pd", *s.refs) if k in sc)
     if s.keep_logs or failed:
         print(f"gateway and sim logs kept in {log_dir}", file=sys.stderr)
     else:
