@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -312,6 +313,26 @@ def test_nixl_cpu_workers() -> None:
     assert "--enforce-eager" in argv and argv[-2:] == ["--port", "8100"]
     assert not {"--device", "--use-v2-block-manager", "--override-neuron-config"} & set(argv)
     assert workers[0].cores is None
+
+
+def test_nixl_cpu_workers_get_the_progress_thread_fix_and_it_works(tmp_path: Path) -> None:
+    # NIXL hardcodes a busy-polling progress thread; on a CPU host it would eat a core per worker.
+    workers = plan(topo(NIXL.replace("ACC", "cpu").replace("KNOBS", ""))).workers
+    site = {w.env["PYTHONPATH"] for w in workers}
+    assert len(site) == 1
+    fake = tmp_path / "nixl_cu12"  # stands in for the binding NIXL's Python agent constructs
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "_bindings.py").write_text(
+        "class nixlAgent:\n    def __init__(self, name, config):\n        self.config = config\n"
+    )
+    probe = ("import types, nixl_cu12._bindings as b\n"
+             "print(b.nixlAgent('a', types.SimpleNamespace(pthrDelay=0, useProgThread=True)).config.pthrDelay)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*site, str(tmp_path)])}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "1000", out.stderr
+    gpu = plan(topo(NIXL.replace("ACC", "gpu").replace("KNOBS", ""))).workers
+    assert not any("PYTHONPATH" in w.env for w in gpu)
 
 
 def test_nixl_gpu_pins_devices_and_uses_cuda_buffers() -> None:

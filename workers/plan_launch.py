@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from workers.plan_cores import format_cores, visible_var
 from workers.topology import (
@@ -24,6 +25,7 @@ from workers.topology import (
 )
 
 Pool = ReplicasPool | PDPool
+NIXL_CPU_SITE = str(Path(__file__).with_name("nixl_site"))  # its sitecustomize.py tames NIXL's progress thread
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,8 @@ def _base_env(model: ModelSpec, slot: Slot, slots: list[Slot], cores: str | None
     if slot.side_channel_port is not None:
         env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = host.ip
         env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(slot.side_channel_port)
+        if host.accelerator == "cpu":  # without it NIXL's progress thread spins a whole core
+            env["PYTHONPATH"] = NIXL_CPU_SITE
     return env
 
 

@@ -31,10 +31,10 @@ import httpx
 import pytest
 
 from workers.launch import ProcessGroupHandle, free_port, start_group, wait_healthy
+from workers.plan_launch import NIXL_CPU_SITE
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-SITE_DIR = HERE / "_site"  # sitecustomize.py: stops NIXL's progress thread from spinning
 MODEL_DIR = Path(os.environ.get("PD_TINY_MODEL", ROOT / ".models" / "tiny-llama"))
 PYTHON = os.environ.get("PD_VLLM_PYTHON", sys.executable)
 STARTUP_TIMEOUT_S = float(os.environ.get("PD_VLLM_STARTUP_TIMEOUT", "300"))
@@ -70,7 +70,7 @@ SERVER_ENV: dict[str, str | None] = {
 
 def server_env() -> dict[str, str | None]:
     """SERVER_ENV plus the NIXL spin fix on PYTHONPATH; None means: unset it."""
-    pythonpath = os.pathsep.join(p for p in (str(SITE_DIR), os.environ.get("PYTHONPATH")) if p)
+    pythonpath = os.pathsep.join(p for p in (NIXL_CPU_SITE, os.environ.get("PYTHONPATH")) if p)
     return {**SERVER_ENV, "PYTHONPATH": pythonpath}
 
 
@@ -258,7 +258,7 @@ def vllm_stack() -> dict[str, str | None]:
     try:
         proc = subprocess.run(
             [PYTHON, "-c", _PROBE], capture_output=True, text=True, timeout=180, cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(SITE_DIR)},
+            env={**os.environ, "PYTHONPATH": NIXL_CPU_SITE},
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as e:
         _unavailable(f"probe of {PYTHON} failed: {e}")
