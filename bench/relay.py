@@ -1,7 +1,7 @@
 """Relay benchmark: the same streaming load sent direct to a simulated worker and through
 the gateway, side by side, with the gateway's added latency and CPU cost per relayed chunk.
 
-    python -m bench.relay                      # full run (about 7 minutes)
+    python -m bench.relay                      # full run (about 9 minutes)
     python -m bench.relay --quick              # small numbers (under a minute)
     python -m bench.relay --streams 1,32 --skip-pd --json out.json
     pd-gateway bench ...                       # the same
@@ -23,6 +23,10 @@ arrive at a steady rate):
   over the measured phase, divided by the SSE events the client received through it.
 * errors: non-200, missing [DONE], in-band error events, short streams, client timeouts,
   connection failures.
+
+The relay scenarios also send the same load through reference relays on the gateway's
+core (--refs): a byte pipe (bench.pipe, the floor) and a plain aiohttp pass-through
+(bench.aiohttp_pass, the issue's reference).
 
 The PD scenario puts a simulated prefill and decode worker (nixl protocol) behind the
 gateway and compares it with a direct call to the decode worker (which then prefills
