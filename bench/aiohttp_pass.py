@@ -12,12 +12,12 @@ gateway's core, next to the gateway and the byte pipe.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import web
+
+from .pipe import run_reference, until_signalled
 
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "host"})
 
@@ -48,21 +48,16 @@ def make_app(upstream: str) -> web.Application:
     return app
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.aiohttp_pass", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--listen", type=int, required=True)
-    p.add_argument("--upstream", type=int, required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    args = p.parse_args(argv)
-    try:
-        import uvloop
+async def serve(listen_port: int, upstream_port: int, host: str = "127.0.0.1") -> None:
+    runner = web.AppRunner(make_app(f"http://{host}:{upstream_port}"), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, listen_port, backlog=4096).start()
+    await until_signalled().wait()
+    await runner.cleanup()
 
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        loop_factory = asyncio.new_event_loop
-    web.run_app(make_app(f"http://{args.host}:{args.upstream}"), host=args.host, port=args.listen,
-                access_log=None, print=None, backlog=4096, loop=loop_factory())
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_reference(serve, "python -m bench.aiohttp_pass", __doc__, argv)
 
 
 if __name__ == "__main__":

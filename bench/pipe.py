@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 
 class _Upstream(asyncio.Protocol):
@@ -67,16 +67,23 @@ async def serve(listen_port: int, upstream_port: int, host: str = "127.0.0.1") -
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Downstream(host, upstream_port), host, listen_port,
                                       backlog=4096, reuse_address=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled().wait()
     server.close()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.pipe", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def until_signalled() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def run_reference(serve: Callable[[int, int, str], Awaitable[None]], prog: str, doc: str | None,
+                  argv: Sequence[str] | None) -> None:
+    """The command line the benchmark gives a reference relay: --listen PORT --upstream PORT."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listen", type=int, required=True)
     p.add_argument("--upstream", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1")
@@ -87,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         uvloop.run(serve(args.listen, args.upstream, args.host))
     except ImportError:  # pragma: no cover
         asyncio.run(serve(args.listen, args.upstream, args.host))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_reference(serve, "python -m bench.pipe", __doc__, argv)
 
 
 if __name__ == "__main__":
