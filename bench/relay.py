@@ -289,13 +289,6 @@ async def _bench(s: Settings) -> dict[str, Any]:
         raise
     for p in procs:
         p.stop()
-    failed = any(sc[k]["errors"] for sc in scenarios for k in ("direct", "via", "client_pd", *s.refs) if k in sc)
-    if s.keep_logs or failed:
-        print(f"gateway and sim logs kept in {log_dir}", file=sys.stderr)
-    else:
-        for f in log_dir.iterdir():
-            f.unlink()
-        log_dir.rmdir()
     report = {
         "machine": dict(_machine(pinning, code), gateway_core=gw_cpu, client_core=client_cpu, **memory),
         "settings": {k: v for k, v in s.__dict__.items()},
@@ -303,6 +296,12 @@ async def _bench(s: Settings) -> dict[str, Any]:
         "elapsed_s": time.monotonic() - started,
     }
     _judge(report)
+    if s.keep_logs or report["total_errors"]:
+        print(f"gateway and sim logs kept in {log_dir}", file=sys.stderr)
+    else:
+        for f in log_dir.iterdir():
+            f.unlink()
+        log_dir.rmdir()
     return report
 
 
