@@ -102,11 +102,21 @@ class ProcessGroupHandle:
             return f"<no log: {e}>"
         return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
+    def gone(self) -> bool:
+        """No live member is left; the leader is reaped then, so it does not linger as a zombie
+        (it may have died just after the last look)."""
+        if group_members(self.pgid):
+            return False
+        try:
+            self.proc.wait(timeout=1)  # dead: returns at once
+        except subprocess.TimeoutExpired:
+            pass
+        return True
+
     def _wait_group_gone(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while True:
-            self.proc.poll()  # reap the leader so it does not linger as a zombie
-            if not group_members(self.pgid):
+            if self.gone():
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -98,8 +98,7 @@ async def stop_group(handle: ProcessGroupHandle, grace_s: float, kill_wait_s: fl
             pass
         deadline = time.monotonic() + wait_s
         while True:
-            handle.proc.poll()  # reap the leader so it does not linger as a zombie
-            if not group_members(handle.pgid):
+            if handle.gone():
                 return True
             if time.monotonic() >= deadline:
                 break
