@@ -53,15 +53,10 @@ from typing import Any
 from .coldmem import cold_read_us
 from .loadgen import Client, run_interleaved, run_phase
 from .procs import HOST, Proc, _code_version, _free_port, _huge_page_kib, _machine, _raise_nofile, _wait_ready
-from .report import _judge, _scenario, render
+from .report import REFERENCES, _judge, _scenario, render
 
 RELAY_MODEL = "sim-relay"
 PD_MODEL = "sim-pd"
-# Relays that take the same load on the gateway's core: module, what it shows.
-REFERENCES = {
-    "pipe": ("bench.pipe", "a byte-pipe TCP proxy, the machine's floor"),
-    "aiohttp": ("bench.aiohttp_pass", "a plain aiohttp pass-through, the issue's reference relay"),
-}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -87,7 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the client-run P->D baseline of the PD scenario")
     p.add_argument("--refs", default=",".join(REFERENCES),
                    help="reference relays run on the gateway's core in the relay scenarios: "
-                   + "; ".join(f"{k}: {v[1]}" for k, v in REFERENCES.items()) + " (default: all; '' for none)")
+                   + "; ".join(f"{k}: {what}, {why}" for k, (_, what, why) in REFERENCES.items())
+                   + " (default: all; '' for none)")
     p.add_argument("--gateway-cpu", type=int, default=0, help="core the gateway is pinned to (default 0)")
     p.add_argument("--client-cpu", type=int, default=1,
                    help="core of the sim workers and the load generator (default 1)")

@@ -17,6 +17,11 @@ PD_FACTOR = 1.5  # PD figures vs the relay figures at the same stream count
 # to its 0.009 target; the same ratio to bench.aiohttp_pass scales the target to the machine at hand.
 CPU_PER_1K_VS_AIOHTTP = 0.009 / 0.007
 MEASURED = ("direct", "via", "client_pd")  # every other phase of a scenario is a reference relay
+# The reference relays, run on the gateway's core with the same load: module, what it is, what it shows.
+REFERENCES = {
+    "pipe": ("bench.pipe", "a byte-pipe TCP proxy", "the machine's floor"),
+    "aiohttp": ("bench.aiohttp_pass", "a plain aiohttp pass-through", "the issue's reference relay"),
+}
 
 
 def _scenario(kind: str, streams: int, rounds: int, tokens: int, phases: dict[str, Phase]) -> dict[str, Any]:
@@ -100,7 +105,8 @@ def render(report: dict[str, Any]) -> str:
         f"elapsed {report['elapsed_s']:.0f}s",
         _memory_line(m),
         "VIA-DIRECT: what the gateway adds.",
-        *(f"{r.upper()}-DIRECT: {_REF_TEXT[r]}" for r in refs),
+        *(f"{r.upper()}-DIRECT: what {REFERENCES[r][1]} ({REFERENCES[r][0]}) adds on the gateway's core, "
+          f"{REFERENCES[r][2]}." for r in refs),
         "",
     ]
     header = ("SCENARIO", "METRIC", "DIRECT", "VIA GW", "VIA-DIRECT", *(f"{r.upper()}-DIRECT" for r in refs),
@@ -118,12 +124,6 @@ def render(report: dict[str, Any]) -> str:
     if notes:
         out += [""] + notes
     return "\n".join(out) + "\n"
-
-
-_REF_TEXT = {
-    "pipe": "what a byte-pipe TCP proxy (bench.pipe) adds on the same core, the machine's floor.",
-    "aiohttp": "what a plain aiohttp pass-through (bench.aiohttp_pass) adds, the issue's reference relay.",
-}
 
 
 def _memory_line(m: dict[str, Any]) -> str:
@@ -219,14 +219,13 @@ def _rows(sc: dict[str, Any], refs: list[str], notes: list[str], machine: dict[s
             notes.append(f"* {name} {label}: the sim worker(s) ({100 * _sim_share(ph):.0f}%) and the load generator "
                          f"({100 * ph['cpu_share'].get('loadgen', 0):.0f}%) filled the client core: these figures "
                          "are bounded by the client side")
-        server = label if label in sc["refs"] else "gateway"
-        if label == "via" or label in sc["refs"]:
-            if ph["cpu_share"].get(server, 0) > 0.9:
-                notes.append(f"* {name} {label}: the {server} used {100 * ph['cpu_share'][server]:.0f}% of its "
-                             "core: saturated at this load")
+        server = label if label in sc["refs"] else "gateway" if label == "via" else None  # on the gateway core
+        if server and ph["cpu_share"].get(server, 0) > 0.9:
+            notes.append(f"* {name} {label}: the {server} used {100 * ph['cpu_share'][server]:.0f}% of its core: "
+                         "saturated at this load")
         if gw_core is not None and cl_core is not None and ph["wall_s"] >= 2:
             busy = ph["core_busy"]
-            on_gw = ph["cpu_share"].get(server, 0) if label == "via" or label in sc["refs"] else 0.0
+            on_gw = ph["cpu_share"].get(server, 0) if server else 0.0
             other = {gw_core: busy.get(f"cpu{gw_core}", 0) - on_gw, cl_core: busy.get(f"cpu{cl_core}", 0) - ours}
             if max(other.values()) > 0.1:
                 noisy = ", ".join(f"{100 * x:.0f}% of CPU {c}" for c, x in other.items())
