@@ -98,7 +98,7 @@ def create_app(config: GatewayConfig) -> FastPath:
             return _gone(request_id, route, router)
         watch = ClientWatch(receive)
         try:
-            result = await dispatch(route, raw, request_id, send)
+            result = await dispatch(route, raw, request_id, send, headers.get(b"x-session-id"))
         except asyncio.CancelledError:
             router.admission.leave()
             if not watch.disconnected:
@@ -115,9 +115,10 @@ def create_app(config: GatewayConfig) -> FastPath:
             router.admission.leave()
         return result
 
-    async def dispatch(route: Route, raw: bytes, request_id: str, send: Send | None) -> Response:
+    async def dispatch(route: Route, raw: bytes, request_id: str, send: Send | None,
+                       session: bytes | None) -> Response:
         try:
-            req = parse_request(route, raw, config.limits)
+            req = parse_request(route, raw, config.limits, session.decode("latin-1") if session else None)
             pool = router.pool_for(req.model)
             if pool.kind == "replicas":
                 result = await replicas.forward(router, pool, req, request_id, send)

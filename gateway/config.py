@@ -67,6 +67,20 @@ class Auth(_Strict):
     admin_keys: list[str] = []  # empty: admin endpoints disabled
 
 
+class PolicyConfig(_Strict):
+    """A routing policy by name, with its options (`policy: prefix_aware` is short for `{name: prefix_aware}`)."""
+
+    name: Literal["least_outstanding"] = "least_outstanding"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: object) -> object:
+        return {"name": value} if isinstance(value, str) else value
+
+    def options(self) -> dict:
+        return self.model_dump(exclude={"name"})
+
+
 def _check_url(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"worker URL must start with http:// or https://, got {url!r}")
@@ -84,6 +98,15 @@ class PoolConfig(_Strict):
     decode: list[str] = []
     # Sent to the workers as `Authorization: Bearer`; the client's key never is.
     api_key: str | None = None
+    # How an endpoint is chosen: `policy` for replicas, and for a PD pool's roles unless
+    # `prefill_policy` / `decode_policy` say otherwise.
+    policy: PolicyConfig = PolicyConfig()
+    prefill_policy: PolicyConfig | None = None
+    decode_policy: PolicyConfig | None = None
+
+    def policy_for(self, role: str) -> PolicyConfig:
+        specific = {"prefill": self.prefill_policy, "decode": self.decode_policy}.get(role)
+        return specific or self.policy
 
     @field_validator("workers", "prefill", "decode")
     @classmethod
@@ -95,8 +118,8 @@ class PoolConfig(_Strict):
         if self.kind == "replicas":
             if not self.workers:
                 raise ValueError("a replicas pool needs at least one URL in 'workers'")
-            if self.prefill or self.decode or self.protocol:
-                raise ValueError("'prefill', 'decode' and 'protocol' belong to kind: pd pools")
+            if self.prefill or self.decode or self.protocol or self.prefill_policy or self.decode_policy:
+                raise ValueError("'prefill', 'decode', their policies and 'protocol' belong to kind: pd pools")
         else:
             if not self.prefill or not self.decode:
                 raise ValueError("a pd pool needs at least one 'prefill' and one 'decode' URL")

@@ -15,6 +15,7 @@ from .limits import overloaded
 from .payload import load_json
 from .pool import Endpoint, Pool, Role
 from .relay import StreamRelay
+from .requests import ApiRequest
 from .router import Router, Saturated
 from .sse import DONE, EventFramer
 from .upstream import ConnectFailed, Retryable
@@ -27,7 +28,7 @@ _QUEUED_RUNS = 64  # runs an async consumer may fall behind before the worker is
 
 
 class Leg:
-    def __init__(self, router: Router, pool: Pool, role: Role, request_id: str, tokens: int = 0,
+    def __init__(self, router: Router, pool: Pool, role: Role, req: ApiRequest, request_id: str,
                  replayable: bool = False) -> None:
         """`replayable`: the request may go to another worker as it is when a stream fails
         before its first event (a replica's, not a decode leg's that depends on its prefill)."""
@@ -36,7 +37,8 @@ class Leg:
         self.pool = pool
         self.role = role
         self.request_id = request_id
-        self.tokens = tokens
+        self.req = req
+        self.tokens = req.prompt_tokens if role == "prefill" else 0
         self.ep: Endpoint | None = None
         self.resp: Response | None = None
         self.watched: Watched | None = None
@@ -74,7 +76,7 @@ class Leg:
             if self.aborted:
                 raise self._failure(self.aborted)
             try:
-                ep = router.choose(self.pool, self.role, exclude=tried)
+                ep = router.choose(self.pool, self.role, self.req, exclude=tried)
             except Saturated:
                 await self._wait_for_capacity(deadline - loop.time())
                 continue

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .config import PoolConfig
+from .policies import Policy, make_policy
 
 Role = Literal["replica", "prefill", "decode"]
 
@@ -48,7 +49,6 @@ class Pool:
         self.name = config.name
         self.kind = config.kind
         self.protocol = config.protocol
-        self.ties: dict[Role, int] = {}  # per-role round-robin cursor among equal loads
         if config.kind == "replicas":
             self.groups: dict[Role, list[Endpoint]] = {
                 "replica": [Endpoint(u, "replica", self.name) for u in config.workers]
@@ -58,6 +58,11 @@ class Pool:
                 "prefill": [Endpoint(u, "prefill", self.name) for u in config.prefill],
                 "decode": [Endpoint(u, "decode", self.name) for u in config.decode],
             }
+
+        self.policies: dict[Role, Policy] = {}
+        for role in self.groups:
+            spec = config.policy_for(role)
+            self.policies[role] = make_policy(spec.name, role, spec.options())
 
     @property
     def endpoints(self) -> list[Endpoint]:

@@ -14,7 +14,7 @@ from .router import Router
 
 async def forward(router: Router, pool: Pool, req: ApiRequest, request_id: str,
                   send: Send | None = None) -> Response | StreamRelay:
-    leg = Leg(router, pool, "replica", request_id, replayable=True)
+    leg = Leg(router, pool, "replica", req, request_id, replayable=True)
     if not req.stream:
         await leg.open(req.path, req.raw)
         body, _ = await leg.read()  # read() refuses garbage: it must not pass as a 200

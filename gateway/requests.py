@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .config import Limits
@@ -15,6 +15,8 @@ PATHS: dict[Route, str] = {"completions": "/v1/completions", "chat": "/v1/chat/c
 
 @dataclass
 class ApiRequest:
+    """A parsed OpenAI request; what routing policies see of it (policies.RoutingRequest)."""
+
     route: Route
     raw: bytes  # forwarded byte for byte where the gateway changes nothing
     body: dict
@@ -22,10 +24,43 @@ class ApiRequest:
     stream: bool
     include_usage: bool
     prompt_tokens: int  # an estimate, for prefill load balancing
+    session_header: str | None = None  # the client's X-Session-Id
+    _prefix_text: str | None = field(default=None, repr=False)
 
     @property
     def path(self) -> str:
         return PATHS[self.route]
+
+    @property
+    def session_key(self) -> str | None:
+        if self.session_header:
+            return self.session_header
+        user = self.body.get("user")
+        return user if isinstance(user, str) and user else None
+
+    @property
+    def prefix_text(self) -> str:
+        if self._prefix_text is None:
+            self._prefix_text = render_prefix(self.route, self.body)
+        return self._prefix_text
+
+
+def render_prefix(route: Route, body: dict) -> str:
+    """The request's prompt as one string, for prefix matching: a chat's messages in order,
+    each as role and content, so that a conversation's next turn extends its previous one."""
+    if route == "chat":
+        parts = []
+        for m in body.get("messages") or ():
+            content = m.get("content", "")
+            text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+            parts.append(f"<|{m.get('role', '')}|>{text}")
+        return "".join(parts)
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        return prompt[0]
+    return json.dumps(prompt)
 
 
 def _bad(message: str, code: str = "invalid_request") -> GatewayError:
@@ -61,7 +96,7 @@ def _check_messages(messages: object) -> int:
     return sum(len(json.dumps(m.get("content", ""))) for m in messages)
 
 
-def parse_request(route: Route, raw: bytes, limits: Limits) -> ApiRequest:
+def parse_request(route: Route, raw: bytes, limits: Limits, session_header: str | None = None) -> ApiRequest:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
@@ -89,4 +124,4 @@ def parse_request(route: Route, raw: bytes, limits: Limits) -> ApiRequest:
         if "prompt" not in body:
             raise _bad("'prompt' is required")
         chars = _check_prompt(body["prompt"])
-    return ApiRequest(route, raw, body, model, stream, include_usage, max(1, chars // 4))
+    return ApiRequest(route, raw, body, model, stream, include_usage, max(1, chars // 4), session_header)

@@ -11,7 +11,7 @@ from .health import HealthChecker
 from .http1 import header_lines
 from .limits import Admission, Capacity
 from .metrics import Metrics
-from .policy import Policy, least_loaded
+from .policies import RoutingRequest
 from .pool import Endpoint, Pool, Role
 from .upstream import Upstream
 from .watchdog import Watchdog
@@ -21,14 +21,6 @@ log = logging.getLogger("pd_gateway")
 
 class Saturated(Exception):
     """Healthy workers exist but all are at their in-flight limit."""
-
-
-def _requests(ep: Endpoint) -> int:
-    return ep.outstanding
-
-
-def _prompt_tokens(ep: Endpoint) -> int:
-    return ep.outstanding_tokens
 
 
 def _pool_headers(pool: Pool) -> bytes:
@@ -51,9 +43,6 @@ class Router:
         limits = config.limits
         self.admission = Admission(limits.max_inflight, limits.queue, limits.queue_timeout_s)
         self.capacity = Capacity()
-        self.policy: Policy = least_loaded
-        # Prefill is compute-bound on the prompt; decode is bound by concurrent sequences.
-        self.load_of = {"prefill": _prompt_tokens, "decode": _requests, "replica": _requests}
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -65,7 +54,10 @@ class Router:
                 return pool
         raise GatewayError(404, f"The model `{model}` does not exist.", "model_not_found")
 
-    def choose(self, pool: Pool, role: Role, exclude: set[Endpoint] | frozenset = frozenset()) -> Endpoint:
+    def choose(self, pool: Pool, role: Role, request: RoutingRequest,
+               exclude: set[Endpoint] | frozenset = frozenset()) -> Endpoint:
+        """An endpoint of `pool` for `request` in `role`, by the role's policy, among the healthy,
+        undrained ones below their in-flight limit and not in `exclude`."""
         limit = self.config.limits.max_inflight_per_worker
         candidates, available = [], False
         for e in pool.groups.get(role, ()):
@@ -80,10 +72,10 @@ class Router:
                 503, f"no healthy {role} worker in pool '{pool.name}'", "no_healthy_worker",
                 headers={"retry-after": "1"},
             )
-        load = self.load_of[role]
-        cursor = pool.ties.get(role, 0)
-        pool.ties[role] = cursor + 1
-        return candidates[self.policy([load(e) for e in candidates], cursor)]
+        policy = pool.policies[role]
+        chosen = policy.choose(request, candidates)
+        policy.routed(request, chosen)
+        return chosen
 
     def worker_headers(self, pool: Pool, request_id: str) -> bytes:
         """The header lines of a request to one of the pool's workers."""

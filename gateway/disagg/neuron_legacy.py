@@ -48,8 +48,8 @@ def _release(*legs: Leg) -> None:
 
 async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str, send: Send | None = None) -> Response:
     """`send` is unused: the relay combines two legs in a task."""
-    p = Leg(router, pool, "prefill", request_id, tokens=req.prompt_tokens)
-    d = Leg(router, pool, "decode", request_id)
+    p = Leg(router, pool, "prefill", req, request_id)
+    d = Leg(router, pool, "decode", req, request_id)
     p_open = p.open(req.path, dumps(prefill_body(req.body)))
     if not req.stream:
         try:

@@ -27,7 +27,7 @@ async def prefill(router: Router, pool: Pool, req: ApiRequest, request_id: str) 
     body["stream"] = False
     body.pop("stream_options", None)
     body["kv_transfer_params"] = {"do_remote_decode": True}
-    leg = Leg(router, pool, "prefill", request_id, tokens=req.prompt_tokens)
+    leg = Leg(router, pool, "prefill", req, request_id)
     await leg.open(req.path, dumps(body))
     _, answer = await leg.read()
     if not isinstance(answer.get("kv_transfer_params"), dict):
@@ -39,7 +39,7 @@ async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str, se
     answer = await prefill(router, pool, req, request_id)
     body = dict(req.body)
     body["kv_transfer_params"] = answer["kv_transfer_params"]
-    leg = Leg(router, pool, "decode", request_id)
+    leg = Leg(router, pool, "decode", req, request_id)
     p_usage = answer.get("usage")
     if not req.stream:
         await leg.open(req.path, dumps(body))
