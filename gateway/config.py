@@ -20,6 +20,9 @@ class _Strict(BaseModel):
 class Listen(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # "gateway": uvicorn's httptools protocol with the gateway's short path and head bounds
+    # (gateway/protocol.py); "uvicorn": plain uvicorn, for a uvicorn release it was not tested with.
+    http: Literal["gateway", "uvicorn"] = "gateway"
 
 
 class Timeouts(_Strict):
@@ -59,12 +62,25 @@ class Limits(_Strict):
     queue_timeout_s: float = Field(30.0, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_tokens: int = Field(1_000_000, ge=1)
-    max_n: int = Field(128, ge=1)
+    max_n: int = Field(128, ge=1)  # also bounds best_of
+    # The request head and body must arrive in time and in bounds: slow or idle connections
+    # are closed (408), oversized heads refused (431).
+    header_timeout_s: float = Field(20.0, gt=0)
+    body_timeout_s: float = Field(60.0, gt=0)  # between two reads of the body
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_headers: int = Field(256, ge=8)
+
+
+Access = Literal["open", "key", "admin", "off"]
 
 
 class Auth(_Strict):
     api_keys: list[str] = []  # empty: no key needed on /v1
     admin_keys: list[str] = []  # empty: admin endpoints disabled
+    # Who may read /metrics and the API docs (/docs, /redoc, /openapi.json): anyone, an API
+    # key holder, an admin key holder, or no one. Prometheus scrapers rarely carry keys.
+    metrics: Access = "open"
+    docs: Access = "key"
 
 
 class PolicyConfig(_Strict):
@@ -98,6 +114,9 @@ class PoolConfig(_Strict):
     decode: list[str] = []
     # Sent to the workers as `Authorization: Bearer`; the client's key never is.
     api_key: str | None = None
+    # Client-sent kv_transfer_params would let a client point a worker at a KV source of its
+    # choosing: dropped unless the pool's clients are trusted to send them.
+    trust_kv_transfer_params: bool = False
     # How an endpoint is chosen: `policy` for replicas, and for a PD pool's roles unless
     # `prefill_policy` / `decode_policy` say otherwise.
     policy: PolicyConfig = PolicyConfig()
@@ -130,6 +149,15 @@ class PoolConfig(_Strict):
         return self
 
 
+class Tuning(_Strict):
+    """Interpreter tuning, opt-in (bench/README.md has the measurements)."""
+
+    # Re-execute `pd-gateway serve` with its heap on transparent huge pages (glibc malloc).
+    huge_pages: bool = False
+    # Move the start-up heap out of the cyclic collector's sweeps once serving.
+    gc_freeze: bool = False
+
+
 class GatewayConfig(_Strict):
     listen: Listen = Listen()
     timeouts: Timeouts = Timeouts()
@@ -138,6 +166,7 @@ class GatewayConfig(_Strict):
     retries: Retries = Retries()
     limits: Limits = Limits()
     auth: Auth = Auth()
+    tuning: Tuning = Tuning()
     drain_s: float = Field(30.0, ge=0)  # on SIGTERM, how long in-flight streams may go on
     pools: list[PoolConfig] = Field(min_length=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
