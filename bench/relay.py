@@ -194,7 +194,7 @@ def _gateway_yaml(port: int, relay_url: str, p_url: str | None, d_url: str | Non
 
 def _gateway_argv(config: Path) -> list[str]:
     script = Path(sys.executable).with_name("pd-gateway")
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "pdcli"]
     return head + ["serve", "--config", str(config)]
 
 

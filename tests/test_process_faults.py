@@ -28,7 +28,7 @@ async def _spawn(tmp_path: Path, workers: list[str], **sections: object) -> tupl
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "serve", "--config", str(path), "--log-level", "warning",
+        sys.executable, "-m", "pdcli", "serve", "--config", str(path), "--log-level", "warning",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"

@@ -34,7 +34,8 @@ from workers.plan import Plan, PlanError, WorkerSpec, plan
 from workers.plan_cli import inherited_env
 from workers.supervise import RestartPolicy, Supervisor, Worker, failure_report
 from workers.topology import SIM_ENTRYPOINT, Topology, TopologyError, load_topology
-from workers.up_progress import Progress
+
+from .up_progress import Progress
 
 ENGINES = ("sim", "vllm")
 DEFAULT_LOG_DIR = ".pd-gateway/logs"

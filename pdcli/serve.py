@@ -1,4 +1,4 @@
-"""`pd-gateway` console script: serve, plan, up, bench."""
+"""`pd-gateway serve`: the gateway, on a config, on worker URLs, or as the embedded default."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import asyncio
 import logging
 import sys
 
-from .config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.hugepages import reexec_on_huge_pages
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def _serve_parser(sub: argparse._SubParsersAction) -> None:
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the gateway (with no config: an embedded demo on simulated workers)")
     p.add_argument("--config", help="gateway YAML config")
     p.add_argument("--host", help="listen address (listen.host)")
@@ -23,6 +24,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--between-chunks-timeout", type=float, dest="between_chunks_s")
     p.add_argument("--total-timeout", type=float, dest="total_s")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--check-config", action="store_true", help="validate the config, print it, and exit")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -42,7 +44,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 async def serve(config: GatewayConfig) -> None:
-    from .server import start_gateway
+    from gateway.server import start_gateway  # uvicorn + FastAPI: loaded only to serve
 
     gateway = await start_gateway(config, install_signal_handlers=True)
     await gateway.wait()
@@ -76,46 +78,23 @@ def _run(coro) -> None:
         asyncio.run(coro)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace, own_process: bool = False) -> int:
+    """`own_process`: this is the process's own command line, which may be re-executed."""
     overrides = _overrides(args)
     logging.basicConfig(level=(args.log_level or "info").upper(), format=LOG_FORMAT)
+    if args.config is None and not args.worker and not args.check_config:
+        _run(_embedded(overrides))
+        return 0
     try:
-        if args.config is None and not args.worker:
-            _run(_embedded(overrides))
-            return 0
         config = load_config(args.config, overrides)
     except ConfigError as err:
         print(f"pd-gateway: {err}", file=sys.stderr)
         return 2
+    if own_process and config.tuning.huge_pages:
+        reexec_on_huge_pages()
+    if args.check_config:
+        print(config.model_dump_json(indent=2))
+        return 0
     logging.getLogger().setLevel(config.log_level.upper())
     _run(serve(config))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pd-gateway", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _serve_parser(sub)
-    commands = {"serve": cmd_serve}
-    from workers.plan_cli import add_plan_parser, run_plan
-
-    add_plan_parser(sub)
-    commands["plan"] = run_plan
-    from workers.up_cli import add_up_parser, run_up
-
-    add_up_parser(sub)
-    commands["up"] = run_up
-    from bench.cli import add_bench_parser, run_bench
-
-    add_bench_parser(sub)
-    commands["bench"] = run_bench
-    args = parser.parse_args(argv)
-    if argv is None and args.command == "serve":  # this process's own command line: safe to replace
-        from .hugepages import reexec_on_huge_pages
-
-        reexec_on_huge_pages()
-    return commands[args.command](args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
