@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 
 from .limits import Admission
 from .pool import Pool
@@ -10,7 +10,7 @@ from .pool import Pool
 
 class Metrics:
     def __init__(self) -> None:
-        self.counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
 
     def inc(self, name: str, value: float = 1, **labels: str) -> None:
         self.counters[(name, tuple(sorted(labels.items())))] += value

@@ -103,10 +103,9 @@ class GatewayProtocol(HttpToolsProtocol):
         if not self._refused:
             super().send_400_response(msg)
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> None:
         if self._refused:
             self.transport.close()
-        return super().eof_received()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -172,6 +171,6 @@ class GatewayProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._arm(None)
         if isinstance(self.cycle, Exchange):
-            exchange, self.cycle = self.cycle, None  # type: ignore[assignment]
+            exchange, self.cycle = self.cycle, None
             exchange.lost()
         super().connection_lost(exc)

@@ -33,7 +33,7 @@ class RunningGateway:
 
     @property
     def gateway(self) -> Gateway:
-        return self.app.state.gateway
+        return self.app.state.gateway  # type: ignore[union-attr]
 
     async def close(self) -> None:
         self.server.should_exit = True
@@ -86,12 +86,12 @@ async def start_gateway(config: GatewayConfig, install_signal_handlers: bool = F
             server_header=False,  # one header less to write per response
             proxy_headers=False,  # the gateway reads no forwarded-for headers; one ASGI layer less
             log_level=config.log_level,
-            timeout_graceful_shutdown=config.drain_s,
+            timeout_graceful_shutdown=config.drain_s,  # type: ignore[arg-type]  # a float works
         )
     )
     # uvicorn re-raises the signal after its shutdown, which makes the exit status 143;
     # a drained gateway should exit 0, so signals are handled here instead.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     if install_signal_handlers:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

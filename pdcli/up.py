@@ -283,8 +283,8 @@ async def _serve(launch: Launch, supervisor: Supervisor, shutdown: _Shutdown, pr
           f"{len(up)} worker(s) up, {failed} failed)", flush=True)  # fmt: skip
     await _until(shutdown.requested, gateway.task)
     if gateway.task.done():  # ended by itself: nothing to drain
-        err = gateway.task.exception() if not gateway.task.cancelled() else None
-        print(f"pd-gateway up: the gateway stopped unexpectedly: {err!r}", file=sys.stderr)
+        failure = gateway.task.exception() if not gateway.task.cancelled() else None
+        print(f"pd-gateway up: the gateway stopped unexpectedly: {failure!r}", file=sys.stderr)
         return 1
     print("pd-gateway up: draining the gateway", file=sys.stderr)
     await gateway.close()

@@ -42,7 +42,7 @@ async def serve(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:
     req = ctx.req
     p = ctx.leg(pool, "prefill")
     d = ctx.leg(pool, "decode")
-    ctx.on_close(lambda: (p.abort("the request ended"), d.abort("the request ended")))
+    ctx.on_close(lambda: ctx.abort("the request ended"))
     p_open = p.open(req.path, dumps(prefill_body(req.body)))
     if not req.stream:
         await _together(p_open, d.open(req.path, req.raw))

@@ -39,7 +39,7 @@ async def serve(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:
     body = dict(req.body)
     body["kv_transfer_params"] = answer["kv_transfer_params"]
     leg = ctx.leg(pool, "decode")
-    p_usage = answer.get("usage")
+    p_usage: dict = answer.get("usage") or {}
     if not req.stream:
         await leg.open(req.path, dumps(body))
         raw, result = await leg.read()
