@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from workers.plan import Plan, PlanError, WorkerSpec, plan
-from workers.plan_cli import add_plan_parser, render, run_plan, shell_script
-from workers.plan_cores import format_cores, parse_cores
+from workers.plan.cli import add_plan_parser, render, run_plan, shell_script
+from workers.plan.cores import format_cores, parse_cores
 from workers.topology import TopologyError, load_topology, parse_topology
 
 ROOT = Path(__file__).resolve().parent.parent

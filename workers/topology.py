@@ -2,7 +2,7 @@
 
 The schema is documented in deploy/README.md. Loading only checks the shape of
 the file (types, ranges, unique names); whether the pools fit on the hosts is
-the planner's job (workers/plan.py), which raises PlanError.
+the planner's job (workers/plan/planner.py), which raises PlanError.
 """
 
 from __future__ import annotations

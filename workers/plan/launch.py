@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.plan_cores import format_cores, visible_var
+from workers.plan.cores import format_cores, visible_var
 from workers.topology import (
     DEFAULT_ENTRYPOINT,
     SIM_ENTRYPOINT,

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from workers.plan_cores import CoreRequest, allocate
-from workers.plan_launch import Slot, WorkerSpec, build_worker
+from workers.plan.cores import CoreRequest, allocate
+from workers.plan.launch import Slot, WorkerSpec, build_worker
 from workers.topology import HostSpec, PDPool, PlanError, ReplicasPool, RoleSpec, Topology
 
 __all__ = ["Plan", "PlanError", "PoolRoute", "WorkerSpec", "plan"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from workers.plan import Plan, PlanError, WorkerSpec, plan
+from workers.plan.planner import Plan, PlanError, WorkerSpec, plan
 from workers.topology import TopologyError, load_topology
 
 EMITS = ("table", "shell", "gateway-config", "json")
@@ -133,8 +133,8 @@ def _concat(files: Mapping[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m workers.plan_cli plan ...`), same as `pd-gateway plan`."""
-    parser = argparse.ArgumentParser(prog="python -m workers.plan_cli")
+    """Standalone entry (`python -m workers.plan plan ...`), same as `pd-gateway plan`."""
+    parser = argparse.ArgumentParser(prog="python -m workers.plan")
     add_plan_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))
