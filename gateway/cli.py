@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     commands = {"serve": cmd_serve}
-    from workers.plan_cli import add_plan_parser, run_plan
+    from workers.plan.cli import add_plan_parser, run_plan
 
     add_plan_parser(sub)
     commands["plan"] = run_plan
