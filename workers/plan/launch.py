@@ -25,7 +25,7 @@ from workers.topology import (
 )
 
 Pool = ReplicasPool | PDPool
-NIXL_CPU_SITE = str(Path(__file__).with_name("nixl_site"))  # its sitecustomize.py tames NIXL's progress thread
+NIXL_CPU_SITE = str(Path(__file__).parent.parent / "nixl_site")  # its sitecustomize.py tames NIXL's progress thread
 
 
 @dataclass(frozen=True)
