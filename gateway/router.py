@@ -38,7 +38,7 @@ class Router:
         self.upstream = Upstream(config.timeouts)
         t = config.timeouts
         self.watchdog = Watchdog(period_s=min(1.0, t.first_byte_s / 4, t.between_chunks_s / 4))
-        self.health = HealthChecker(self.endpoints, self.upstream, config.health)
+        self.health = HealthChecker(lambda: self.endpoints, self.upstream, config.health)
         self.metrics = Metrics()
         limits = config.limits
         self.admission = Admission(limits.max_inflight, limits.queue, limits.queue_timeout_s)
