@@ -18,6 +18,7 @@ from . import replicas
 from .admin import admin_routes
 from .auth import check_key
 from .config import GatewayConfig
+from .discovery.runner import Discovery
 from .disagg import PROTOCOLS
 from .errors import GatewayError, UpstreamStatus, error_dict
 from .relay import ClientWatch, StreamRelay
@@ -65,6 +66,8 @@ def create_app(config: GatewayConfig) -> FastPath:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        discovery = Discovery(router.pools, check=router.health.check)
+        discovery.start()
         await router.health.check_all()
         tasks = [asyncio.create_task(router.health.run()), asyncio.create_task(router.watchdog.run())]
         try:
@@ -72,6 +75,7 @@ def create_app(config: GatewayConfig) -> FastPath:
         finally:
             for task in tasks:
                 task.cancel()
+            await discovery.stop()
             await router.upstream.close()
 
     app = FastAPI(title="pd-gateway", lifespan=lifespan)
