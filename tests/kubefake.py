@@ -80,8 +80,9 @@ class FakeKube:
             "kind": "Config",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
             "users": [{"name": "tester", "user": {"token": "fake-token"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "tester",
-                                                      "namespace": self.namespace}}],
+            "contexts": [
+                {"name": "fake", "context": {"cluster": "fake", "user": "tester", "namespace": self.namespace}}
+            ],
             "current-context": "fake",
         }
         path.write_text(yaml.safe_dump(config))
@@ -89,15 +90,17 @@ class FakeKube:
 
     async def _pods(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["ns"] != self.namespace:
-            return web.json_response({"kind": "PodList", "apiVersion": "v1",
-                                      "metadata": {"resourceVersion": str(self.version)}, "items": []})
+            return web.json_response(
+                {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": str(self.version)}, "items": []}
+            )
         selector = _parse_selector(request.query.get("labelSelector", ""))
         if request.query.get("watch") in ("true", "1"):
             return await self._watch(request, selector)
         self.lists += 1
         items = [copy.deepcopy(p) for p in self.pods.values() if _matches(p, selector)]
-        return web.json_response({"kind": "PodList", "apiVersion": "v1",
-                                  "metadata": {"resourceVersion": str(self.version)}, "items": items})
+        return web.json_response(
+            {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": str(self.version)}, "items": items}
+        )
 
     async def _watch(self, request: web.Request, selector: dict[str, str]) -> web.StreamResponse:
         self.watch_requests.append(dict(request.query))
@@ -106,9 +109,15 @@ class FakeKube:
         await resp.prepare(request)
         since = int(request.query.get("resourceVersion") or self.version)
         if since < self.oldest:
-            gone = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": f"too old resource version: {since} ({self.oldest})", "reason": "Expired",
-                    "code": 410}
+            gone = {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": f"too old resource version: {since} ({self.oldest})",
+                "reason": "Expired",
+                "code": 410,
+            }
             await resp.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
             await resp.write_eof()
             return resp
@@ -150,8 +159,15 @@ class FakeKube:
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": name, "namespace": self.namespace, "uid": f"uid-{name}", "labels": labels},
-            "spec": {"containers": [{"name": "worker", "image": "pd-gateway-sim:test",
-                                     "ports": [{"name": "http", "containerPort": port}]}]},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "worker",
+                        "image": "pd-gateway-sim:test",
+                        "ports": [{"name": "http", "containerPort": port}],
+                    }
+                ]
+            },
             "status": {"phase": "Pending"},
         }
         self._emit("ADDED", pod)
@@ -160,8 +176,11 @@ class FakeKube:
 
     def set_ready(self, name: str, ready: bool, ip: str = "127.0.0.1") -> None:
         pod = copy.deepcopy(self.pods[name])
-        pod["status"] = {"phase": "Running", "podIP": ip,
-                         "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+        pod["status"] = {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        }
         self._emit("MODIFIED", pod)
 
     def delete(self, name: str) -> None:

@@ -27,8 +27,12 @@ async def kube() -> AsyncIterator[FakeKube]:
 
 
 def _discovered(kube: FakeKube, tmp_path: Path, name: str = "dp", **extra: object) -> dict:
-    discovery = {"kind": "kubernetes", "kubeconfig": str(kube.kubeconfig(tmp_path / "kubeconfig")),
-                 "selector": {"app.kubernetes.io/part-of": "pd-gateway"}, "backoff_s": 0.05}
+    discovery = {
+        "kind": "kubernetes",
+        "kubeconfig": str(kube.kubeconfig(tmp_path / "kubeconfig")),
+        "selector": {"app.kubernetes.io/part-of": "pd-gateway"},
+        "backoff_s": 0.05,
+    }
     return {"name": name, "kind": "replicas", "models": ["sim-model"], "discovery": discovery, **extra}
 
 
@@ -67,7 +71,8 @@ async def test_pods_join_when_ready_and_leave_when_deleted_or_not_ready(kube, si
     await wait_until(lambda: _group(gw) == [])
     assert await _complete(client, gw) == 503
     assert {q["labelSelector"] for q in kube.watch_requests} == {
-        "app.kubernetes.io/part-of=pd-gateway,pd-gateway/pool=dp"}
+        "app.kubernetes.io/part-of=pd-gateway,pd-gateway/pool=dp"
+    }
 
 
 async def test_ready_pod_failing_the_gateways_health_check_gets_no_traffic(kube, sim, gateway, client, tmp_path):
@@ -145,8 +150,9 @@ async def test_pd_pool_members_by_role_label(kube, sim, gateway, client, tmp_pat
     pool = _discovered(kube, tmp_path, name="pd", kind="pd", protocol="nixl")
     pool["discovery"]["selector"] = {}
     gw = await gateway([pool])
-    await wait_until(lambda: _healthy_urls(gw, "pd", "prefill") == {p.url}
-                     and _healthy_urls(gw, "pd", "decode") == {d.url})
+    await wait_until(
+        lambda: _healthy_urls(gw, "pd", "prefill") == {p.url} and _healthy_urls(gw, "pd", "decode") == {d.url}
+    )
     body = {"model": "sim-model", "prompt": "disaggregated", "max_tokens": 5}
     resp = await client.post(f"{gw.url}/v1/completions", json=body)
     assert resp.status_code == 200, resp.text

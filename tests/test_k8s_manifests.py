@@ -85,11 +85,14 @@ def test_rendered_workers_say_what_the_topology_says(overlay: str) -> None:
         assert labels["pd-gateway/pool"] == spec.pool and labels["pd-gateway/role"] == spec.role
         assert d["spec"]["replicas"] == sum(1 for w in result.workers if (w.pool, w.role) == (spec.pool, spec.role))
         (c,) = pod["spec"]["containers"]
-        assert {"name": "http", "containerPort": next(w.port for w in result.workers
-                                                      if (w.pool, w.role) == (spec.pool, spec.role))} in c["ports"]
+        assert {
+            "name": "http",
+            "containerPort": next(w.port for w in result.workers if (w.pool, w.role) == (spec.pool, spec.role)),
+        } in c["ports"]
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert {k: v for k, v in env.items() if k not in CLUSTER_ENV | {"POD_IP"}} == {
-            k: v for k, v in spec.env.items() if k not in CLUSTER_ENV}
+            k: v for k, v in spec.env.items() if k not in CLUSTER_ENV
+        }
         assert "NEURON_RT_VISIBLE_CORES" not in env  # the device plugin sets it
         if "--tensor-parallel-size" in spec.argv and topology.all_hosts[0].is_neuron:
             tp = int(spec.argv[spec.argv.index("--tensor-parallel-size") + 1])
@@ -104,8 +107,10 @@ def test_committed_overlays_are_what_the_planner_emits(overlay: str) -> None:
     topology = load_topology(K8S / "topologies" / f"{overlay}.yaml")
     files = render_k8s(topology, plan(topology))
     on_disk = {p.name: p.read_text() for p in (K8S / "overlays" / overlay).iterdir()}
-    assert on_disk == files, f"regenerate: pd-gateway plan deploy/k8s/topologies/{overlay}.yaml --emit k8s " \
-                             f"--out deploy/k8s/overlays/{overlay}"
+    assert on_disk == files, (
+        f"regenerate: pd-gateway plan deploy/k8s/topologies/{overlay}.yaml --emit k8s "
+        f"--out deploy/k8s/overlays/{overlay}"
+    )
 
 
 def test_gateway_probes_rbac_and_disruption_budget() -> None:

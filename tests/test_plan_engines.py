@@ -81,8 +81,12 @@ def test_vllm_neuron_dp4_tp16_golden() -> None:
 
 def test_vllm_neuron_nixl_1p1d_golden() -> None:
     prefill, decode = plan(load_topology(TOPOLOGIES / "nixl-1p1d-trn2.yaml")).workers
-    kv = {"kv_connector": "NixlConnector", "kv_role": "kv_consumer", "kv_buffer_device": "cpu",
-          "kv_connector_extra_config": {"backends": ["LIBFABRIC"]}}
+    kv = {
+        "kv_connector": "NixlConnector",
+        "kv_role": "kv_consumer",
+        "kv_buffer_device": "cpu",
+        "kv_connector_extra_config": {"backends": ["LIBFABRIC"]},
+    }
     assert decode.argv == [
         "python3", "-m", "vllm.entrypoints.openai.api_server",
         "--model", "/models/Llama-3.3-70B-Instruct", "--served-model-name", "llama-3.3-70b",

@@ -45,8 +45,13 @@ class Membership:
             return True
         if m.name not in self._warned:
             self._warned.add(m.name)
-            log.warning("pod %s has role %s, which pool %s does not have (%s); ignored", m.name, m.role,
-                        self.pool, "/".join(self.roles))
+            log.warning(
+                "pod %s has role %s, which pool %s does not have (%s); ignored",
+                m.name,
+                m.role,
+                self.pool,
+                "/".join(self.roles),
+            )
         return False
 
     def _sync(self) -> None:

@@ -20,11 +20,13 @@ class Member:
     url: str | None
 
 
-def _ready(pod: Pod) -> bool:
-    status = pod.status
-    if status is None or not status.podIP or pod.metadata.deletionTimestamp is not None:
-        return False
-    return any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
+def _ip_if_ready(pod: Pod) -> str | None:
+    """The pod's IP when it is Ready and not being deleted."""
+    status, meta = pod.status, pod.metadata
+    if status is None or not status.podIP or (meta is not None and meta.deletionTimestamp is not None):
+        return None
+    ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
+    return status.podIP if ready else None
 
 
 def _port(pod: Pod, port: str | int) -> int | None:
@@ -43,11 +45,10 @@ def _host(ip: str) -> str:
 
 def member(pod: Pod, port: str | int) -> Member | None:
     """The pod as a pool member; None when it has no (known) role label."""
-    role = (pod.metadata.labels or {}).get(ROLE_LABEL)
-    if role not in ROLES:
+    meta = pod.metadata
+    role = (meta.labels or {}).get(ROLE_LABEL) if meta is not None else None
+    if meta is None or not meta.name or role not in ROLES:
         return None
-    number = _port(pod, port)
-    url = None
-    if _ready(pod) and number is not None:
-        url = f"http://{_host(pod.status.podIP)}:{number}"
-    return Member(pod.metadata.name, role, url)
+    number, ip = _port(pod, port), _ip_if_ready(pod)
+    url = f"http://{_host(ip)}:{number}" if ip and number is not None else None
+    return Member(meta.name, str(role), url)

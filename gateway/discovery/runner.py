@@ -19,8 +19,9 @@ class Discovery:
     """Runs the watchers; a pod that joins gets its first health check at once (`check`),
     so it serves as soon as it passes rather than at the next health-check round."""
 
-    def __init__(self, pools: list[Pool], check: Check | None = None,
-                 client: Callable[[Pool], AsyncClient] | None = None) -> None:
+    def __init__(
+        self, pools: list[Pool], check: Check | None = None, client: Callable[[Pool], AsyncClient] | None = None
+    ) -> None:
         self.check = check
         self.watchers: list[PodWatcher] = []
         self._tasks: set[asyncio.Task] = set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from lightkube import AsyncClient, KubeConfig
 from lightkube.core.exceptions import ApiError
@@ -29,12 +30,14 @@ def make_client(config: KubernetesDiscovery) -> AsyncClient:
 
 
 class PodWatcher:
-    def __init__(self, pool: str, config: KubernetesDiscovery, membership: Membership,
-                 client: AsyncClient | None = None) -> None:
+    def __init__(
+        self, pool: str, config: KubernetesDiscovery, membership: Membership, client: AsyncClient | None = None
+    ) -> None:
         self.config = config
         self.membership = membership
-        self.labels = config.labels(pool)
+        self.labels: dict[str, Any] = config.labels(pool)
         self.client = client or make_client(config)
+        self.namespace = self.client.namespace  # the configured one, else the service account's / context's
         self.lists = 0  # completed lists, for status and tests
         self.watching = False  # a watch stream is open
 
@@ -49,8 +52,13 @@ class PodWatcher:
                 if err.status.code == 410:
                     log.info("pods of %s: watch expired (410 Gone); listing afresh", self.labels)
                     continue
-                log.warning("pods of %s: API error %s: %s; retrying in %gs", self.labels, err.status.code,
-                            err.status.message, backoff)
+                log.warning(
+                    "pods of %s: API error %s: %s; retrying in %gs",
+                    self.labels,
+                    err.status.code,
+                    err.status.message,
+                    backoff,
+                )
             except Exception as err:  # unreachable API server, broken stream, bad answer: all retried
                 log.warning("pods of %s: %r; listing afresh in %gs", self.labels, err, backoff)
             finally:
@@ -59,7 +67,7 @@ class PodWatcher:
             backoff = min(backoff * 2, self.config.max_backoff_s)
 
     async def relist(self) -> str:
-        pods = self.client.list(Pod, labels=self.labels)
+        pods = self.client.list(Pod, namespace=self.namespace, labels=self.labels)
         found = [m async for pod in pods if (m := member(pod, self.config.port)) is not None]
         self.membership.replace(found)
         self.lists += 1
@@ -69,11 +77,13 @@ class PodWatcher:
         """Apply events from `version` on; returns only by raising (lightkube re-opens a
         stream the server ended cleanly, from the last version it saw)."""
         self.watching = True
-        async for kind, pod in self.client.watch(Pod, labels=self.labels, resource_version=version):
+        events = self.client.watch(Pod, namespace=self.namespace, labels=self.labels, resource_version=version)
+        async for kind, pod in events:
             if kind == "BOOKMARK":
                 continue  # only moves the version on, which lightkube keeps
             m = member(pod, self.config.port)
-            if kind == "DELETED" or m is None:
-                self.membership.remove(pod.metadata.name)
+            if kind == "DELETED" or m is None or m.url is None:
+                if pod.metadata is not None and pod.metadata.name:
+                    self.membership.remove(pod.metadata.name)
             else:
                 self.membership.update(m)

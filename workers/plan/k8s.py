@@ -22,7 +22,10 @@ PART_OF = {"app.kubernetes.io/part-of": "pd-gateway"}
 SIM_IMAGE = "pd-gateway-sim"  # Dockerfile.sim; `images:` in the overlay names the registry
 NEURON_IMAGE = "vllm-neuron"
 # vLLM Neuron DLC (Neuron 2.33 docs, "Install PyTorch via Deep Learning Container").
-NEURON_DLC = ("public.ecr.aws/neuron/pytorch-inference-vllm-neuronx", "0.29.0.1.2.0-neuronx-py314-sdk2.33.0-ubuntu26.04")
+NEURON_DLC = (
+    "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx",
+    "0.29.0.1.2.0-neuronx-py314-sdk2.33.0-ubuntu26.04",
+)
 GATEWAY_PORT = 8080
 MODELS_PVC = "pd-gateway-models"
 _CLUSTER_ENV = {"NEURON_RT_VISIBLE_CORES", "CUDA_VISIBLE_DEVICES", "VLLM_NIXL_SIDE_CHANNEL_HOST", "PYTHONPATH"}
@@ -130,8 +133,10 @@ def _container(ws: list[WorkerSpec], host: HostSpec, pool: Any) -> dict[str, Any
         if isinstance(pool, PDPool):
             resources["vpc.amazonaws.com/efa"] = 8  # KV over EFA: half a trn2.48xlarge's 16, as TP=32 is half its cores
         container["resources"] = {"requests": {**resources, "cpu": "32", "memory": "256Gi"}, "limits": resources}
-        container["volumeMounts"] = [{"name": "models", "mountPath": "/models", "readOnly": True},
-                                     {"name": "dshm", "mountPath": "/dev/shm"}]
+        container["volumeMounts"] = [
+            {"name": "models", "mountPath": "/models", "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ]
     else:
         container["resources"] = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
         container["securityContext"] = {"runAsNonRoot": True, "allowPrivilegeEscalation": False}
@@ -145,8 +150,10 @@ def _deployment(ws: list[WorkerSpec], host: HostSpec, pool: Any) -> dict[str, An
     if host.is_neuron:
         spec["nodeSelector"] = {"node.kubernetes.io/instance-type": "trn2.48xlarge"}
         spec["tolerations"] = [{"key": "aws.amazon.com/neuron", "operator": "Exists", "effect": "NoSchedule"}]
-        spec["volumes"] = [{"name": "models", "persistentVolumeClaim": {"claimName": MODELS_PVC, "readOnly": True}},
-                           {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+        spec["volumes"] = [
+            {"name": "models", "persistentVolumeClaim": {"claimName": MODELS_PVC, "readOnly": True}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        ]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
