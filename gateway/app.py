@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from .admin import admin_routes
 from .auth import HeaderList, authorization, check_access, check_key
 from .config import GatewayConfig
+from .discovery.runner import Discovery
 from .errors import GatewayError, envelope, internal_error, render
 from .gateway import Gateway
 from .handler import Handler
@@ -68,6 +69,8 @@ def create_app(config: GatewayConfig) -> FastPath:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        discovery = Discovery(gateway.pools, check=gateway.health.check)
+        discovery.start()
         await gateway.health.check_all()
         tasks = [asyncio.create_task(gateway.health.run()), asyncio.create_task(gateway.watchdog.run())]
         try:
@@ -75,6 +78,7 @@ def create_app(config: GatewayConfig) -> FastPath:
         finally:
             for task in tasks:
                 task.cancel()
+            await discovery.stop()
             await gateway.upstream.close()
 
     docs = config.auth.docs != "off"

@@ -8,6 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .discovery.config import KubernetesDiscovery
+
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the offending field."""
@@ -122,6 +124,8 @@ class PoolConfig(_Strict):
     policy: PolicyConfig = PolicyConfig()
     prefill_policy: PolicyConfig | None = None
     decode_policy: PolicyConfig | None = None
+    # Workers found by watching Kubernetes pods instead of listed URLs.
+    discovery: KubernetesDiscovery | None = None
 
     def policy_for(self, role: str) -> PolicyConfig:
         specific = {"prefill": self.prefill_policy, "decode": self.decode_policy}.get(role)
@@ -134,6 +138,12 @@ class PoolConfig(_Strict):
 
     @model_validator(mode="after")
     def _shape(self) -> PoolConfig:
+        if self.discovery is not None:
+            if self.workers or self.prefill or self.decode:
+                raise ValueError("a pool with 'discovery' lists no 'workers', 'prefill' or 'decode' URLs")
+            if self.kind == "pd" and self.protocol is None:
+                raise ValueError("a pd pool needs 'protocol': nixl or neuron-legacy")
+            return self
         if self.kind == "replicas":
             if not self.workers:
                 raise ValueError("a replicas pool needs at least one URL in 'workers'")

@@ -31,7 +31,7 @@ class Gateway:
         self.upstream = Upstream(config.timeouts)
         t = config.timeouts
         self.watchdog = Watchdog(period_s=min(1.0, t.first_byte_s / 4, t.between_chunks_s / 4))
-        self.health = HealthChecker(self.endpoints, self.upstream, config.health)
+        self.health = HealthChecker(lambda: self.endpoints, self.upstream, config.health)
         self.metrics = Metrics()
         self.outlier = OutlierDetector(config.outlier, self.group_of, self.metrics)
         limits = config.limits

@@ -20,6 +20,8 @@ class Metrics:
         for (name, labels), value in sorted(self.counters.items()):
             lines.append(f"{name}{_labels(labels)} {value:g}")
         for pool in pools:
+            # Routable or not, per pool: /ready answers for the whole gateway, this says which pool.
+            lines.append(f"pd_gateway_pool_ready{_labels((('pool', pool.name),))} {int(pool.ready)}")
             for ep in pool.endpoints:
                 lab = _labels((("endpoint", ep.url), ("pool", pool.name), ("role", ep.role)))
                 lines.append(f"pd_gateway_endpoint_healthy{lab} {int(ep.healthy)}")

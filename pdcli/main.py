@@ -17,7 +17,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     add_serve_parser(sub)
     commands: dict[str, Command] = {}
     # Each command's own imports wait until it runs: `plan` needs no uvicorn.
-    from workers.plan_cli import add_plan_parser, run_plan
+    from workers.plan.cli import add_plan_parser, run_plan
 
     add_plan_parser(sub)
     commands["plan"] = run_plan

@@ -31,7 +31,7 @@ import yaml
 
 from gateway.config import ConfigError, GatewayConfig, parse_config
 from workers.plan import Plan, PlanError, WorkerSpec, plan
-from workers.plan_cli import inherited_env
+from workers.plan.cli import inherited_env
 from workers.supervise import RestartPolicy, Supervisor, Worker, failure_report
 from workers.topology import SIM_ENTRYPOINT, Topology, TopologyError, load_topology
 

@@ -427,3 +427,14 @@ async def test_cli_throughput_sanity() -> None:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+async def test_prefill_advertises_the_address_it_is_given_for_kv_pickup(sim, client):
+    # In Kubernetes the prefill pod binds 0.0.0.0 and advertises its pod IP (--advertise-host).
+    from workers.sim.config import config_from_args
+
+    assert config_from_args(["--advertise-host", "10.1.2.3"]).advertise_host == "10.1.2.3"
+    p = await sim(role="prefill", kv_protocol="nixl", host="0.0.0.0", advertise_host="10.1.2.3")
+    body = {"model": "sim-model", "prompt": "hi", "max_tokens": 1, "kv_transfer_params": {"do_remote_decode": True}}
+    answer = (await client.post(f"http://127.0.0.1:{p.port}/v1/completions", json=body)).json()
+    assert answer["kv_transfer_params"]["remote_host"] == "10.1.2.3"

@@ -30,7 +30,7 @@ from pdcli.up_progress import Progress
 from tests.conftest import sse_payloads, stream_text
 from workers.launch import group_members
 from workers.plan import plan
-from workers.plan_launch import WorkerSpec
+from workers.plan.launch import WorkerSpec
 from workers.sim.cores import CoreInUse, claim_cores
 from workers.supervise import RestartPolicy, Worker, log_tail
 from workers.topology import load_topology

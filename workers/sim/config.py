@@ -28,6 +28,7 @@ class SimConfig:
     kv_wait_s: float = 10.0
     fail_after_tokens: int | None = None
     neuron_cores: str | None = None  # claimed exclusively by the CLI (cores.py)
+    advertise_host: str | None = None  # the address peers reach it at (a pod IP); default from host
     engine_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def __post_init__(self) -> None:
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neuron-cores", default=None, help="cores to claim exclusively, e.g. 0-15 "
                    "(lock files under $PD_SIM_CORE_DIR, default /tmp/pd-sim-cores)")
     p.add_argument("--engine-id", default=None, help="KV engine id (default: random uuid)")
+    p.add_argument("--advertise-host", default=None, help="address the decode worker reaches this "
+                   "prefill worker at (in Kubernetes: the pod IP); default: --host, or 127.0.0.1 for 0.0.0.0")
     return p
 
 

@@ -77,6 +77,8 @@ class SimServer:
         return f"http://{self._advertised_host()}:{self.port}"
 
     def _advertised_host(self) -> str:
+        if self.config.advertise_host:
+            return self.config.advertise_host
         host = self.config.host
         return "127.0.0.1" if host in ("0.0.0.0", "::", "", "localhost") else host
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.plan_cores import format_cores, visible_var
+from workers.plan.cores import format_cores, visible_var
 from workers.topology import (
     DEFAULT_ENTRYPOINT,
     SIM_ENTRYPOINT,
@@ -25,7 +25,7 @@ from workers.topology import (
 )
 
 Pool = ReplicasPool | PDPool
-NIXL_CPU_SITE = str(Path(__file__).with_name("nixl_site"))  # its sitecustomize.py tames NIXL's progress thread
+NIXL_CPU_SITE = str(Path(__file__).parent.parent / "nixl_site")  # its sitecustomize.py tames NIXL's progress thread
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,10 @@ def _vllm_argv(python: str, model: ModelSpec, slot: Slot, kv: str | None) -> lis
         argv += ["--served-model-name", model.name]
     argv += ["--max-num-seqs", str(pool.batch_size), "--max-model-len", str(pool.max_model_len)]
     argv += ["--tensor-parallel-size", str(slot.tp)]
-    if host.is_neuron:
+    if host.is_neuron and pool.engine == "vllm-neuron":
+        if pool.override_neuron_config is not None:
+            argv += ["--additional-config", _additional_config(slot)]
+    elif host.is_neuron:
         argv += ["--device", "neuron", "--use-v2-block-manager"]
         argv += ["--override-neuron-config", _neuron_override(pool)]
     elif pool.override_neuron_config is not None:
@@ -156,6 +159,17 @@ def _neuron_override(pool: Pool) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _additional_config(slot: Slot) -> str:
+    """vllm-neuron takes NxDI's neuron_config overrides inside vLLM's --additional-config."""
+    value = slot.pool.override_neuron_config
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise PlanError(f"{slot.field}.override_neuron_config: not JSON ({err})") from None
+    return json.dumps({"override_neuron_config": value})
+
+
 def _kv_transfer_config(slot: Slot, slots: list[Slot]) -> str | None:
     pool = slot.pool
     if not isinstance(pool, PDPool):
@@ -163,11 +177,14 @@ def _kv_transfer_config(slot: Slot, slots: list[Slot]) -> str | None:
     producer = slot.role == "prefill"
     if pool.connector == "nixl":
         split = "kv_producer" if producer else "kv_consumer"
-        config = {
+        config: dict[str, object] = {
             "kv_connector": "NixlConnector",
             "kv_role": "kv_both" if pool.kv_roles == "both" else split,
             "kv_buffer_device": "cuda" if slot.host.accelerator == "gpu" else "cpu",
         }
+        if slot.host.is_neuron and pool.engine == "vllm-neuron":
+            # Neuron DI moves KV through host memory with NIXL's LIBFABRIC backend (EFA).
+            config["kv_connector_extra_config"] = {"backends": ["LIBFABRIC"]}
         return json.dumps(config)
     if not slot.host.is_neuron:
         raise PlanError(
@@ -218,7 +235,8 @@ def _neuron_env(model: ModelSpec, slot: Slot) -> dict[str, str]:
     env = {"NEURON_RT_INSPECT_ENABLE": "0"}
     if slot.host.accelerator == "trainium2":
         env["NEURON_RT_VIRTUAL_CORE_SIZE"] = str(slot.host.lnc)
-    env["VLLM_NEURON_FRAMEWORK"] = "neuronx-distributed-inference"
+    if slot.pool.engine == "neuron-legacy":  # the fork picks its backend by it; vllm-neuron is NxDI only
+        env["VLLM_NEURON_FRAMEWORK"] = "neuronx-distributed-inference"
     compiled = slot.pool.compiled_path or model.compiled_path
     if compiled:
         env["NEURON_COMPILED_ARTIFACTS"] = compiled

@@ -4,6 +4,7 @@ pd-gateway plan deploy/topologies/dp2-tp32.yaml                 # table
 pd-gateway plan TOPOLOGY --emit shell --out run/                # one script per worker + gateway.yaml
 pd-gateway plan TOPOLOGY --emit gateway-config > gateway.yaml
 pd-gateway plan TOPOLOGY --emit json
+pd-gateway plan TOPOLOGY --emit k8s --out deploy/k8s/overlays/NAME   # a Kustomize overlay of deploy/k8s/base
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import Any
 
 import yaml
 
-from workers.plan import Plan, PlanError, WorkerSpec, plan
+from workers.plan.k8s import render_k8s
+from workers.plan.planner import Plan, PlanError, WorkerSpec, plan
 from workers.topology import TopologyError, load_topology
 
-EMITS = ("table", "shell", "gateway-config", "json")
+EMITS = ("table", "shell", "gateway-config", "json", "k8s")
 # The only process environment the planner reads: core ranges a device plugin granted.
 INHERITED_VARS = ("NEURON_RT_VISIBLE_CORES", "CUDA_VISIBLE_DEVICES")
 _OUT_NAMES = {"table": "plan.txt", "json": "plan.json", "gateway-config": "gateway.yaml"}
@@ -47,13 +49,14 @@ def add_plan_parser(subparsers: Any) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    env = {} if args.ignore_env else inherited_env(os.environ)
+    env = {} if args.ignore_env or args.emit == "k8s" else inherited_env(os.environ)
     try:
-        result = plan(load_topology(args.topology), env)
+        topology = load_topology(args.topology)
+        result = plan(topology, env)
     except (TopologyError, PlanError) as err:
         print(f"pd-gateway plan: {err}", file=sys.stderr)
         return 2
-    files = render(result, args.emit)
+    files = render_k8s(topology, result) if args.emit == "k8s" else render(result, args.emit)
     if args.out is None:
         print(_concat(files), end="")
         return 0
@@ -133,8 +136,8 @@ def _concat(files: Mapping[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m workers.plan_cli plan ...`), same as `pd-gateway plan`."""
-    parser = argparse.ArgumentParser(prog="python -m workers.plan_cli")
+    """Standalone entry (`python -m workers.plan plan ...`), same as `pd-gateway plan`."""
+    parser = argparse.ArgumentParser(prog="python -m workers.plan")
     add_plan_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))

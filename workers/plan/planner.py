@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from workers.plan_cores import CoreRequest, allocate
-from workers.plan_launch import Slot, WorkerSpec, build_worker
+from workers.plan.cores import CoreRequest, allocate
+from workers.plan.launch import Slot, WorkerSpec, build_worker
 from workers.topology import HostSpec, PDPool, PlanError, ReplicasPool, RoleSpec, Topology
 
 __all__ = ["Plan", "PlanError", "PoolRoute", "WorkerSpec", "plan"]
@@ -216,7 +216,7 @@ def _check_ports(topology: Topology, slots: list[Slot], gateway_host: HostSpec) 
                 s.side_channel_port,
                 f"NIXL side channel of {s.name} (pools[{s.pool_index}].side_channel_base_port)",
             )
-        if s.legacy and s.host.is_neuron:
+        if s.legacy and s.host.is_neuron and isinstance(s.pool, PDPool):
             # P and D of one pool share the runtime's KV bootstrap port, so only
             # another pool on the same host can collide with it.
             claim(
