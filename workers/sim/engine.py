@@ -27,6 +27,7 @@ VOCAB: tuple[str, ...] = (
 # json.dumps(" " + word) for every word, reused by the streaming fast path.
 VOCAB_JSON: tuple[bytes, ...] = tuple(json.dumps(" " + w).encode() for w in VOCAB)
 BLOCK_SIZE = 16
+FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")  # vllm:request_success labels
 
 
 def choice_seed(prompt: str, choice: int) -> bytes:
@@ -180,7 +181,7 @@ class SimStats:
     local_prefill_tokens: int = 0  # computed here (cache misses)
     local_cache_hit_tokens: int = 0  # found in this worker's prefix cache
     kv_blocks_in_use: int = 0  # KV blocks of the requests in flight (vllm:kv_cache_usage_perc)
-    finished: dict[str, int] = field(default_factory=lambda: {"length": 0, "stop": 0})
+    finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISH_REASONS, 0))
     external_prefill_tokens: int = 0
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0

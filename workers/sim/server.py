@@ -7,15 +7,16 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from .api import ApiError, GenRequest, error_body, parse_body, parse_request
+from .api import ApiError, GenRequest, fingerprint, parse_body, parse_request
 from .config import SimConfig
 from .engine import KVEntry, KVStore, SimStats, block_ids, token_text
-from .generate import Choices, TokenStream, respond_full
+from .generate import TokenStream, respond_full
 from .httpserver import HttpConnection, Request
 from .metrics import CONTENT_TYPE, new_registry, render
 from .observe import models_body, stats_body
 from .pd import pull_nixl, wait_legacy
 from .prefix_cache import PrefixCache, tokenize
+from .sampling import Choices
 
 NOT_FOUND = b'{"detail":"Not Found"}'
 ROUTES: dict[str, set[str]] = {
@@ -32,6 +33,7 @@ class _Life:
         self._stats = stats
         self.ended = False
         self.kv_blocks = 0
+        self.finish_reason = "length"
         stats.in_flight += 1
 
     def hold_blocks(self, blocks: int) -> None:
@@ -50,7 +52,7 @@ class _Life:
         s.generation_tokens_total += tokens
         if outcome == "completed":
             s.completed += 1
-            s.finished["length"] += 1
+            s.finished[self.finish_reason] = s.finished.get(self.finish_reason, 0) + 1
         elif outcome == "cancelled":
             s.cancelled += 1
         elif outcome == "aborted":
@@ -72,6 +74,7 @@ class SimServer:
         self.prefix_cache = PrefixCache(config.prefix_cache_blocks, config.block_size,
                                         config.enable_prefix_caching)
         self.metrics = new_registry(self)
+        self.system_fingerprint = fingerprint(config.model, config.max_model_len)
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> SimServer:
@@ -160,7 +163,7 @@ class SimServer:
         else:
             entry = self.kv_by_id.take(unquote(rest))
         if entry is None:
-            return conn.send_json(404, error_body(404, f"KV `{unquote(rest)}` not found"))
+            return conn.send_json(404, ApiError(404, f"KV `{unquote(rest)}` not found").to_json())
         self.stats.kv_sent += 1
         conn.send_json(200, entry.to_json())
 
@@ -193,13 +196,15 @@ class SimServer:
                                  for c in range(g.num_choices)))
             self.stats.prompt_tokens_total += g.total_prompt_tokens
             choices = Choices(g, first_tokens)
+            life.finish_reason = choices.plans[0].finish_reason
             headers = _id_headers(g.id_header)
             fail_after = cfg.fail_after_tokens
             if g.stream:
-                TokenStream(conn, g, choices, cfg.itl_ms / 1000, fail_after, life.end).start(headers)
+                TokenStream(conn, g, choices, cfg.itl_ms / 1000, fail_after, life.end,
+                            self.system_fingerprint).start(headers)
             else:
                 await respond_full(conn, g, choices, cfg.itl_ms / 1000, fail_after, headers,
-                                   kv_out, life.end)
+                                   kv_out, life.end, self.system_fingerprint)
         except ApiError as exc:
             life.end("error")
             self._send_error(conn, exc, g.id_header)
