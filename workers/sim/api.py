@@ -141,7 +141,9 @@ class SseFormat:
             ends = b',"finish_reason":null' + (b"" if g.chat else b',"stop_reason":null')
         ids = b',"token_ids":null' if g.chat else b',"prompt_token_ids":%s,"token_ids":null' % prompt_ids
         usage = self._usage_field(sum(self._sent))
-        trailer = self._fingerprint if last and not usage else b""
+        # vLLM puts the fingerprint on a choice's last chunk, unless usage follows (then
+        # on the usage chunk only) or every chunk carries usage.
+        trailer = self._fingerprint if last and not usage and not g.include_usage else b""
         return (self._pre[choice] + text_json + self._close + b',"logprobs":' + self._logprobs(choice, k)
                 + ends + ids + b"}]" + usage + trailer + b"}\n\n")
 

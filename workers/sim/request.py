@@ -205,8 +205,11 @@ def _kv_params(kv: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def parse_request(body: Any, chat: bool, id_header: str | None,
                   served_model: str, max_model_len: int) -> GenRequest:
-    if isinstance(body, dict):
-        _before_validators(body, chat)
+    if not isinstance(body, dict):  # FastAPI reads the body model from attributes
+        raise validation_error([{"type": "model_attributes_type", "loc": ("body",),
+                                 "msg": "Input should be a valid dictionary or object to extract "
+                                 "fields from", "input": body}])
+    _before_validators(body, chat)
     req = parse_model(ChatBody if chat else CompletionBody, body)
     if req.model and req.model != served_model:
         raise ApiError(404, f"The model `{req.model}` does not exist. Valid aliases: "
