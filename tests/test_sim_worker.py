@@ -431,3 +431,19 @@ async def test_cli_throughput_sanity() -> None:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_simulator_bug_answers_instead_of_hanging(sim: StartSim, client: httpx.AsyncClient,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          stream: bool) -> None:
+    import workers.sim.server as server_module
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("injected")
+
+    s = await sim()
+    monkeypatch.setattr(server_module, "Choices", broken)
+    r = await client.post(s.url + "/v1/completions", json={"prompt": "a", "stream": stream})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "InternalServerError"
+    assert (s.stats.in_flight, s.stats.errors) == (0, 1)

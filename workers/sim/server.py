@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -18,6 +19,7 @@ from .pd import pull_nixl, wait_legacy
 from .prefix_cache import PrefixCache, tokenize
 from .sampling import Choices
 
+log = logging.getLogger("workers.sim")
 NOT_FOUND = b'{"detail":"Not Found"}'
 ROUTES: dict[str, set[str]] = {
     "/health": {"GET"}, "/ping": {"GET", "POST"}, "/version": {"GET"},
@@ -190,6 +192,7 @@ class SimServer:
 
     async def _generate(self, conn: HttpConnection, g: GenRequest, life: _Life) -> None:
         cfg = self.config
+        started = False
         try:
             first_tokens, kv_out = await self._prefill(g)
             life.hold_blocks(sum(self.prefix_cache.blocks_for(g.prompt_tokens[c // g.n] + g.max_tokens)
@@ -200,8 +203,10 @@ class SimServer:
             headers = _id_headers(g.id_header)
             fail_after = cfg.fail_after_tokens
             if g.stream:
-                TokenStream(conn, g, choices, cfg.itl_ms / 1000, fail_after, life.end,
-                            self.system_fingerprint).start(headers)
+                stream = TokenStream(conn, g, choices, cfg.itl_ms / 1000, fail_after, life.end,
+                                     self.system_fingerprint)
+                started = True
+                stream.start(headers)
             else:
                 await respond_full(conn, g, choices, cfg.itl_ms / 1000, fail_after, headers,
                                    kv_out, life.end, self.system_fingerprint)
@@ -210,6 +215,14 @@ class SimServer:
             self._send_error(conn, exc, g.id_header)
         except asyncio.CancelledError:
             life.end("cancelled")
+        except Exception:  # a simulator bug answers (or drops the stream), never hangs
+            log.exception("sim worker: request failed")
+            life.end("error")
+            if started:
+                conn.abort()
+            else:
+                self._send_error(conn, ApiError(500, "Internal error in the simulated worker."),
+                                 g.id_header)
 
     async def _prefill(self, g: GenRequest) -> tuple[list[str] | None, dict[str, Any] | None]:
         """Run (or fetch) the prefill.  Returns (k=0 tokens taken from KV, kv_transfer_params
