@@ -24,6 +24,10 @@ class Admission:
         self.inflight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
     async def enter(self) -> None:
         if self.inflight < self.limit and not self._waiters:
             self.inflight += 1

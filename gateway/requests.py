@@ -8,6 +8,7 @@ from typing import Literal
 
 from .config import Limits
 from .errors import GatewayError
+from .telemetry.trace import Trace
 
 Route = Literal["completions", "chat"]
 PATHS: dict[Route, str] = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
@@ -26,6 +27,7 @@ class ApiRequest:
     prompt_tokens: int  # an estimate, for prefill load balancing
     session_header: str | None = None  # the client's X-Session-Id
     _prefix_text: str | None = field(default=None, repr=False)
+    trace: Trace | None = field(default=None, repr=False)  # the request's telemetry, when on
 
     @property
     def path(self) -> str:
