@@ -12,7 +12,7 @@ time.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -55,6 +55,7 @@ class Telemetry:
         self.access_log = access_log
         self.enabled = request_metrics or access_log is not None
         self.recent: dict[str, deque[float]] = {}  # endpoint -> its last TTFTs (prefill: prefill times)
+        self.outcomes: Counter[str] = Counter()  # requests by outcome, for the status page
         self._series: dict[tuple[str, str, str], tuple] = {}
 
     def start(self, request_id: str, route: str) -> Trace | None:
@@ -65,6 +66,7 @@ class Telemetry:
             return
         total = time.monotonic() - trace.start
         trace.status, trace.outcome = status, outcome or outcome_of(status)
+        self.outcomes[trace.outcome] += 1
         if self.request_metrics:
             self._observe(trace, total)
         self._remember(trace)
