@@ -10,9 +10,10 @@ from .errors import GatewayError
 from .health import HealthChecker
 from .http1 import header_lines
 from .limits import Admission, Capacity
-from .metrics import Metrics
+from .access_log import AccessLog
 from .policies import RoutingRequest
 from .pool import Endpoint, Pool, Role
+from .telemetry import Telemetry
 from .upstream import Upstream
 from .watchdog import Watchdog
 
@@ -39,9 +40,11 @@ class Router:
         t = config.timeouts
         self.watchdog = Watchdog(period_s=min(1.0, t.first_byte_s / 4, t.between_chunks_s / 4))
         self.health = HealthChecker(self.endpoints, self.upstream, config.health)
-        self.metrics = Metrics()
         limits = config.limits
         self.admission = Admission(limits.max_inflight, limits.queue, limits.queue_timeout_s)
+        obs = config.observability
+        access = AccessLog(config.log_format) if obs.access_log else None
+        self.telemetry = Telemetry(self.pools, self.admission, obs.request_metrics, access)
         self.capacity = Capacity()
 
     @property
@@ -86,9 +89,10 @@ class Router:
     def succeeded(self, ep: Endpoint) -> None:
         ep.errors = 0
 
-    def failed(self, ep: Endpoint, reason: str, eject_now: bool = False) -> None:
+    def failed(self, ep: Endpoint, reason: str, eject_now: bool = False, kind: str = "broken_stream") -> None:
+        """`kind`: connect, timeout, 5xx, broken_stream or invalid (for the failure counter)."""
         ep.errors += 1
-        self.metrics.inc("pd_gateway_upstream_failures_total", endpoint=ep.url)
+        self.telemetry.upstream_failed(ep, kind)
         if eject_now or ep.errors >= self.config.outlier.consecutive_failures:
             self.eject(ep, reason)
 
@@ -111,7 +115,7 @@ class Router:
         ep.healthy = False
         ep.passes = 0
         log.warning("ejecting %s (%s/%s) for %gs: %s", ep.url, ep.pool, ep.role, duration, reason)
-        self.metrics.inc("pd_gateway_ejections_total", endpoint=ep.url)
+        self.telemetry.ejected(ep)
 
     # Views -------------------------------------------------------------------
 
