@@ -18,7 +18,8 @@ from .relay import StreamRelay
 from .requests import ApiRequest
 from .router import Router, Saturated
 from .sse import DONE, EventFramer
-from .upstream import ConnectFailed, Retryable
+from .telemetry import usage_of
+from .upstream import ConnectFailed, NoAnswer, Retryable
 from .watchdog import Watched
 
 log = logging.getLogger("pd_gateway")
@@ -38,6 +39,7 @@ class Leg:
         self.role = role
         self.request_id = request_id
         self.req = req
+        self.trace = req.trace
         self.tokens = req.prompt_tokens if role == "prefill" else 0
         self.ep: Endpoint | None = None
         self.resp: Response | None = None
@@ -46,6 +48,7 @@ class Leg:
         self._held = False
         self._garbage: str | None = None
         self._last = b""
+        self._prev = b""  # the run before _last: a stream's usage may sit there, before a lone [DONE]
         self._consumer: tuple[OnRun, Callable[[UpstreamError | None], None]] | None = None
         self._on_sent: Callable[[], None] | None = None
         self._request = ("", b"")
@@ -81,21 +84,24 @@ class Leg:
                 await self._wait_for_capacity(deadline - loop.time())
                 continue
             ep.acquire(self.tokens)
+            if self.trace is not None:
+                self.trace.leg_sent(self.role, ep.url)
             try:
                 await self._attempt(ep.url + path, body)
             except (Retryable, UpstreamStatus) as err:
                 self._given_up(ep)
                 if isinstance(err, UpstreamStatus) and err.status < 500:
                     raise
-                router.failed(ep, str(err), eject_now=isinstance(err, ConnectFailed))
+                router.failed(ep, str(err), eject_now=isinstance(err, ConnectFailed), kind=_kind(err))
                 tried.add(ep)
                 if len(tried) > retries or self.aborted:
                     raise
+                router.telemetry.retried(self.trace, self.pool.name, self.role)
                 log.warning("rid=%s %s; retrying on another worker", self.request_id, err)
                 continue
             except UpstreamError as err:  # a timeout: the prompt may simply be long, so no retry
                 self._given_up(ep)
-                router.failed(ep, err.message)
+                router.failed(ep, err.message, kind=_kind(err))
                 raise
             except BaseException:
                 self._given_up(ep)
@@ -164,15 +170,19 @@ class Leg:
         """The whole (non-streaming) JSON body, raw and parsed; releases the endpoint."""
         assert self.resp is not None
         self._unwatch()  # the body has a timer of its own
+        kind = "broken_stream"
         try:
             raw = await self.router.upstream.read(self.resp)
+            kind = "invalid"
             answer = load_json(raw, f"{self.role} worker {self._where}")
         except UpstreamError as err:
-            self._failed(err.message)
+            self._failed(err.message, "timeout" if err.code == "timeout" else kind)
             raise
         finally:
             self.release()
         self._succeeded()
+        if self.trace is not None:
+            self.trace.leg_done(self.role, 0, answer.get("usage"))
         return raw, answer
 
     async def open_relay(self, path: str, body: bytes, send: Send | None,
@@ -217,6 +227,9 @@ class Leg:
                 resp.close()
                 return None
             w.stall_s = between
+            if not self._last and self.trace is not None:
+                self.trace.first_run(self.role)
+            self._prev = self._last
             self._last = run
             return on_run(run)
 
@@ -243,6 +256,7 @@ class Leg:
         self._tried.add(ep)
         self._given_up(ep)
         self.ep, self._held = None, False
+        self.router.telemetry.replayed(self.trace, self.pool.name)
         try:
             await self._choose_and_send()  # a 2xx answer re-arms the consumer (see _sent)
         except UpstreamError as err:
@@ -252,16 +266,22 @@ class Leg:
             on_end(UpstreamError(f"{failure.message}; no other worker took the request: {message}"))
 
     def _outcome(self, exc: Exception | None) -> UpstreamError | None:
+        kind = "broken_stream"
         if self._garbage:
-            reason = self._garbage
+            reason, kind = self._garbage, "invalid"
         elif exc is not None:
             reason = f"broke off the stream: {exc}"
         elif (self.watched and self.watched.reason) or self.aborted or not self._last.endswith(DONE):
             reason = "the worker ended the stream before [DONE]"
+            if self.watched and self.watched.reason:
+                kind = "timeout"
         else:
             self._succeeded()
+            if self.trace is not None:
+                events = self.watched.progress if self.watched else 0
+                self.trace.leg_done(self.role, events, usage_of(self._prev, self._last))
             return None
-        self._failed(reason)
+        self._failed(reason, kind)
         return self._failure(reason)
 
     async def events(self) -> AsyncIterator[bytes]:
@@ -275,9 +295,9 @@ class Leg:
         if self.ep is not None:
             self.router.succeeded(self.ep)
 
-    def _failed(self, reason: str) -> None:
+    def _failed(self, reason: str, kind: str = "broken_stream") -> None:
         if self.ep is not None and self.aborted is None:  # a client going away is not the worker's fault
-            self.router.failed(self.ep, reason)
+            self.router.failed(self.ep, reason, kind=kind)
 
     def _failure(self, message: str) -> UpstreamError:
         w = self.watched
@@ -312,6 +332,19 @@ class Leg:
             self._held = False
         if self.resp is not None:
             self.resp.release()
+
+
+def _kind(err: Exception) -> str:
+    """An upstream failure's kind, for the failure counter."""
+    if isinstance(err, ConnectFailed):
+        return "connect"
+    if isinstance(err, UpstreamStatus):
+        return "5xx"
+    if isinstance(err, NoAnswer):
+        return "broken_stream"
+    if isinstance(err, UpstreamError) and err.code == "timeout":
+        return "timeout"
+    return "broken_stream"
 
 
 class _RunQueue:
