@@ -124,6 +124,9 @@ class StreamRelay(Response):
         self.on_disconnect = on_disconnect
         self.closers = [on_close]
         self.watch: ClientWatch | None = None
+        # How it ended, for telemetry (read by the closers): the status sent, and the outcome.
+        self.status = 200
+        self.outcome = "success"
         # Given the client's `send` before the leg opens, a push relay sends the head and the
         # first runs from the socket callback that read them, before this response is called.
         self._armed = _Pushed(self, send) if send is not None and hasattr(source, "stream") else None
@@ -139,6 +142,7 @@ class StreamRelay(Response):
             try:
                 first = await relay.first()
             except UpstreamError as err:  # nothing reached the client yet: answer with a real status
+                self.status, self.outcome = err.status, "upstream_error"
                 await err.to_response(self.request_id)(scope, receive, send)
                 return
             if not relay.started:
@@ -148,15 +152,19 @@ class StreamRelay(Response):
             await relay.rest()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except UpstreamError as err:
+            self.outcome = "stream_error"
             await send({"type": "http.response.body", "body": error_event(err.to_dict()), "more_body": False})
         except asyncio.CancelledError:
             # The server is shutting down past its drain deadline: end the stream properly.
+            self.outcome = "shutdown"
             relay.stop()
             if relay.started and not watch.disconnected:
                 error = error_dict("the gateway is shutting down; the stream was cut short", 503, "shutting_down")
                 await send({"type": "http.response.body", "body": error_event(error), "more_body": False})
             raise
         finally:
+            if watch.disconnected:
+                self.outcome, self.status = "client_disconnect", 200 if relay.started else 499
             watch.close()
             await relay.close()
             for close in self.closers:
