@@ -11,18 +11,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from . import replicas
 from .admin import admin_routes
 from .auth import check_key
 from .config import GatewayConfig
+from .dashboard import dashboard_routes
 from .disagg import PROTOCOLS
 from .errors import GatewayError, UpstreamStatus, error_dict
 from .relay import ClientWatch, StreamRelay
 from .requests import Route, parse_request
 from .router import Router
+from .telemetry import CONTENT_TYPE_LATEST, Telemetry, Trace
 
 log = logging.getLogger("pd_gateway")
 
@@ -77,6 +79,8 @@ def create_app(config: GatewayConfig) -> FastPath:
     app = FastAPI(title="pd-gateway", lifespan=lifespan)
     app.state.router = router
     app.include_router(admin_routes(router))
+    app.include_router(dashboard_routes(router))
+    telemetry = router.telemetry
 
     async def serve(route: Route, headers: dict[bytes, bytes], body: bytes | None,
                     receive: Receive, send: Send | None) -> Response:
@@ -86,19 +90,28 @@ def create_app(config: GatewayConfig) -> FastPath:
         given_id = headers.get(b"x-request-id")
         # Ids only need to be unique, not secret: no getrandom syscall on the hot path.
         request_id = given_id.decode("latin-1") if given_id else f"{random.getrandbits(128):032x}"
+        trace = telemetry.start(request_id, route)
+        response = await answer(route, headers, body, receive, send, request_id, trace)
+        _account(telemetry, trace, response)
+        return response
+
+    async def answer(route: Route, headers: dict[bytes, bytes], body: bytes | None, receive: Receive,
+                     send: Send | None, request_id: str, trace: Trace | None) -> Response:
         try:
             if config.auth.api_keys:
                 check_key(headers.get(b"authorization", b"").decode("latin-1"), config.auth.api_keys)
             raw = body if body is not None else await _read_body(
                 receive, headers.get(b"content-length", b""), config.limits.max_body_bytes)
             await router.admission.enter()
+            if trace is not None:
+                trace.admitted()
         except GatewayError as err:
             return _refused(err, request_id, route, router)
         except _ClientGone:
             return _gone(request_id, route, router)
         watch = ClientWatch(receive)
         try:
-            result = await dispatch(route, raw, request_id, send, headers.get(b"x-session-id"))
+            result = await dispatch(route, raw, request_id, send, headers.get(b"x-session-id"), trace)
         except asyncio.CancelledError:
             router.admission.leave()
             if not watch.disconnected:
@@ -116,10 +129,13 @@ def create_app(config: GatewayConfig) -> FastPath:
         return result
 
     async def dispatch(route: Route, raw: bytes, request_id: str, send: Send | None,
-                       session: bytes | None) -> Response:
+                       session: bytes | None, trace: Trace | None) -> Response:
         try:
             req = parse_request(route, raw, config.limits, session.decode("latin-1") if session else None)
             pool = router.pool_for(req.model)
+            if trace is not None:
+                req.trace = trace
+                trace.routed(req.model, pool.name, req.stream)
             if pool.kind == "replicas":
                 result = await replicas.forward(router, pool, req, request_id, send)
             else:
@@ -128,7 +144,6 @@ def create_app(config: GatewayConfig) -> FastPath:
             return _refused(err, request_id, route, router)
         except UpstreamStatus as err:
             return _upstream_status(err, request_id, route, router)
-        router.metrics.inc("pd_gateway_requests_total", route=route, status="200")
         return result
 
     @app.post("/v1/completions")
@@ -157,15 +172,24 @@ def create_app(config: GatewayConfig) -> FastPath:
         return JSONResponse({"ready": router.ready, "pools": pools}, 200 if router.ready else 503)
 
     @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
-        text = router.metrics.render(router.pools, router.admission)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+    async def metrics() -> Response:
+        return Response(telemetry.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(error_dict(str(exc.detail), exc.status_code), exc.status_code)
 
     return FastPath(app, serve, config.limits.max_body_bytes)
+
+
+def _account(telemetry: Telemetry, trace: Trace | None, response: Response) -> None:
+    """Finish the request's trace at its end: now, or once a stream's relay has closed."""
+    if trace is None:
+        return
+    if isinstance(response, StreamRelay):
+        response.closers.append(lambda: telemetry.finish(trace, response.status, response.outcome))
+    else:
+        telemetry.finish(trace, response.status_code)
 
 
 class _ClientGone(Exception):
@@ -195,7 +219,6 @@ def _too_large(limit: int) -> GatewayError:
 
 def _gone(request_id: str, route: str, router: Router) -> Response:
     log.info("rid=%s client disconnected before the response started", request_id)
-    router.metrics.inc("pd_gateway_requests_total", route=route, status="499")
     return Response(status_code=499)
 
 
@@ -205,13 +228,11 @@ def _ignore() -> None:
 
 def _refused(err: GatewayError, request_id: str, route: str, router: Router) -> Response:
     log.info("rid=%s %s %d: %s", request_id, route, err.status, err.message)
-    router.metrics.inc("pd_gateway_requests_total", route=route, status=str(err.status))
     return err.to_response(request_id)
 
 
 def _upstream_status(err: UpstreamStatus, request_id: str, route: str, router: Router) -> Response:
     """A worker's 4xx goes to the client as-is; a 5xx becomes a 502 naming the worker's message."""
-    router.metrics.inc("pd_gateway_requests_total", route=route, status=str(err.status))
     headers = {"x-request-id": request_id}
     if err.status < 500:
         return Response(err.body, err.status, media_type=err.content_type, headers=headers)
