@@ -246,7 +246,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
         refs: dict[str, tuple[Proc, int]] = {}
         for name in s.refs:
             port = _free_port()
-            ref = Proc(name, [sys.executable, "-m", REFERENCES[name][0], "--listen", str(port),
+            ref = Proc(name, [sys.executable, "-m", *REFERENCES[name][0].split(), "--listen", str(port),
                               "--upstream", str(relay_port)], gw_cpu, log_dir)
             procs.append(ref)
             await _wait_ready(ref, port, "/health")

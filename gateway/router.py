@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from .access_log import AccessLog
 from .config import GatewayConfig
 from .errors import GatewayError
 from .health import HealthChecker
 from .http1 import header_lines
 from .limits import Admission, Capacity
-from .access_log import AccessLog
 from .policies import RoutingRequest
 from .pool import Endpoint, Pool, Role
 from .telemetry import Telemetry

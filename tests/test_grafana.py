@@ -78,7 +78,8 @@ async def test_every_metric_the_dashboard_uses_is_exported(sim, gateway, client)
     gw = await gateway([{"name": "dp", "workers": [replica.url]},
                         {"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}])
     for model in ("sim-model", "sim-pd-model"):
-        body = {"model": model, "prompt": "hi", "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
+        body = {"model": model, "prompt": "hi", "max_tokens": 3, "stream": True,
+                "stream_options": {"include_usage": True}}
         assert (await client.post(f"{gw.url}/v1/completions", json=body)).status_code == 200
     await wait_until(lambda: sum(gw.router.telemetry.outcomes.values()) >= 2)
     available = exported((await client.get(f"{gw.url}/metrics")).text)

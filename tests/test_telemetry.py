@@ -49,7 +49,8 @@ async def test_metrics_after_successes_a_broken_stream_and_a_refusal(sim, gatewa
         sse_payloads((await client.post(f"{gw.url}/v1/completions", json={"model": "sim-model", **STREAM})).content)
     plain = await client.post(f"{gw.url}/v1/completions", json={"model": "sim-model", "prompt": "hi", "max_tokens": 4})
     assert plain.status_code == 200
-    broken = sse_payloads((await client.post(f"{gw.url}/v1/completions", json={"model": "bad-model", **STREAM})).content)
+    broken = await client.post(f"{gw.url}/v1/completions", json={"model": "bad-model", **STREAM})
+    broken = sse_payloads(broken.content)
     assert "error" in broken[-2]  # the stream ended with an error event after a 200
     assert (await client.post(f"{gw.url}/v1/completions", json={"model": "nope", "prompt": "x"})).status_code == 404
     await settled(gw, 6)
@@ -85,7 +86,8 @@ async def test_retries_connect_failures_and_ejections_are_counted(sim, gateway, 
     dead = gw.router.pools[0].endpoints[1]
     dead.healthy = True  # as if it died after its last health check
     for _ in range(4):
-        resp = await client.post(f"{gw.url}/v1/completions", json={"model": "sim-model", "prompt": "hi", "max_tokens": 1})
+        body = {"model": "sim-model", "prompt": "hi", "max_tokens": 1}
+        resp = await client.post(f"{gw.url}/v1/completions", json=body)
         assert resp.status_code == 200
     await settled(gw, 4)
     m = await scrape(client, gw)

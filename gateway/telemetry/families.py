@@ -30,8 +30,8 @@ class Families:
         self.itl = hist(p + "itl_seconds", "Mean gap between a stream's tokens, one observation per stream: "
                         "(end - first event) / (tokens - 1).", REQUEST_LABELS)
         self.e2e = hist(p + "e2e_seconds", "Request arrival to the last byte of the response.", REQUEST_LABELS)
-        self.queue = hist(p + "queue_seconds", "Time a request waited in the admission queue (0 when admitted at once).",
-                          ("route",))
+        self.queue = hist(p + "queue_seconds",
+                          "Time a request waited in the admission queue (0 when admitted at once).", ("route",))
         self.prefill = hist(p + "pd_prefill_seconds", "PD pools: the prefill leg, request sent to prefill done.",
                             ("pool", "model", "endpoint"))
         self.handoff = hist(p + "pd_handoff_seconds",
