@@ -16,6 +16,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..limits import Admission
@@ -56,7 +57,7 @@ class Telemetry:
         self.enabled = request_metrics or access_log is not None
         self.recent: dict[str, deque[float]] = {}  # endpoint -> its last TTFTs (prefill: prefill times)
         self.outcomes: Counter[str] = Counter()  # requests by outcome, for the status page
-        self._series: dict[tuple[str, str, str], tuple] = {}
+        self._children: dict[tuple, object] = {}  # (family name, *label values) -> its child
 
     def start(self, request_id: str, route: str) -> Trace | None:
         return Trace(request_id, route) if self.enabled else None
@@ -73,33 +74,36 @@ class Telemetry:
         if self.access_log is not None:
             self.access_log.write(trace, total)  # type: ignore[attr-defined]
 
+    def _child(self, family: MetricWrapperBase, *labels: str):  # noqa: ANN202 (a Counter or Histogram child)
+        """`family.labels(*labels)`, looked up once: labels() validates and locks on every call."""
+        key = (family._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
+
     def _observe(self, t: Trace, total: float) -> None:
-        f = self.families
-        key = (t.pool, t.model, t.route)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = (f.ttft.labels(*key), f.itl.labels(*key), f.e2e.labels(*key))
-        ttft, itl, e2e = series
-        f.requests.labels(t.pool, t.model, t.route, str(t.status), t.outcome).inc()
+        f, child = self.families, self._child
+        child(f.requests, t.pool, t.model, t.route, str(t.status), t.outcome).inc()
         if t.outcome == "client_disconnect":
-            f.disconnects.labels(t.route, "streaming" if t.status == 200 else "before_response").inc()
-        e2e.observe(total)
+            child(f.disconnects, t.route, "streaming" if t.status == 200 else "before_response").inc()
+        child(f.e2e, t.pool, t.model, t.route).observe(total)
         if t.queued is not None:
-            f.queue.labels(t.route).observe(t.queued)
+            child(f.queue, t.route).observe(t.queued)
         if t.outcome != "success":
             return
         if t.stream and t.ttft is not None:
-            ttft.observe(t.ttft)
+            child(f.ttft, t.pool, t.model, t.route).observe(t.ttft)
         if t.itl is not None:
-            itl.observe(t.itl)
+            child(f.itl, t.pool, t.model, t.route).observe(t.itl)
         if t.prefill_time is not None:
-            f.prefill.labels(t.pool, t.model, t.endpoints.get("prefill", "")).observe(t.prefill_time)
+            child(f.prefill, t.pool, t.model, t.endpoints.get("prefill", "")).observe(t.prefill_time)
         if t.handoff is not None:
-            f.handoff.labels(t.pool, t.model, t.endpoints.get("decode", "")).observe(t.handoff)
+            child(f.handoff, t.pool, t.model, t.endpoints.get("decode", "")).observe(t.handoff)
         if t.prompt_tokens:
-            f.prompt_tokens.labels(t.pool, t.model).inc(t.prompt_tokens)
+            child(f.prompt_tokens, t.pool, t.model).inc(t.prompt_tokens)
         if t.completion_tokens:
-            f.completion_tokens.labels(t.pool, t.model).inc(t.completion_tokens)
+            child(f.completion_tokens, t.pool, t.model).inc(t.completion_tokens)
 
     def _remember(self, t: Trace) -> None:
         if t.outcome != "success":
