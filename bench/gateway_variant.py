@@ -20,7 +20,6 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from .procs import HOST
 
@@ -48,9 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     fd, path = tempfile.mkstemp(prefix="pd-gateway-variant-", suffix=".yaml")
     os.write(fd, (json.dumps(config(args.listen, args.upstream, args.telemetry)) + "\n").encode())
     os.close(fd)
-    script = Path(sys.executable).with_name("pd-gateway")
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
-    os.execv(head[0], [*head, "serve", "--config", path])
+    os.execv(sys.executable, [sys.executable, "-m", "gateway.cli", "serve", "--config", path])
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from collections import Counter, deque
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 
 from ..limits import Admission
 from ..pool import Endpoint, Pool
