@@ -39,7 +39,8 @@ def one_request(t: Telemetry, pd: bool) -> None:
     if trace is None:
         return
     trace.admitted()
-    trace.routed("sim-model", "pd" if pd else "dp", True)
+    trace.parsed("sim-model", True)
+    trace.routed("pd" if pd else "dp")
     if pd:
         trace.leg_sent("prefill", "http://127.0.0.1:2")
         trace.leg_done("prefill", 0, {"prompt_tokens": 12})

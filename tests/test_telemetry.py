@@ -61,7 +61,8 @@ async def test_metrics_after_successes_a_broken_stream_and_a_refusal(sim, gatewa
     assert m.value("pd_gateway_requests_total", **good_pool, outcome="success", status="200") == 4
     assert m.value("pd_gateway_requests_total", pool="bad", outcome="stream_error", status="200") == 1
     assert m.value("pd_gateway_requests_total", pool="bad", outcome="success") == 0
-    assert m.value("pd_gateway_requests_total", status="404", outcome="client_error") == 1
+    assert m.value("pd_gateway_requests_total", status="404", outcome="client_error", model="", pool="") == 1
+    assert 'model="nope"' not in m.text  # a client's model name becomes a label only once routed
     assert m.value("pd_gateway_upstream_failures_total", endpoint=bad.url, kind="broken_stream") == 1
     # usage: 3 streams with include_usage + 1 plain answer, 5 + 4 completion tokens
     assert m.value("pd_gateway_completion_tokens_total", pool="good") == 3 * 5 + 4
@@ -191,6 +192,11 @@ async def test_access_log_text_line_escapes_client_values(sim, gateway, client, 
     assert f"replica={a.url} status=200 outcome=success stream=true" in line
     assert "completion_tokens=5" in line and " ttft_ms=" in line and " total_ms=" in line
     assert line.count("status=") == 2  # the forged one stays inside the quoted id
+    await client.post(f"{gw.url}/v1/completions", json={"model": "no such model", "prompt": "x"})
+    await settled(gw, 2)
+    refused = _access_lines(caplog)[1]
+    assert 'model="no such model"' in refused and "status=404 outcome=client_error" in refused
+    assert "pool=" not in refused
 
 
 async def test_access_log_json_line(sim, gateway, client, caplog):

@@ -84,26 +84,28 @@ class Telemetry:
 
     def _observe(self, t: Trace, total: float) -> None:
         f, child = self.families, self._child
-        child(f.requests, t.pool, t.model, t.route, str(t.status), t.outcome).inc()
+        # Refused before routing: the client's model name is no label value (it is unbounded).
+        pool, model = (t.pool, t.model) if t.pool else ("", "")
+        child(f.requests, pool, model, t.route, str(t.status), t.outcome).inc()
         if t.outcome == "client_disconnect":
             child(f.disconnects, t.route, "streaming" if t.status == 200 else "before_response").inc()
-        child(f.e2e, t.pool, t.model, t.route).observe(total)
+        child(f.e2e, pool, model, t.route).observe(total)
         if t.queued is not None:
             child(f.queue, t.route).observe(t.queued)
         if t.outcome != "success":
             return
         if t.stream and t.ttft is not None:
-            child(f.ttft, t.pool, t.model, t.route).observe(t.ttft)
+            child(f.ttft, pool, model, t.route).observe(t.ttft)
         if t.itl is not None:
-            child(f.itl, t.pool, t.model, t.route).observe(t.itl)
+            child(f.itl, pool, model, t.route).observe(t.itl)
         if t.prefill_time is not None:
-            child(f.prefill, t.pool, t.model, t.endpoints.get("prefill", "")).observe(t.prefill_time)
+            child(f.prefill, pool, model, t.endpoints.get("prefill", "")).observe(t.prefill_time)
         if t.handoff is not None:
-            child(f.handoff, t.pool, t.model, t.endpoints.get("decode", "")).observe(t.handoff)
+            child(f.handoff, pool, model, t.endpoints.get("decode", "")).observe(t.handoff)
         if t.prompt_tokens:
-            child(f.prompt_tokens, t.pool, t.model).inc(t.prompt_tokens)
+            child(f.prompt_tokens, pool, model).inc(t.prompt_tokens)
         if t.completion_tokens:
-            child(f.completion_tokens, t.pool, t.model).inc(t.completion_tokens)
+            child(f.completion_tokens, pool, model).inc(t.completion_tokens)
 
     def _remember(self, t: Trace) -> None:
         if t.outcome != "success":

@@ -47,8 +47,12 @@ class Trace:
     def admitted(self) -> None:
         self.admitted_at = _now()
 
-    def routed(self, model: str, pool: str, stream: bool) -> None:
-        self.model, self.pool, self.stream = model, pool, stream
+    def parsed(self, model: str, stream: bool) -> None:
+        """The request's model (as the client wrote it) and whether it streams."""
+        self.model, self.stream = model, stream
+
+    def routed(self, pool: str) -> None:
+        self.pool = pool
 
     def leg_sent(self, role: str, endpoint: str) -> None:
         """A leg's request went to `endpoint` (again, on a retry)."""
