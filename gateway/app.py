@@ -132,10 +132,12 @@ def create_app(config: GatewayConfig) -> FastPath:
                        session: bytes | None, trace: Trace | None) -> Response:
         try:
             req = parse_request(route, raw, config.limits, session.decode("latin-1") if session else None)
-            pool = router.pool_for(req.model)
             if trace is not None:
                 req.trace = trace
-                trace.routed(req.model, pool.name, req.stream)
+                trace.parsed(req.model, req.stream)
+            pool = router.pool_for(req.model)
+            if trace is not None:
+                trace.routed(pool.name)
             if pool.kind == "replicas":
                 result = await replicas.forward(router, pool, req, request_id, send)
             else:
