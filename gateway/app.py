@@ -11,17 +11,19 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from .admin import admin_routes
 from .auth import HeaderList, authorization, check_access, check_key
 from .config import GatewayConfig
+from .dashboard import dashboard_routes
 from .discovery.runner import Discovery
 from .errors import GatewayError, envelope, internal_error, render
 from .gateway import Gateway
 from .handler import Handler
 from .routes import ROUTES
+from .telemetry import CONTENT_TYPE_LATEST
 from .writer import AsgiWriter
 
 log = logging.getLogger("pd_gateway")
@@ -86,6 +88,7 @@ def create_app(config: GatewayConfig) -> FastPath:
                   redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
     app.state.gateway = gateway
     app.include_router(admin_routes(gateway))
+    app.include_router(dashboard_routes(gateway))
     _add_status_routes(app, gateway)
     _add_error_handlers(app)
     return FastPath(app, Handler(gateway))
@@ -119,8 +122,7 @@ def _add_status_routes(app: FastAPI, gateway: Gateway) -> None:
             check_access(auth.metrics, auth, _authorization(request.scope["headers"]), "metrics")
         except GatewayError as err:
             return render(err)
-        text = gateway.metrics.render(gateway.pools, gateway.admission)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        return Response(gateway.telemetry.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

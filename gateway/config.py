@@ -85,6 +85,13 @@ class Auth(_Strict):
     docs: Access = "key"
 
 
+class Observability(_Strict):
+    """Per-request telemetry; both off leaves only the gauges and rare-event counters on /metrics."""
+
+    request_metrics: bool = True  # per-request histograms and counters
+    access_log: bool = True  # one line per request on the `pd_gateway.access` logger
+
+
 class PolicyConfig(_Strict):
     """A routing policy by name, with its options (`policy: prefix_aware` is short for `{name: prefix_aware}`)."""
 
@@ -180,6 +187,8 @@ class GatewayConfig(_Strict):
     drain_s: float = Field(30.0, ge=0)  # on SIGTERM, how long in-flight streams may go on
     pools: list[PoolConfig] = Field(min_length=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, access lines included
+    observability: Observability = Observability()
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:

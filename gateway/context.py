@@ -40,11 +40,14 @@ class RequestContext:
         self._legs: list[Leg] = []
         self._cleanups: list[Callable[[], object]] = []
         self._watch: ClientWatch | None = None
+        self.trace = gateway.telemetry.start(request_id, route)  # None when per-request telemetry is off
 
     async def admit(self) -> None:
         """Take an admission slot (waiting in the queue if need be); the deadline starts now."""
         await self.gateway.admission.enter()
         self._admitted = True
+        if self.trace is not None:
+            self.trace.admitted()
         self.deadline = Deadline.start(self.gateway.config.timeouts, self.gateway.config.limits)
 
     def watch_client(self, receive: Receive) -> None:

@@ -58,12 +58,16 @@ class GatewayError(Exception):
 class UpstreamError(GatewayError):
     """A worker failed (connect error, timeout, broken stream, garbage)."""
 
+    kind = "broken_stream"  # for the upstream failure counter: connect, timeout, 5xx, broken_stream, invalid
+
     def __init__(self, message: str, status: int = 502, code: str = "upstream_error") -> None:
         super().__init__(status, message, code)
 
 
 class UpstreamTimeout(UpstreamError):
     """A worker did not answer, or stopped sending, within a timeout."""
+
+    kind = "timeout"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, 504, "timeout")
@@ -75,6 +79,8 @@ class Retryable(UpstreamError):
 
 class ConnectFailed(Retryable):
     """The worker could not be reached at all."""
+
+    kind = "connect"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, 502, "worker_unreachable")
@@ -90,6 +96,8 @@ class NoAnswer(Retryable):
 
 class UpstreamStatus(GatewayError):
     """A worker answered with a non-2xx status; `body` is what it said."""
+
+    kind = "5xx"
 
     def __init__(self, status: int, body: bytes, content_type: str) -> None:
         detail = body[:500].decode(errors="replace")

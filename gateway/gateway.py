@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from .access_log import AccessLog
 from .config import GatewayConfig
 from .errors import GatewayError
 from .health import HealthChecker
 from .http1 import header_lines
 from .limits import Admission, Capacity
-from .metrics import Metrics
 from .outlier import OutlierDetector
 from .pool import Endpoint, Pool
+from .telemetry import Telemetry
 from .upstream import Upstream
 from .watchdog import Watchdog
 
@@ -32,10 +33,12 @@ class Gateway:
         t = config.timeouts
         self.watchdog = Watchdog(period_s=min(1.0, t.first_byte_s / 4, t.between_chunks_s / 4))
         self.health = HealthChecker(lambda: self.endpoints, self.upstream, config.health)
-        self.metrics = Metrics()
-        self.outlier = OutlierDetector(config.outlier, self.group_of, self.metrics)
         limits = config.limits
         self.admission = Admission(limits.max_inflight, limits.queue, limits.queue_timeout_s)
+        obs = config.observability
+        access = AccessLog(config.log_format) if obs.access_log else None
+        self.telemetry = Telemetry(self.pools, self.admission, obs.request_metrics, access)
+        self.outlier = OutlierDetector(config.outlier, self.group_of, self.telemetry)
         self.capacity = Capacity()
 
     @property

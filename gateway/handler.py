@@ -61,6 +61,7 @@ class Handler:
                        body: bytes | None, scope: Scope, receive: Receive, send: Send, writer: Writer) -> None:
         """One request; `body` is None when it is still to be read from `receive`."""
         ctx = RequestContext(self.gateway, route, request_id_of(headers), writer)
+        response: Response | StreamRelay | None = None
         try:
             response = await self.respond(ctx, headers, header_list, body, receive)
             await response(scope, receive, send)
@@ -72,6 +73,7 @@ class Handler:
             log.info("rid=%s client disconnected", ctx.request_id)
         finally:
             ctx.close()
+            self.gateway.telemetry.finish(ctx.trace, *_ending(response, ctx))
 
     async def respond(self, ctx: RequestContext, headers: Mapping[bytes, bytes], header_list: HeaderList,
                       body: bytes | None, receive: Receive) -> Response | StreamRelay:
@@ -81,8 +83,13 @@ class Handler:
             ctx.watch_client(receive)
             await ctx.admit()
             session = headers.get(b"x-session-id")
-            ctx.req = parse_request(ctx.route, raw, self.config.limits, session.decode("latin-1") if session else None)
-            pool = self.gateway.pool_for(ctx.req.model)
+            ctx.req = req = parse_request(ctx.route, raw, self.config.limits,
+                                          session.decode("latin-1") if session else None)
+            if ctx.trace is not None:
+                ctx.trace.parsed(req.model, req.stream)
+            pool = self.gateway.pool_for(req.model)
+            if ctx.trace is not None:
+                ctx.trace.routed(pool.name)
             _accept(pool, ctx.req)
             response = await self.dispatch(ctx, pool)
         except GatewayError as err:
@@ -97,7 +104,6 @@ class Handler:
         except Exception:
             log.exception("rid=%s failed", ctx.request_id)
             return self.refuse(ctx, internal_error())
-        self.gateway.metrics.inc("pd_gateway_requests_total", route=ctx.route, status="200")
         return response
 
     @staticmethod
@@ -112,13 +118,22 @@ class Handler:
             log.warning("rid=%s %s", ctx.request_id, safe(err.message, 600))
         else:
             log.info("rid=%s %s %d: %s", ctx.request_id, ctx.route, err.status, safe(err.message))
-        self.gateway.metrics.inc("pd_gateway_requests_total", route=ctx.route, status=str(err.status))
         return render(err, ctx.request_id)
 
-    def gone(self, ctx: RequestContext) -> Response:
+    @staticmethod
+    def gone(ctx: RequestContext) -> Response:
         log.info("rid=%s client disconnected before the response started", ctx.request_id)
-        self.gateway.metrics.inc("pd_gateway_requests_total", route=ctx.route, status="499")
         return Response(status_code=499)
+
+
+def _ending(response: Response | StreamRelay | None, ctx: RequestContext) -> tuple[int, str | None]:
+    """How the request ended, for telemetry: the status the client got, and the outcome (None:
+    as the status says)."""
+    if isinstance(response, StreamRelay):
+        return response.status, response.outcome
+    if response is None:
+        return (499, "client_disconnect") if ctx.disconnected else (500, None)
+    return response.status_code, None
 
 
 def _accept(pool: Pool, req: ApiRequest) -> None:

@@ -19,6 +19,7 @@ from .payload import load_json
 from .pool import Endpoint, Pool, Role
 from .relay import OnEnd, OnRun, StreamRelay
 from .sse import DONE, EventFramer
+from .telemetry import usage_of
 from .watchdog import Watched
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ class Leg:
         self.request = ("", b"")
         self.garbage: str | None = None
         self.last = b""  # the last run of events read
+        self._prev = b""  # the run before it: a stream's usage may sit there, before a lone [DONE]
+        self.trace = ctx.trace
         self._consumer: tuple[OnRun, OnEnd] | None = None
         self._on_sent: Callable[[], None] | None = None
         self._replay: asyncio.Task | None = None
@@ -91,6 +94,8 @@ class Leg:
     async def attempt(self, ep: Endpoint) -> None:
         """Send the request to `ep` and wait for its answer's head (a non-2xx raises)."""
         self.lease = Lease(ep, self.tokens, self.gateway.capacity.freed)
+        if self.trace is not None:
+            self.trace.leg_sent(self.role, ep.url)
         url = ep.url + self.request[0]
         upstream = self.gateway.upstream
         headers = self.gateway.worker_headers(self.pool, self.ctx.request_id)
@@ -144,15 +149,18 @@ class Leg:
         """The whole (non-streaming) JSON body, raw and parsed; releases the endpoint."""
         assert self.resp is not None
         self._unwatch()  # the body has a timer of its own
+        raw = None
         try:
             raw = await self.gateway.upstream.read(self.resp)
             answer = load_json(raw, f"{self.role} worker {self.where}")
         except UpstreamError as err:
-            self._failed(err.message)
+            self._failed(err.message, err.kind if raw is None else "invalid")
             raise
         finally:
             self.release()
         self._succeeded()
+        if self.trace is not None:
+            self.trace.leg_done(self.role, 0, answer.get("usage"))
         return raw, answer
 
     def stream(self, on_run: OnRun, on_end: OnEnd) -> None:
@@ -184,7 +192,9 @@ class Leg:
                 resp.close()
                 return None
             w.stall_s = between
-            self.last = run
+            if not self.last and self.trace is not None:
+                self.trace.first_run(self.role)
+            self._prev, self.last = self.last, run
             return on_run(run)
 
         def ended(exc: Exception | None) -> None:
@@ -197,16 +207,22 @@ class Leg:
         resp.stream(on_data, ended)
 
     def _outcome(self, exc: Exception | None) -> UpstreamError | None:
+        kind = "broken_stream"
         if self.garbage:
-            reason = self.garbage
+            reason, kind = self.garbage, "invalid"
         elif exc is not None:
             reason = f"broke off the stream: {exc}"
         elif self.timed_out or self.aborted or not self.last.endswith(DONE):
             reason = "the worker ended the stream before [DONE]"
+            if self.timed_out:
+                kind = "timeout"
         else:
             self._succeeded()
+            if self.trace is not None:
+                events = self.watched.progress if self.watched is not None else 0
+                self.trace.leg_done(self.role, events, usage_of(self._prev, self.last))
             return None
-        self._failed(reason)
+        self._failed(reason, kind)
         return self.failure(reason)
 
     async def events(self) -> AsyncIterator[bytes]:
@@ -226,9 +242,9 @@ class Leg:
         if self.ep is not None:
             self.gateway.outlier.succeeded(self.ep)
 
-    def _failed(self, reason: str) -> None:
+    def _failed(self, reason: str, kind: str) -> None:
         if self.ep is not None and self.aborted is None:  # a client going away is not the worker's fault
-            self.gateway.outlier.failed(self.ep, reason)
+            self.gateway.outlier.failed(self.ep, reason, kind)
 
     def failure(self, message: str) -> UpstreamError:
         w = self.watched

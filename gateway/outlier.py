@@ -7,8 +7,8 @@ import logging
 from collections.abc import Callable
 
 from .config import Outlier
-from .metrics import Metrics
 from .pool import Endpoint
+from .telemetry import Telemetry
 
 log = logging.getLogger("pd_gateway")
 
@@ -18,18 +18,20 @@ class OutlierDetector:
     `base_ejection_s`, doubling with each repeat, never more than `max_ejection_percent` of its
     group at once. Active health checks bring it back once the time is over."""
 
-    def __init__(self, config: Outlier, group_of: Callable[[Endpoint], list[Endpoint]], metrics: Metrics) -> None:
+    def __init__(self, config: Outlier, group_of: Callable[[Endpoint], list[Endpoint]],
+                 telemetry: Telemetry) -> None:
         self.config = config
         self.group_of = group_of
-        self.metrics = metrics
+        self.telemetry = telemetry
 
     def succeeded(self, ep: Endpoint) -> None:
         ep.errors = 0
 
-    def failed(self, ep: Endpoint, reason: str, eject_now: bool = False) -> None:
-        """A request failed through the worker's fault (never the client's: a 4xx is not counted)."""
+    def failed(self, ep: Endpoint, reason: str, kind: str, eject_now: bool = False) -> None:
+        """A request failed through the worker's fault (never the client's: a 4xx is not counted);
+        `kind`: connect, timeout, 5xx, broken_stream or invalid."""
         ep.errors += 1
-        self.metrics.inc("pd_gateway_upstream_failures_total", endpoint=ep.url)
+        self.telemetry.upstream_failed(ep, kind)
         if eject_now or ep.errors >= self.config.consecutive_failures:
             self.eject(ep, reason)
 
@@ -51,4 +53,4 @@ class OutlierDetector:
         ep.healthy = False
         ep.passes = 0
         log.warning("ejecting %s (%s/%s) for %gs: %s", ep.url, ep.pool, ep.role, duration, reason)
-        self.metrics.inc("pd_gateway_ejections_total", endpoint=ep.url)
+        self.telemetry.ejected(ep)

@@ -43,6 +43,8 @@ class StreamRelay:
         self.ctx = ctx
         self.transform = transform
         self.headers = [*SSE_HEADERS, (b"x-request-id", ctx.request_id.encode())]
+        # How it ended, for telemetry: the status the client got, and the outcome.
+        self.status, self.outcome = 200, "success"
         # A push source starts writing as soon as its first run is read, before this is called.
         self._relay = _Pushed(self, source) if hasattr(source, "stream") else _Pulled(self, source)  # type: ignore[arg-type]
 
@@ -52,15 +54,21 @@ class StreamRelay:
             try:
                 await relay.first()
             except UpstreamError as err:  # nothing reached the client yet: answer with a real status
+                self.status, self.outcome = err.status, "upstream_error"
                 await render(err, self.ctx.request_id)(scope, receive, send)
                 return
             await relay.rest()
             await writer.finish()
         except UpstreamError as err:
+            self.outcome = "stream_error"
             await writer.finish(sse_event(err))
         except asyncio.CancelledError:
             # The client left (the handler sees to that), or the server is shutting down past
             # its drain deadline: then the stream ends properly.
+            if self.ctx.disconnected:
+                self.status, self.outcome = (200 if relay.started else 499), "client_disconnect"
+            else:
+                self.outcome = "shutdown"
             relay.stop()
             if relay.started and not self.ctx.disconnected:
                 await writer.finish(sse_event(_SHUTTING_DOWN))

@@ -44,15 +44,16 @@ async def send(leg: Leg) -> None:
             leg.give_up()
             if isinstance(err, UpstreamStatus) and err.passed_through:
                 raise
-            gateway.outlier.failed(ep, err.message, eject_now=isinstance(err, ConnectFailed))
+            gateway.outlier.failed(ep, err.message, err.kind, eject_now=isinstance(err, ConnectFailed))
             leg.tried.add(ep)
             if len(leg.tried) > gateway.config.retries.attempts or leg.aborted:
                 raise
+            gateway.telemetry.retried(ctx.trace, leg.pool.name, leg.role)
             log.warning("rid=%s %s; retrying on another worker", ctx.request_id, safe(err.message))
             continue
         except UpstreamError as err:  # a timeout
             leg.give_up()
-            gateway.outlier.failed(ep, err.message)
+            gateway.outlier.failed(ep, err.message, err.kind)
             raise
         except BaseException:
             leg.give_up()
@@ -86,6 +87,7 @@ async def replay(leg: Leg, failure: UpstreamError, on_end: OnEnd) -> None:
     assert leg.ep is not None
     leg.tried.add(leg.ep)
     leg.give_up()
+    leg.gateway.telemetry.replayed(leg.ctx.trace, leg.pool.name)
     try:
         await send(leg)
     except UpstreamError as err:

@@ -86,6 +86,8 @@ async def start_gateway(config: GatewayConfig, install_signal_handlers: bool = F
             server_header=False,  # one header less to write per response
             proxy_headers=False,  # the gateway reads no forwarded-for headers; one ASGI layer less
             log_level=config.log_level,
+            # JSON logs: uvicorn's own lines go through the root handler too (gateway.access_log)
+            log_config=None if config.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
             timeout_graceful_shutdown=config.drain_s,  # type: ignore[arg-type]  # a float works
         )
     )

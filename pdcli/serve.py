@@ -7,10 +7,9 @@ import asyncio
 import logging
 import sys
 
+from gateway.access_log import configure_logging
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.hugepages import reexec_on_huge_pages
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,22 +50,41 @@ async def serve(config: GatewayConfig) -> None:
 
 
 async def _embedded(overrides: dict) -> None:
-    """The accelerator-free default: two simulated replicas behind the gateway."""
+    """The accelerator-free default: two simulated replicas (`sim-model`) and a simulated
+    1P1D prefill/decode pool (`sim-pd-model`, nixl) behind the gateway."""
     from workers.sim import SimConfig, start_sim
 
     sims = [await start_sim(SimConfig(port=0, model="sim-model", itl_ms=20, ttft_ms=50)) for _ in range(2)]
-    overrides.setdefault("pools", [{"name": "sim", "kind": "replicas", "workers": [s.url for s in sims]}])
+    p = await start_sim(SimConfig(port=0, model="sim-pd-model", role="prefill", kv_protocol="nixl", ttft_ms=50))
+    d = await start_sim(SimConfig(port=0, model="sim-pd-model", role="decode", kv_protocol="nixl", itl_ms=20,
+                                  kv_peers=[p.url]))
+    overrides.setdefault("pools", [
+        {"name": "sim", "kind": "replicas", "models": ["sim-model"], "workers": [s.url for s in sims]},
+        {"name": "sim-pd", "kind": "pd", "protocol": "nixl", "models": ["sim-pd-model"],
+         "prefill": [p.url], "decode": [d.url]},
+    ])
+    sims += [p, d]
     config = load_config(None, overrides)
-    logging.getLogger("pd_gateway").info(
-        "embedded demo: simulated workers %s; try: curl http://%s:%d/v1/completions "
-        "-H 'content-type: application/json' -d '{\"model\":\"sim-model\",\"prompt\":\"hi\",\"stream\":true}'",
-        [s.url for s in sims], config.listen.host, config.listen.port,
-    )
+    for line in embedded_banner(config.listen.host, config.listen.port):
+        logging.getLogger("pd_gateway").info("%s", line)
     try:
         await serve(config)
     finally:
         for s in sims:
             await s.close()
+
+
+def embedded_banner(host: str, port: int) -> list[str]:
+    """The embedded demo's first log lines: where the dashboard is, and a request for each pool."""
+    url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
+    body = '{"model":"%s","prompt":"hi","max_tokens":16,"stream":true}'
+    curl = f"curl -N {url}/v1/completions -H 'content-type: application/json' -d '{body}'"
+    return [
+        "embedded demo: 2 simulated replicas serve 'sim-model'; a simulated 1P1D pool (nixl) serves 'sim-pd-model'",
+        f"live status: {url}/dashboard   metrics: {url}/metrics",
+        f"disaggregated (prefill -> decode) request: {curl % 'sim-pd-model'}",
+        f"data-parallel request: {curl % 'sim-model'}",
+    ]
 
 
 def _run(coro) -> None:
@@ -81,7 +99,7 @@ def _run(coro) -> None:
 def run_serve(args: argparse.Namespace, own_process: bool = False) -> int:
     """`own_process`: this is the process's own command line, which may be re-executed."""
     overrides = _overrides(args)
-    logging.basicConfig(level=(args.log_level or "info").upper(), format=LOG_FORMAT)
+    configure_logging("text", args.log_level or "info")
     if args.config is None and not args.worker and not args.check_config:
         _run(_embedded(overrides))
         return 0
@@ -95,6 +113,6 @@ def run_serve(args: argparse.Namespace, own_process: bool = False) -> int:
     if args.check_config:
         print(config.model_dump_json(indent=2))
         return 0
-    logging.getLogger().setLevel(config.log_level.upper())
+    configure_logging(config.log_format, config.log_level)
     _run(serve(config))
     return 0

@@ -59,11 +59,11 @@ async def test_pods_join_when_ready_and_leave_when_deleted_or_not_ready(kube, si
     assert (await client.get(f"{gw.url}/ready")).json()["pools"]["dp"] is False
     assert await _complete(client, gw) == 503
 
-    assert 'pd_gateway_pool_ready{pool="dp"} 0' in (await client.get(f"{gw.url}/metrics")).text
+    assert 'pd_gateway_pool_ready{pool="dp"} 0.0' in (await client.get(f"{gw.url}/metrics")).text
     kube.set_ready("dp-0", True)
     await wait_until(lambda: _healthy_urls(gw) == {a.url})
     assert await _complete(client, gw) == 200
-    assert 'pd_gateway_pool_ready{pool="dp"} 1' in (await client.get(f"{gw.url}/metrics")).text
+    assert 'pd_gateway_pool_ready{pool="dp"} 1.0' in (await client.get(f"{gw.url}/metrics")).text
     kube.add("dp-1", b.port, DP, ready=True)
     await wait_until(lambda: _healthy_urls(gw) == {a.url, b.url})
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from gateway.config import Outlier
-from gateway.metrics import Metrics
+from gateway.limits import Admission
 from gateway.outlier import OutlierDetector
 from gateway.pool import Endpoint
+from gateway.telemetry import Telemetry
 
 
 def _group(n: int) -> list[Endpoint]:
@@ -15,7 +16,7 @@ def _group(n: int) -> list[Endpoint]:
 
 
 def _detector(group: list[Endpoint], **config: object) -> OutlierDetector:
-    return OutlierDetector(Outlier(**config), lambda ep: group, Metrics())
+    return OutlierDetector(Outlier(**config), lambda ep: group, Telemetry([], Admission(1, 0, 1)))
 
 
 async def test_consecutive_failures_eject_and_a_success_resets_the_count():
