@@ -1,4 +1,4 @@
-"""`pd-gateway` console script: serve, plan, up, bench."""
+"""`pd-gateway` console script: serve, plan, up, bench, loadtest."""
 
 from __future__ import annotations
 
@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
 
     add_bench_parser(sub)
     commands["bench"] = run_bench
+    from loadtest import cli as loadtest_cli
+
+    loadtest_cli.add_parser(sub)
+    commands["loadtest"] = loadtest_cli.run
     args = parser.parse_args(argv)
     if argv is None and args.command == "serve":  # this process's own command line: safe to replace
         from .hugepages import reexec_on_huge_pages
