@@ -91,13 +91,14 @@ def _spec(args: argparse.Namespace, urls: list[str]) -> LoadSpec:
     )
 
 
-def _metadata(args: argparse.Namespace, spec: LoadSpec, counter_name: str) -> dict[str, Any]:
+def _metadata(args: argparse.Namespace, spec: LoadSpec, counter_name: str, start: float) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "model": args.model, "mean_input_tokens": args.mean_input_tokens,
         "stddev_input_tokens": args.stddev_input_tokens, "mean_output_tokens": args.mean_output_tokens,
         "stddev_output_tokens": args.stddev_output_tokens, "num_concurrent_requests": spec.concurrency,
         "additional_sampling_params": spec.extra, "request_rate": spec.rate, "workload": args.workload,
         "api": args.api, "base_urls": ";".join(spec.urls), "tokenizer": counter_name, "warmup": spec.warmup,
+        "start_timestamp": start,
     }
     for item in filter(None, args.metadata.split(",")):
         k, _, v = item.partition("=")
@@ -120,7 +121,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
     result = asyncio.run(run_load(spec, requests, progress))
     rows = [request_metrics(r, counter, result.t0) for r in result.records]
     summary = summary_document(name := run_name(args.model, args.mean_input_tokens, args.mean_output_tokens),
-                               _metadata(args, spec, counter.name), summarize(rows, result.wall_s))
+                               _metadata(args, spec, counter.name, result.t0_unix), summarize(rows, result.wall_s))
     print_table(summary_table(summary, f"loadtest {args.model} ({len(urls)} URL(s))"), sys.stdout)
     if args.results_dir:
         paths = list(write_results(args.results_dir, name, summary, rows))

@@ -20,15 +20,24 @@ def _ok(rows: list[dict[str, Any]], key: str) -> list[float]:
     return [r[key] for r in rows if r.get("error_code") is None and r.get(key) is not None]
 
 
+def _edges(values: list[float], bins: int = 40) -> list[float]:
+    """Bins shared by every run of a plot; a run of equal values still gets a visible bar."""
+    lo, hi = min(values), max(values)
+    if hi - lo <= 1e-9 * max(abs(hi), 1e-9):
+        hi = lo + max(abs(lo) * 0.01, 1e-6)
+    return [lo + (hi - lo) * i / bins for i in range(bins + 1)]
+
+
 def _histograms(runs: Runs, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, key, title in zip(axes, (TTFT, ITL, TPOT),
                               ("TTFT (s)", "inter-token latency, llmperf (s)", "time per output token (s)"),
                               strict=True):
+        every = [v for _, rows in runs for v in _ok(rows, key)]
         for label, rows in runs:
             values = _ok(rows, key)
             if values:
-                ax.hist(values, bins=40, alpha=0.6, label=label)
+                ax.hist(values, bins=_edges(every), alpha=0.6, label=label)
         ax.set_title(title)
         ax.set_ylabel("requests")
     axes[0].legend(fontsize="small")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import signal
 import statistics
 import sys
 import time
@@ -42,6 +43,7 @@ class RunResult:
     records: list[Record]
     t0: float
     t1: float
+    t0_unix: float = 0.0  # wall clock at t0, so rows can be lined up with other tools' logs
 
     @property
     def wall_s(self) -> float:
@@ -60,10 +62,13 @@ class _Run:
         self._deadline = time.monotonic() + duration_s if duration_s else None
         self._errors = errors
         self.started = 0
+        self.stopped = False
         self.records: list[Record] = []
         self.error_count = 0
 
     def next_request(self) -> tuple[str, Request] | None:
+        if self.stopped:
+            return None
         if self._limit is not None and self.started >= self._limit:
             return None
         if self._deadline is not None and time.monotonic() >= self._deadline:
@@ -99,8 +104,15 @@ async def _closed_loop(run: _Run, session: aiohttp.ClientSession, streams: int) 
     await asyncio.gather(*(stream() for _ in range(streams)))
 
 
-async def _poisson(run: _Run, session: aiohttp.ClientSession, rate: float, cap: int | None, seed: int) -> None:
+def poisson_gaps(rate: float, seed: int) -> Iterator[float]:
+    """Seconds between arrivals of a Poisson process of `rate` per second (exponential gaps)."""
     rng = random.Random(seed)
+    while True:
+        yield rng.expovariate(rate)
+
+
+async def _poisson(run: _Run, session: aiohttp.ClientSession, rate: float, cap: int | None, seed: int) -> None:
+    gaps = poisson_gaps(rate, seed)
     slots = asyncio.Semaphore(cap) if cap else None
     tasks: set[asyncio.Task[None]] = set()
 
@@ -118,7 +130,7 @@ async def _poisson(run: _Run, session: aiohttp.ClientSession, rate: float, cap: 
         task = asyncio.create_task(one(*item))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        next_at += rng.expovariate(rate)
+        next_at += next(gaps)
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     await asyncio.gather(*tasks)
 
@@ -136,6 +148,22 @@ async def _tick(run: _Run, t0: float, progress: Progress, every_s: float) -> Non
         progress.update(run.snapshot(t0))
 
 
+def _stop_on_interrupt(run: _Run, err: TextIO) -> Callable[[], None]:
+    """Ctrl-C (SIGINT) ends the run as the duration limit does: in-flight requests finish, results are kept.
+    Only where the loop may own the signal (the main thread)."""
+
+    def stop() -> None:
+        run.stopped = True
+        print("loadtest: interrupted: no new requests; waiting for those in flight", file=err, flush=True)
+
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop)
+    except (ValueError, RuntimeError, NotImplementedError):
+        return lambda: None
+    return lambda: loop.remove_signal_handler(signal.SIGINT)
+
+
 async def run_load(spec: LoadSpec, requests: Iterator[Request], progress: Progress | None = None,
                    errors: TextIO | None = None, tick_s: float = 0.5,
                    on_measure: Callable[[], None] | None = None) -> RunResult:
@@ -148,14 +176,16 @@ async def run_load(spec: LoadSpec, requests: Iterator[Request], progress: Progre
         if on_measure:
             on_measure()
         run = _Run(spec, requests, spec.max_requests, spec.duration_s, err)
-        t0 = time.monotonic()
+        restore = _stop_on_interrupt(run, err)
+        t0, t0_unix = time.monotonic(), time.time()
         ticker = asyncio.create_task(_tick(run, t0, progress, tick_s)) if progress else None
         try:
             await _phase(spec, session, run)
         finally:
+            restore()
             if ticker:
                 ticker.cancel()
         t1 = time.monotonic()
         if progress:
             progress.close(run.snapshot(t0))
-    return RunResult(run.records, t0, t1)
+    return RunResult(run.records, t0, t1, t0_unix)
