@@ -77,15 +77,22 @@ class _Run:
         return next(self._urls), next(self._requests)
 
     async def send(self, session: aiohttp.ClientSession, url: str, req: Request) -> None:
-        body = request_body(req, self.spec.model, self.spec.api, self.spec.extra, self.spec.ignore_eos)
-        rec = await stream_request(session, url, self.spec.headers, body, req.input_tokens,
-                                   self.spec.request_timeout_s)
+        rec = await self._stream(session, url, req)
+        if rec.error_code == 400 and self.spec.ignore_eos and "ignore_eos" in rec.error_msg:
+            self.spec.ignore_eos = False  # the server does not take vLLM's extension: go on without it
+            print("loadtest: the server rejects ignore_eos; sending requests without it", file=self._errors)
+            rec = await self._stream(session, url, req)
         self.records.append(rec)
         if not rec.ok:
             self.error_count += 1
             if self.error_count <= self.spec.show_errors:
                 print(f"loadtest: request failed ({rec.url}): {rec.error_code}: {rec.error_msg[:500]}",
                       file=self._errors, flush=True)
+
+    async def _stream(self, session: aiohttp.ClientSession, url: str, req: Request) -> Record:
+        body = request_body(req, self.spec.model, self.spec.api, self.spec.extra, self.spec.ignore_eos)
+        return await stream_request(session, url, self.spec.headers, body, req.input_tokens,
+                                    self.spec.request_timeout_s)
 
     def snapshot(self, t0: float) -> Snapshot:
         ok = [r for r in self.records if r.ok]

@@ -132,3 +132,38 @@ async def test_ctrl_c_ends_the_run_and_keeps_the_results(sim, tmp_path: Path) ->
     assert b"interrupted" in err
     summary = json.loads(next(tmp_path.glob("*_summary.json")).read_text())
     assert summary["results_num_completed_requests"] >= 4 and summary["results_number_errors"] == 0
+
+
+async def test_a_server_without_ignore_eos_gets_requests_without_it() -> None:
+    """An OpenAI-like server that rejects vLLM's ignore_eos (400), as some do: the run drops the field."""
+    from aiohttp import web
+
+    seen: list[bool] = []
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        seen.append("ignore_eos" in body)
+        if "ignore_eos" in body:
+            return web.json_response({"error": {"message": "Unrecognized request argument: ignore_eos"}},
+                                     status=400)
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices":[{"index":0,"delta":{"content":" hi"}}]}\n\ndata: [DONE]\n\n')
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        errors = io.StringIO()
+        spec = LoadSpec(urls=[f"http://127.0.0.1:{port}/v1/chat/completions"], model="m", concurrency=1,
+                        max_requests=3)
+        result = await run_load(spec, workload(), errors=errors)
+    finally:
+        await runner.cleanup()
+    assert all(r.ok for r in result.records) and len(result.records) == 3
+    assert seen == [True, False, False, False] and "rejects ignore_eos" in errors.getvalue()
