@@ -26,6 +26,8 @@ METRICS = (TTFT, ITL, E2E, OUT_TOKENS, IN_TOKENS, REQ_TPUT)
 def _means(rows: list[dict], wall_s: float) -> dict[str, float]:
     ok = [r for r in rows if r.get("error_code") is None]
     out = {m: statistics.fmean(r[m] for r in ok) for m in METRICS}
+    for m in (TTFT, ITL, E2E):
+        out[f"  +- (std. error of {m})"] = statistics.stdev(r[m] for r in ok) / len(ok) ** 0.5
     out["p50 " + TTFT] = statistics.median(r[TTFT] for r in ok)
     out["requests"] = len(ok)
     out["mean requests in flight"] = sum(r[E2E] for r in ok) / wall_s
@@ -42,6 +44,8 @@ def main() -> int:
     p.add_argument("llmperf")
     p.add_argument("loadtest")
     p.add_argument("--window", nargs=2, type=float, metavar=("START", "END"))
+    p.add_argument("--llmperf-startup", type=float, default=0.0,
+                   help="seconds of llmperf's wall time before its first result (Ray actors starting)")
     args = p.parse_args()
     lp, lt = load_run(args.llmperf), load_run(args.loadtest)
     rows = lt.rows
@@ -51,11 +55,11 @@ def main() -> int:
     wall_b = _wall_s(lt.summary)
     if args.window:
         wall_b = max(r["start_s"] + r[E2E] for r in rows) - min(r["start_s"] for r in rows)
-    a, b = _means(lp.rows, _wall_s(lp.summary)), _means(rows, wall_b)
+    a, b = _means(lp.rows, _wall_s(lp.summary) - args.llmperf_startup), _means(rows, wall_b)
     print(f"{'metric (mean unless said)':34} {'llmperf':>12} {'loadtest':>12} {'ratio':>7}")
     for key in a:
-        ratio = b[key] / a[key] if a[key] else float("nan")
-        print(f"{key:34} {a[key]:>12.5g} {b[key]:>12.5g} {ratio:>7.3f}")
+        ratio = f"{b[key] / a[key]:>7.3f}" if not key.startswith(" ") else ""
+        print(f"{key:34} {a[key]:>12.5g} {b[key]:>12.5g} {ratio}")
     tput_a = lp.summary["results_mean_output_throughput_token_per_s"]
     tput_b = lt.summary["results_mean_output_throughput_token_per_s"]
     print(f"{'run output throughput (tok/s)':34} {tput_a:>12.5g} {tput_b:>12.5g} {tput_b / tput_a:>7.3f}")

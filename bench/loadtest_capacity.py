@@ -50,10 +50,10 @@ def _wait_ready(port: int, deadline_s: float = 15.0) -> None:
     raise RuntimeError("simulated worker did not start")
 
 
-async def _step(url: str, streams: int, requests: int, tokens: int) -> dict[str, float]:
-    spec = LoadSpec(urls=[url], model="sim-model", concurrency=streams, max_requests=requests, duration_s=None)
+async def _step(urls: list[str], streams: int, requests: int, tokens: int) -> dict[str, float]:
+    spec = LoadSpec(urls=urls, model="sim-model", concurrency=streams, max_requests=requests, duration_s=None)
     work = make_workload("random", Shape(100, 0, tokens, 0), WordCounter(), seed=streams)
-    warm = LoadSpec(urls=[url], model="sim-model", concurrency=streams, max_requests=streams, duration_s=None)
+    warm = LoadSpec(urls=urls, model="sim-model", concurrency=streams, max_requests=streams, duration_s=None)
     await run_load(warm, work)  # connections and code paths warm
     cpu0 = _cpu()
     result = await run_load(spec, work)
@@ -75,24 +75,28 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=200, help="output tokens per request")
     p.add_argument("--requests-per-stream", type=int, default=8)
     p.add_argument("--itl-ms", type=float, default=0.0, help="the simulated worker's inter-token latency")
+    p.add_argument("--sims", type=int, default=1, help="simulated workers (processes), spread round-robin")
     args = p.parse_args()
-    port = _free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "workers.sim", "--port", str(port), "--itl-ms", str(args.itl_ms)],
-                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ports = [_free_port() for _ in range(args.sims)]
+    sims = [subprocess.Popen([sys.executable, "-m", "workers.sim", "--port", str(port), "--itl-ms", str(args.itl_ms)],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
     try:
-        _wait_ready(port)
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        print(f"simulated worker itl_ms={args.itl_ms}, {args.tokens} tokens/request, one loadtest process")
+        for port in ports:
+            _wait_ready(port)
+        urls = [f"http://127.0.0.1:{port}/v1/chat/completions" for port in ports]
+        print(f"{args.sims} simulated worker(s) itl_ms={args.itl_ms}, {args.tokens} tokens/request, "
+              "one loadtest process")
         print(f"{'streams':>7} {'requests':>8} {'errors':>6} {'tokens':>8} {'wall s':>7} {'tok/s':>8} "
               f"{'CPU us/tok':>10} {'CPU s/s':>7} {'post us/tok':>11}")
         for streams in (int(s) for s in args.streams.split(",")):
-            r = asyncio.run(_step(url, streams, streams * args.requests_per_stream, args.tokens))
+            r = asyncio.run(_step(urls, streams, streams * args.requests_per_stream, args.tokens))
             print(f"{r['streams']:>7} {r['requests']:>8} {r['errors']:>6} {r['tokens']:>8} {r['wall_s']:>7.2f} "
                   f"{r['tok_per_s']:>8.0f} {r['cpu_us_per_token']:>10.1f} {r['cpu_per_s']:>7.2f} "
                   f"{r['post_us_per_token']:>11.2f}", flush=True)
     finally:
-        sim.terminate()
-        sim.wait(timeout=10)
+        for sim in sims:
+            sim.terminate()
+            sim.wait(timeout=10)
     return 0
 
 

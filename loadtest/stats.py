@@ -34,7 +34,9 @@ QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 
 
 def request_metrics(rec: Record, counter: TokenCounter, t0: float) -> dict[str, Any]:
-    """One llmperf individual response (plus `start_s`/`url`, seconds since the run's start)."""
+    """One llmperf individual response, plus ours: `start_s` (since the run's start), `url`, `events`
+    (data events, llmperf's ITL divisor), `text_events` (those with text: a server that falls behind
+    sends several tokens per event), `usage_completion_tokens` (the server's count, when it sends usage)."""
     out = counter.count(rec.text) if rec.ok else 0
     e2e = rec.end - rec.start if rec.ok else 0.0
     ttft = rec.token_times[0] - rec.start if rec.ok else 0.0
@@ -44,7 +46,8 @@ def request_metrics(rec: Record, counter: TokenCounter, t0: float) -> dict[str, 
         "error_code": rec.error_code, "error_msg": rec.error_msg,
         ITL: itl, TTFT: ttft, E2E: e2e, REQ_TPUT: out / e2e if e2e > 0 else 0.0,
         "number_total_tokens": rec.input_tokens + out, OUT_TOKENS: out, IN_TOKENS: rec.input_tokens,
-        TPOT: tpot, "start_s": rec.start - t0, "url": rec.url,
+        TPOT: tpot, "start_s": rec.start - t0, "url": rec.url, "events": rec.chunks,
+        "text_events": len(rec.token_times),
         "usage_completion_tokens": rec.usage_output_tokens,
     }
 
