@@ -9,15 +9,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .progress import make_progress
-from .report import compare_table, print_table, summary_table
-from .results import load_run, run_name, summary_document, write_results
-from .runner import LoadSpec, run_load
-from .stats import request_metrics, summarize
-from .tokens import load_counter
 from .workloads import WORKLOADS, Shape, make_workload
+
+if TYPE_CHECKING:
+    from .runner import LoadSpec
+
+# aiohttp, rich and matplotlib load only when a load test or a comparison runs, not with every
+# `pd-gateway` command.
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -80,6 +80,8 @@ def _workload_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _spec(args: argparse.Namespace, urls: list[str]) -> LoadSpec:
+    from .runner import LoadSpec
+
     key = args.api_key or os.environ.get("OPENAI_API_KEY")
     return LoadSpec(
         urls=urls, model=args.model, api=args.api, headers={"Authorization": f"Bearer {key}"} if key else {},
@@ -107,6 +109,13 @@ def _metadata(args: argparse.Namespace, spec: LoadSpec, counter_name: str, start
 
 
 def run_loadtest(args: argparse.Namespace) -> int:
+    from .progress import make_progress
+    from .report import print_table, summary_table
+    from .results import run_name, summary_document, write_results
+    from .runner import run_load
+    from .stats import request_metrics, summarize
+    from .tokens import load_counter
+
     urls = _urls(args)
     if not urls or not args.model:
         print("pd-gateway loadtest: --base-url (or $OPENAI_API_BASE) and --model are required", file=sys.stderr)
@@ -134,6 +143,9 @@ def run_loadtest(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    from .report import compare_table, print_table
+    from .results import load_run
+
     runs = [load_run(args.a), load_run(args.b)]
     print_table(compare_table([args.a, args.b], [r.summary for r in runs]), sys.stdout)
     if args.out:
