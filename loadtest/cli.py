@@ -121,8 +121,12 @@ def run_loadtest(args: argparse.Namespace) -> int:
         print("pd-gateway loadtest: --base-url (or $OPENAI_API_BASE) and --model are required", file=sys.stderr)
         return 2
     logging.basicConfig(level="INFO", format="%(levelname)s %(message)s")
-    counter = load_counter(args.tokenizer)
-    spec = _spec(args, urls)
+    try:
+        counter = load_counter(args.tokenizer)
+        spec = _spec(args, urls)
+    except Exception as exc:  # a bad tokenizer directory or sampling-params JSON: say so, no traceback
+        print(f"pd-gateway loadtest: {exc}", file=sys.stderr)
+        return 2
     shape = Shape(args.mean_input_tokens, args.stddev_input_tokens, args.mean_output_tokens,
                   args.stddev_output_tokens)
     requests = make_workload(args.workload, shape, counter, args.seed, **_workload_options(args))

@@ -16,6 +16,7 @@ ROWS = ((TTFT, "TTFT (s)"), (ITL, "inter-token latency (s, llmperf)"), (TPOT, "t
 STATS = ("mean", "quantiles_p50", "quantiles_p90", "quantiles_p99")
 TOTALS = (("results_mean_output_throughput_token_per_s", "output throughput (tok/s)"),
           ("results_num_completed_requests", "completed requests"),
+          ("results_mean_requests_in_flight", "requests in flight (mean)"),
           ("results_number_errors", "errors"), ("results_error_rate", "error rate"))
 
 

@@ -87,6 +87,8 @@ def summarize(rows: Sequence[dict[str, Any]], wall_s: float) -> dict[str, Any]:
         "mean_output_throughput_token_per_s": out_tokens / wall_s if wall_s > 0 else 0.0,
         "num_completed_requests": len(ok),
         "num_completed_requests_per_min": len(ok) / wall_s * 60 if wall_s > 0 else 0.0,
+        # ours: the load actually offered (llmperf's threads keep fewer than --num-concurrent-requests)
+        "mean_requests_in_flight": sum(r[E2E] for r in ok) / wall_s if wall_s > 0 else 0.0,
     })
     return ret
 

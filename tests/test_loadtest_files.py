@@ -114,6 +114,12 @@ def test_plots_and_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert data.startswith(PNG) and len(data) > 1000
 
 
+def test_bad_tokenizer_directory_is_a_message_not_a_traceback(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--base-url", "http://127.0.0.1:1/v1", "--model", "m", "--tokenizer", str(tmp_path)]) == 2
+    assert "pd-gateway loadtest:" in capsys.readouterr().err
+
+
 def test_progress_prints_plain_lines_when_not_a_terminal() -> None:
     out = io.StringIO()
     progress = make_progress(total=10, stream=out, every_s=0.0)

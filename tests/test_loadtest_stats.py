@@ -77,6 +77,7 @@ def test_summary_excludes_errors_and_divides_safely() -> None:
     assert s["error_rate"] == pytest.approx(0.2)
     assert s["error_code_frequency"] == "{'500': 1}"
     assert s["mean_output_throughput_token_per_s"] == pytest.approx(40 / 10.0)
+    assert s["mean_requests_in_flight"] == pytest.approx(sum(r["end_to_end_latency_s"] for r in rows[:4]) / 10.0)
     everything_failed = summarize(rows[-1:], wall_s=1.0)  # llmperf divides by zero here
     assert everything_failed["ttft_s"]["mean"] is None and everything_failed["num_completed_requests"] == 0
 
