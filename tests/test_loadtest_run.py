@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main as pd_gateway
+from loadtest.cli import main as loadtest_main
 from loadtest.client import Record
 from loadtest.runner import LoadSpec, run_load
 from loadtest.tokens import WordCounter
@@ -104,10 +104,10 @@ async def test_errors_are_counted_and_the_first_printed_with_the_servers_message
 async def test_cli_writes_llmperf_results_plots_and_a_table(sim, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     server = await sim(itl_ms=1)
-    argv = ["loadtest", "--base-url", f"{server.url}/v1;{server.url}/v1", "--model", "sim-model",
+    argv = ["--base-url", f"{server.url}/v1;{server.url}/v1", "--model", "sim-model",
             "--max-requests", "8", "--concurrency", "2", "--mean-input-tokens", "40", "--mean-output-tokens", "10",
             "--stddev-output-tokens", "2", "--results-dir", str(tmp_path), "--workload", "multi-turn"]
-    assert await asyncio.to_thread(pd_gateway, argv) == 0
+    assert await asyncio.to_thread(loadtest_main, argv) == 0
     out = capsys.readouterr().out
     assert "TTFT (s)" in out and "loadtest: finished: done 8/8 errors 0" in out  # stdout is not a tty here
     summary = json.loads((tmp_path / "sim-model_40_10_summary.json").read_text())
