@@ -168,7 +168,11 @@ def _stop_on_interrupt(run: _Run, err: TextIO) -> Callable[[], None]:
         loop.add_signal_handler(signal.SIGINT, stop)
     except (ValueError, RuntimeError, NotImplementedError):
         return lambda: None
-    return lambda: loop.remove_signal_handler(signal.SIGINT)
+
+    def restore() -> None:
+        loop.remove_signal_handler(signal.SIGINT)
+
+    return restore
 
 
 async def run_load(spec: LoadSpec, requests: Iterator[Request], progress: Progress | None = None,
