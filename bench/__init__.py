@@ -1,1 +1,1 @@
-"""Benchmarks for pd-gateway (not shipped in the wheel; run from the repository)."""
+"""Benchmarks for pd-gateway, shipped as `pd-gateway bench` (they measure the gateway, so they may import it)."""

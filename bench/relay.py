@@ -193,9 +193,9 @@ def _gateway_yaml(port: int, relay_url: str, p_url: str | None, d_url: str | Non
 
 
 def _gateway_argv(config: Path) -> list[str]:
-    script = Path(sys.executable).with_name("pd-gateway")
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
-    return head + ["serve", "--config", str(config)]
+    # The module of this checkout, not the venv's console script: a shared venv's script may be
+    # another checkout's (PYTHONPATH puts this one first, see procs.Proc).
+    return [sys.executable, "-m", "pdcli", "serve", "--config", str(config)]
 
 
 def _sim_argv(port: int, model: str, itl_ms: float, role: str = "both") -> list[str]:
@@ -246,7 +246,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
         refs: dict[str, tuple[Proc, int]] = {}
         for name in s.refs:
             port = _free_port()
-            ref = Proc(name, [sys.executable, "-m", REFERENCES[name][0], "--listen", str(port),
+            ref = Proc(name, [sys.executable, "-m", *REFERENCES[name][0].split(), "--listen", str(port),
                               "--upstream", str(relay_port)], gw_cpu, log_dir)
             procs.append(ref)
             await _wait_ready(ref, port, "/health")

@@ -21,7 +21,12 @@ MEASURED = ("direct", "via", "client_pd")  # every other phase of a scenario is 
 REFERENCES = {
     "pipe": ("bench.pipe", "a byte-pipe TCP proxy", "the machine's floor"),
     "aiohttp": ("bench.aiohttp_pass", "a plain aiohttp pass-through", "the issue's reference relay"),
+    "gw-off": ("bench.gateway_variant --telemetry off", "the gateway without per-request telemetry",
+               "what metrics and the access log cost"),
+    "gw-log": ("bench.gateway_variant --telemetry logged", "the gateway writing its access log",
+               "what writing the access lines costs"),
 }
+TELEMETRY_FACTOR = 1.1  # the gateway's CPU per chunk with its metrics, vs without (gw-off)
 
 
 def _scenario(kind: str, streams: int, rounds: int, tokens: int, phases: dict[str, Phase]) -> dict[str, Any]:
@@ -69,6 +74,10 @@ def _judge(report: dict[str, Any]) -> None:
                     lim = CPU_PER_1K_VS_AIOHTTP * sc["aiohttp_cpu_s_per_1k_chunks"]
                     targets["gateway_cpu_vs_aiohttp"] = _t(
                         f"<= 9/7 x aiohttp ({lim:.4f})", sc["gateway_cpu_s_per_1k_chunks"] <= lim)
+            if n > 1 and "gw-off" in sc["refs"]:
+                lim = TELEMETRY_FACTOR * sc["gw-off_cpu_s_per_1k_chunks"]
+                targets["telemetry_cpu"] = _t(f"<= {TELEMETRY_FACTOR} x gw-off ({lim:.4f})",
+                                              sc["gateway_cpu_s_per_1k_chunks"] <= lim)
             if n == 512:
                 targets["errors"] = _t("0", sc["direct"]["errors"] + sc["via"]["errors"] == 0)
                 targets["itl_p50_diff_ms"] = _t(f"|diff| <= {ITL_DIFF_MS} ms",
@@ -188,6 +197,9 @@ def _rows(sc: dict[str, Any], refs: list[str], notes: list[str], machine: dict[s
     if "gateway_cpu_vs_aiohttp" in t:
         rows.append(("", "  the same, target scaled to this machine", "", "", "", *blank,
                      *judged("gateway_cpu_vs_aiohttp")))
+    if "telemetry_cpu" in t:
+        rows.append(("", "  the same, vs the gateway without telemetry", "", "", "", *blank,
+                     *judged("telemetry_cpu")))
     rows += [
         ("", "chunks (SSE events received)", str(d["chunks"]), str(v["chunks"]), "",
          *per_ref(lambda _, ph: str(ph["chunks"])), "", ""),

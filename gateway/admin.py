@@ -9,34 +9,34 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from .auth import check_key
-from .errors import GatewayError
+from .errors import GatewayError, render
+from .gateway import Gateway
 from .pool import Endpoint
-from .router import Router
 
 
-def admin_routes(router: Router) -> APIRouter:
+def admin_routes(gateway: Gateway) -> APIRouter:
     api = APIRouter(prefix="/admin")
 
     def authorize(request: Request) -> None:
-        if not router.config.auth.admin_keys:
+        if not gateway.config.auth.admin_keys:
             raise GatewayError(404, "admin endpoints are disabled (no auth.admin_keys configured)", "not_found")
-        check_key(request.headers.get("authorization"), router.config.auth.admin_keys, "admin key")
+        check_key(request.headers.get("authorization"), gateway.config.auth.admin_keys, "admin key")
 
     @api.get("/workers")
     async def workers(request: Request) -> Response:
         try:
             authorize(request)
         except GatewayError as err:
-            return err.to_response()
+            return render(err)
         now = asyncio.get_running_loop().time()
-        return JSONResponse({"workers": [_describe(e, now) for e in router.endpoints]})
+        return JSONResponse({"workers": [_describe(e, now) for e in gateway.endpoints]})
 
     async def set_draining(request: Request, draining: bool) -> Response:
         try:
             authorize(request)
-            ep = _find(router, await request.body())
+            ep = _find(gateway, await request.body())
         except GatewayError as err:
-            return err.to_response()
+            return render(err)
         ep.draining = draining
         return JSONResponse(_describe(ep, asyncio.get_running_loop().time()))
 
@@ -51,14 +51,14 @@ def admin_routes(router: Router) -> APIRouter:
     return api
 
 
-def _find(router: Router, raw: bytes) -> Endpoint:
+def _find(gateway: Gateway, raw: bytes) -> Endpoint:
     try:
         url = json.loads(raw).get("url")
     except (ValueError, AttributeError):
         url = None
     if not isinstance(url, str):
         raise GatewayError(400, 'body must be {"url": "<worker url>"}')
-    for ep in router.endpoints:
+    for ep in gateway.endpoints:
         if ep.url == url.rstrip("/"):
             return ep
     raise GatewayError(404, f"no worker {url}", "worker_not_found")

@@ -8,6 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .discovery.config import KubernetesDiscovery
+
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the offending field."""
@@ -20,6 +22,9 @@ class _Strict(BaseModel):
 class Listen(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    # "gateway": uvicorn's httptools protocol with the gateway's short path and head bounds
+    # (gateway/protocol.py); "uvicorn": plain uvicorn, for a uvicorn release it was not tested with.
+    http: Literal["gateway", "uvicorn"] = "gateway"
 
 
 class Timeouts(_Strict):
@@ -59,12 +64,32 @@ class Limits(_Strict):
     queue_timeout_s: float = Field(30.0, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_tokens: int = Field(1_000_000, ge=1)
-    max_n: int = Field(128, ge=1)
+    max_n: int = Field(128, ge=1)  # also bounds best_of
+    # The request head and body must arrive in time and in bounds: slow or idle connections
+    # are closed (408), oversized heads refused (431).
+    header_timeout_s: float = Field(20.0, gt=0)
+    body_timeout_s: float = Field(60.0, gt=0)  # between two reads of the body
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_headers: int = Field(256, ge=8)
+
+
+Access = Literal["open", "key", "admin", "off"]
 
 
 class Auth(_Strict):
     api_keys: list[str] = []  # empty: no key needed on /v1
     admin_keys: list[str] = []  # empty: admin endpoints disabled
+    # Who may read /metrics and the API docs (/docs, /redoc, /openapi.json): anyone, an API
+    # key holder, an admin key holder, or no one. Prometheus scrapers rarely carry keys.
+    metrics: Access = "open"
+    docs: Access = "key"
+
+
+class Observability(_Strict):
+    """Per-request telemetry; both off leaves only the gauges and rare-event counters on /metrics."""
+
+    request_metrics: bool = True  # per-request histograms and counters
+    access_log: bool = True  # one line per request on the `pd_gateway.access` logger
 
 
 class PolicyConfig(_Strict):
@@ -98,11 +123,16 @@ class PoolConfig(_Strict):
     decode: list[str] = []
     # Sent to the workers as `Authorization: Bearer`; the client's key never is.
     api_key: str | None = None
+    # Client-sent kv_transfer_params would let a client point a worker at a KV source of its
+    # choosing: dropped unless the pool's clients are trusted to send them.
+    trust_kv_transfer_params: bool = False
     # How an endpoint is chosen: `policy` for replicas, and for a PD pool's roles unless
     # `prefill_policy` / `decode_policy` say otherwise.
     policy: PolicyConfig = PolicyConfig()
     prefill_policy: PolicyConfig | None = None
     decode_policy: PolicyConfig | None = None
+    # Workers found by watching Kubernetes pods instead of listed URLs.
+    discovery: KubernetesDiscovery | None = None
 
     def policy_for(self, role: str) -> PolicyConfig:
         specific = {"prefill": self.prefill_policy, "decode": self.decode_policy}.get(role)
@@ -115,6 +145,12 @@ class PoolConfig(_Strict):
 
     @model_validator(mode="after")
     def _shape(self) -> PoolConfig:
+        if self.discovery is not None:
+            if self.workers or self.prefill or self.decode:
+                raise ValueError("a pool with 'discovery' lists no 'workers', 'prefill' or 'decode' URLs")
+            if self.kind == "pd" and self.protocol is None:
+                raise ValueError("a pd pool needs 'protocol': nixl or neuron-legacy")
+            return self
         if self.kind == "replicas":
             if not self.workers:
                 raise ValueError("a replicas pool needs at least one URL in 'workers'")
@@ -130,6 +166,15 @@ class PoolConfig(_Strict):
         return self
 
 
+class Tuning(_Strict):
+    """Interpreter tuning, opt-in (bench/README.md has the measurements)."""
+
+    # Re-execute `pd-gateway serve` with its heap on transparent huge pages (glibc malloc).
+    huge_pages: bool = False
+    # Move the start-up heap out of the cyclic collector's sweeps once serving.
+    gc_freeze: bool = False
+
+
 class GatewayConfig(_Strict):
     listen: Listen = Listen()
     timeouts: Timeouts = Timeouts()
@@ -138,9 +183,12 @@ class GatewayConfig(_Strict):
     retries: Retries = Retries()
     limits: Limits = Limits()
     auth: Auth = Auth()
+    tuning: Tuning = Tuning()
     drain_s: float = Field(30.0, ge=0)  # on SIGTERM, how long in-flight streams may go on
     pools: list[PoolConfig] = Field(min_length=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, access lines included
+    observability: Observability = Observability()
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from .config import HealthCheck
 from .pool import Endpoint
@@ -13,13 +14,13 @@ log = logging.getLogger("pd_gateway.health")
 
 
 class HealthChecker:
-    def __init__(self, endpoints: list[Endpoint], upstream: Upstream, config: HealthCheck) -> None:
-        self.endpoints = endpoints
+    def __init__(self, endpoints: Callable[[], list[Endpoint]], upstream: Upstream, config: HealthCheck) -> None:
+        self.endpoints = endpoints  # read each round: discovery adds and removes endpoints
         self.upstream = upstream
         self.config = config
 
     async def check_all(self) -> None:
-        await asyncio.gather(*(self.check(e) for e in self.endpoints))
+        await asyncio.gather(*(self.check(e) for e in self.endpoints()))
 
     async def run(self) -> None:
         while True:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Mapping
 
-from .errors import GatewayError
+from starlette.types import Receive
+
+from .errors import ClientGone, GatewayError
 
 RETRY_AFTER = {"retry-after": "1"}
 
@@ -23,6 +26,10 @@ class Admission:
         self.timeout_s = timeout_s
         self.inflight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
 
     async def enter(self) -> None:
         if self.inflight < self.limit and not self._waiters:
@@ -66,3 +73,26 @@ class Capacity:
 
     async def wait(self, timeout_s: float) -> None:
         await asyncio.wait_for(self._freed.wait(), timeout_s)
+
+
+async def read_body(receive: Receive, headers: Mapping[bytes, bytes], limit: int) -> bytes:
+    """The request body from ASGI `receive`: 413 past `limit` bytes, ClientGone on a disconnect."""
+    length = headers.get(b"content-length", b"")
+    if length.isdigit() and int(length) > limit:
+        raise body_too_large(limit)
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise body_too_large(limit)
+        parts.append(part)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def body_too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"request body exceeds {limit} bytes", "body_too_large")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,6 +28,7 @@ class Endpoint:
     ejections: int = 0  # times ejected so far; each ejection lasts longer
     ejected_until: float = 0.0  # loop time; health checks cannot restore it before
     draining: bool = False  # set by an admin: no new requests, in-flight ones finish
+    leaving: Callable[[Endpoint], None] | None = None  # set when it left its pool: called once idle
 
     def acquire(self, tokens: int = 0) -> None:
         self.outstanding += 1
@@ -35,6 +37,8 @@ class Endpoint:
     def release(self, tokens: int = 0) -> None:
         self.outstanding -= 1
         self.outstanding_tokens -= tokens
+        if self.leaving is not None and self.outstanding <= 0:
+            self.leaving(self)
 
     def set_models(self, cards: list[dict]) -> None:
         self.models = cards
@@ -49,6 +53,7 @@ class Pool:
         self.name = config.name
         self.kind = config.kind
         self.protocol = config.protocol
+        # Discovered pools start empty and get their members from discovery (set_members).
         if config.kind == "replicas":
             self.groups: dict[Role, list[Endpoint]] = {
                 "replica": [Endpoint(u, "replica", self.name) for u in config.workers]
@@ -63,6 +68,31 @@ class Pool:
         for role in self.groups:
             spec = config.policy_for(role)
             self.policies[role] = make_policy(spec.name, role, spec.options())
+
+    def set_members(self, role: Role, urls: list[str]) -> list[Endpoint]:
+        """Make `role`'s endpoints these URLs (service discovery); returns the new ones.
+
+        A new endpoint gets requests once a health check passes. One that is no longer listed
+        drains: no new requests, and it leaves the group when its last one finishes.
+        """
+        group = self.groups.setdefault(role, [])
+        wanted = set(urls)
+        for ep in group:
+            if ep.url in wanted and ep.leaving is not None:  # back before it had drained
+                ep.draining, ep.leaving = False, None
+            elif ep.url not in wanted and ep.leaving is None:
+                ep.draining, ep.leaving = True, self._depart
+        known = {ep.url for ep in group}
+        added = [Endpoint(u, role, self.name) for u in urls if u not in known]
+        group.extend(added)
+        for ep in [e for e in group if e.leaving is not None and e.outstanding <= 0]:
+            self._depart(ep)
+        return added
+
+    def _depart(self, ep: Endpoint) -> None:
+        group = self.groups.get(ep.role, [])
+        if ep in group:
+            group.remove(ep)
 
     @property
     def endpoints(self) -> list[Endpoint]:

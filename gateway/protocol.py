@@ -1,64 +1,145 @@
-"""uvicorn's httptools protocol, with a short path for the OpenAI POST routes.
+"""uvicorn's httptools protocol, with request-head bounds and a short path for the OpenAI routes.
 
-A POST to `/v1/completions` or `/v1/chat/completions` with a Content-Length body (what every
-client sends) skips the ASGI scope, uvicorn's request cycle and the body's trip through
-`receive`: the gateway is called once the body is complete, and its response goes out
-through a lean `send` that puts the status line and headers in the same write as the first
-body part (one syscall and one client wake-up less per response). Everything else (other
-routes, chunked or oversized bodies, `Expect: 100-continue`, HTTP/1.0, pipelined requests,
+Bounds, on every route: the head must arrive within `limits.header_timeout_s` of its first
+byte and the body may idle at most `limits.body_timeout_s` (else 408 and close), and a head
+over `limits.max_header_bytes` or `limits.max_headers` is refused (431).
+
+Short path: a POST to an OpenAI route with a Content-Length body (what every client sends)
+skips the ASGI scope, uvicorn's request cycle and the body's trip through `receive`: the
+handler is called once the body is complete, and writes through an `Exchange`. Everything
+else (other routes, chunked or oversized bodies, `Expect: 100-continue`, pipelined requests,
 upgrades) takes uvicorn's own path.
+
+This subclasses uvicorn's protocol and reads its state, so it is tied to the uvicorn versions
+it was tested with (`TESTED_UVICORN`); with another version the gateway runs on plain uvicorn
+and says so (see `server.http_protocol`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import json
+from collections.abc import Callable
 from typing import Any
 
-from starlette.types import Message
-from uvicorn.protocols.http.httptools_impl import (
-    HEADER_RE,
-    HEADER_VALUE_RE,
-    STATUS_LINE,
-    HttpToolsProtocol,
-)
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .app import FAST_ROUTES, FastPath
-from .relay import run_now
-from .requests import PATHS, Route
+from .app import FastPath
+from .errors import envelope
+from .exchange import Exchange
+from .routes import ROUTES, Route
 
-log = logging.getLogger("uvicorn.error")
-_ROUTES = {path.encode(): route for path, route in FAST_ROUTES.items()}
-_DISCONNECT: Message = {"type": "http.disconnect"}
-_SERVER_ERROR = (
-    b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 21\r\nconnection: close\r\n\r\nInternal Server Error"
-)
+TESTED_UVICORN = ((0, 55),)  # (major, minor) releases this module was tested with
+_LINGER_S = 2.0
+_ROUTES = {path.encode(): route for path, route in ROUTES.items()}
+
+
+def supported() -> bool:
+    return tuple(int(part) for part in uvicorn.__version__.split(".")[:2]) in TESTED_UVICORN
+
+
+class _HeadRefused(Exception):
+    """Stops the parser once a head was refused."""
 
 
 class GatewayProtocol(HttpToolsProtocol):
-    """Takes the short path where `_short_route` allows it; `self.cycle` is then an Exchange,
-    which has the attributes uvicorn's own code reads (pipelining, shutdown, keep-alive)."""
+    """Takes the short path where `_short_route` allows it; `self.cycle` is then an Exchange."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gateway = self.app if isinstance(self.app, FastPath) else None
+        self.limits = self.gateway.config.limits if self.gateway is not None else None
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_head = False
+        self._head_bytes = 0
+        self._refused = False
+
+    # Bounds on the request head and body --------------------------------------------
+
+    def _arm(self, timeout_s: float | None, then: Callable[[], object] | None = None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None if timeout_s is None else self.loop.call_later(timeout_s, then or self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            return  # a response is on its way (the late part is a pipelined request): let it finish
+        self._refuse(408, "the request did not arrive in time", "request_timeout")
+
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        if self._refused or self.transport.is_closing():
+            return
+        self._refused = True
+        body = json.dumps(envelope(message, status, code)).encode()
+        self.transport.write(b"".join((STATUS_LINE[status], b"content-type: application/json\r\n",
+                                       b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body)))
+        # A lingering close: closed at once with unread input, the socket would send a reset that
+        # can destroy the answer before the client reads it. So: send it and our end of the
+        # stream, discard what still comes, and close when the client does or after a while.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._arm(_LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.limits is not None:
+            self._arm(self.limits.header_timeout_s)  # a connection that never sends a byte
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+        if self._in_head and self.limits is not None:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(431, f"the request head exceeds {self.limits.max_header_bytes} bytes", "head_too_large")
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:
+            super().send_400_response(msg)
+
+    def eof_received(self) -> None:
+        if self._refused:
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.limits is not None and not self._refused:
+            self._in_head, self._head_bytes = True, 0
+            self._arm(self.limits.header_timeout_s)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        if self.limits is not None and len(self.headers) > self.limits.max_headers:
+            self._refuse(431, f"the request has more than {self.limits.max_headers} headers", "too_many_headers")
+            raise _HeadRefused
+
+    # The short path -------------------------------------------------------------------
 
     def on_headers_complete(self) -> None:
+        if self.limits is not None:
+            self._in_head = False
+            self._arm(self.limits.body_timeout_s)
         short = self._short_route()
         if short is None:
             super().on_headers_complete()
             return
-        route, headers = short
-        self.cycle = Exchange(self, route, headers, self.parser.should_keep_alive())  # type: ignore[assignment]
+        route, headers, version = short
+        self.cycle = Exchange(self, route, headers, version, self.parser.should_keep_alive())  # type: ignore[assignment]
 
-    def _short_route(self) -> tuple[Route, dict[bytes, bytes]] | None:
-        """The route and the headers (as the gateway reads them) of a request for the short path."""
+    def _short_route(self) -> tuple[Route, dict[bytes, bytes], str] | None:
+        """The route, headers (as the gateway reads them) and HTTP version of a short-path request."""
         if self.gateway is None or self.limit_concurrency is not None or self.expect_100_continue:
             return None
         route = _ROUTES.get(self.url)
         parser = self.parser
-        if route is None or parser.get_method() != b"POST" or parser.get_http_version() != "1.1":
+        version = parser.get_http_version()
+        if route is None or parser.get_method() != b"POST" or version not in ("1.1", "1.0"):
             return None
         if parser.should_upgrade() or not (self.cycle is None or self.cycle.response_complete):
             return None
@@ -66,15 +147,18 @@ class GatewayProtocol(HttpToolsProtocol):
         length = headers.get(b"content-length")
         if b"transfer-encoding" in headers or length is None or not length.isdigit():
             return None
-        return (route, headers) if int(length) <= self.gateway.body_limit else None
+        return (route, headers, version) if int(length) <= self.gateway.body_limit else None
 
     def on_body(self, body: bytes) -> None:
+        if self.limits is not None:
+            self._arm(self.limits.body_timeout_s)
         if isinstance(self.cycle, Exchange):
             self.cycle.parts.append(body)
         else:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._arm(None)
         exchange = self.cycle
         if not isinstance(exchange, Exchange):
             super().on_message_complete()
@@ -85,143 +169,8 @@ class GatewayProtocol(HttpToolsProtocol):
         self.tasks.add(task)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._arm(None)
         if isinstance(self.cycle, Exchange):
-            exchange, self.cycle = self.cycle, None  # type: ignore[assignment]
+            exchange, self.cycle = self.cycle, None
             exchange.lost()
         super().connection_lost(exc)
-
-
-class Exchange:
-    """One request on the short path: what the gateway's responses need of uvicorn's cycle."""
-
-    def __init__(self, protocol: GatewayProtocol, route: Route, headers: dict[bytes, bytes], keep_alive: bool) -> None:
-        self.protocol = protocol
-        self.transport = protocol.transport
-        self.route = route
-        self.headers = headers
-        self._header_list = protocol.headers  # this request's: a pipelined one gets a new list
-        self.keep_alive = keep_alive
-        self.parts: list[bytes] = []
-        self.response_started = self.response_complete = self.disconnected = False
-        self._head: list[bytes] | None = None  # rendered, written with the first body part
-        self._wrote = False
-        self._chunked = True
-        self._remaining = 0
-        self._gone: asyncio.Future[None] | None = None
-
-    async def run(self, gateway: FastPath) -> None:
-        body = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
-        scope = {"type": "http", "method": "POST", "path": PATHS[self.route], "headers": self._header_list}
-        try:
-            await gateway.handle(self.route, self.headers, body, scope, self.receive, self.send)
-        except BaseException as exc:
-            log.error("Exception in ASGI application\n", exc_info=exc)
-            self._fail()
-        else:
-            if not self.response_complete and not self.disconnected:
-                log.error("ASGI callable returned without completing response.")
-                self._fail()
-
-    def _fail(self) -> None:
-        if not self._wrote and not self.transport.is_closing():
-            self.transport.write(_SERVER_ERROR)
-        self.transport.close()
-
-    async def receive(self) -> Message:
-        """The body went to the gateway directly: `receive` only tells of the end (a disconnect)."""
-        if not (self.disconnected or self.response_complete):
-            if self._gone is None:
-                self._gone = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._gone)
-        return _DISCONNECT
-
-    def lost(self) -> None:
-        if not self.response_complete:
-            self.disconnected = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._gone is not None and not self._gone.done():
-            self._gone.set_result(None)
-
-    def push(self, body: bytes) -> asyncio.Future | None:
-        """A body part of a started response, written here and now: the relay's per-event
-        path, without the ASGI message and coroutine of `send`. A future means "wait"."""
-        if self._head is not None or not self._chunked or self.response_complete or self.protocol.flow.write_paused:
-            return run_now(self.send({"type": "http.response.body", "body": body, "more_body": True}))
-        if not self.disconnected and body:
-            self.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
-        return None
-
-    async def send(self, message: Message) -> None:
-        flow = self.protocol.flow
-        if flow.write_paused and not self.disconnected:
-            await flow.drain()
-        if self.disconnected:
-            return
-        if not self.response_started:
-            if message["type"] != "http.response.start":
-                raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{message['type']}'.")
-            self.response_started = True
-            self._head = self._render_head(message["status"], message.get("headers", ()))
-            return
-        if self.response_complete or message["type"] != "http.response.body":
-            raise RuntimeError(f"Unexpected ASGI message '{message['type']}'.")
-        body = message.get("body", b"")
-        more_body = message.get("more_body", False)
-        out = self._head or []
-        self._head = None
-        if self._chunked:
-            if body:
-                out += (b"%x\r\n" % len(body), body, b"\r\n")
-            if not more_body:
-                out.append(b"0\r\n\r\n")
-        else:
-            self._remaining -= len(body)
-            if self._remaining < 0:
-                raise RuntimeError("Response content longer than Content-Length")
-            out.append(body)
-        if out:
-            self.transport.write(b"".join(out))
-            self._wrote = True
-        if not more_body:
-            if self._remaining:
-                raise RuntimeError("Response content shorter than Content-Length")
-            self._complete()
-
-    def _render_head(self, status: int, headers: Any) -> list[bytes]:
-        # One search over all names and one over all values (tab is allowed in values).
-        headers = (*self.protocol.server_state.default_headers, *headers)
-        names, values = b"".join(n for n, _ in headers), b"\t".join(v for _, v in headers)
-        if HEADER_RE.search(names) or HEADER_VALUE_RE.search(values):
-            raise RuntimeError("Invalid HTTP header.")
-        out = [STATUS_LINE[status]]
-        close = False
-        for name, value in headers:
-            name = name.lower()
-            if name == b"content-length" and self._chunked:
-                self._chunked = False
-                self._remaining = int(value)
-            elif name == b"transfer-encoding":
-                self._chunked = True  # the app frames nothing itself; a chunked body is framed here
-                continue
-            elif name == b"connection" and b"close" in value.lower():
-                close = True
-            out += (name, b": ", value, b"\r\n")
-        if close:
-            self.keep_alive = False
-        elif not self.keep_alive:
-            out.append(b"connection: close\r\n")
-        if status in (204, 304):
-            self._chunked = False
-        elif self._chunked:
-            out.append(b"transfer-encoding: chunked\r\n")
-        out.append(b"\r\n")
-        return out
-
-    def _complete(self) -> None:
-        self.response_complete = True
-        self._wake()
-        if not self.keep_alive:
-            self.transport.close()
-        self.protocol.on_response_complete()

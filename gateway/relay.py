@@ -1,183 +1,108 @@
-"""The streaming response path and client-disconnect detection."""
+"""The streamed response: each run of SSE events goes to the client as soon as it exists."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Protocol
 
-from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from .errors import UpstreamError, error_dict
-from .sse import error_event
+from .errors import GatewayError, UpstreamError, render, sse_event
+
+if TYPE_CHECKING:
+    from .context import RequestContext
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-
-
-class ClientWatch:
-    """Notices the client going away, at once, even while every worker is silent.
-
-    Until a stream starts, a disconnect cancels the request's task (aborting any leg
-    in flight); once streaming, the relay installs a callback that aborts its legs.
-    """
-
-    def __init__(self, receive: Receive) -> None:
-        self.disconnected = False
-        owner = asyncio.current_task()
-        assert owner is not None
-        self.callback: Callable[[], object] = owner.cancel
-        self._task: asyncio.Task | None = None
-        # Started once the request's first step (up to the upstream write) is over: a task
-        # created here would cost the first token more than it is worth that early.
-        self._starting = asyncio.get_running_loop().call_soon(self._start, receive)
-
-    def _start(self, receive: Receive) -> None:
-        self._task = asyncio.create_task(self._run(receive))
-
-    async def _run(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.disconnected = True
-        self.callback()
-
-    def close(self) -> None:
-        self._starting.cancel()
-        if self._task is not None:
-            self._task.cancel()
+OnRun = Callable[[bytes], "asyncio.Future | None"]
+OnEnd = Callable[[UpstreamError | None], None]
 
 
 class PushSource(Protocol):
     """Something that pushes runs of SSE events from its socket callback (a Leg)."""
 
-    def stream(self, on_run: Callable[[bytes], asyncio.Future | None],
-               on_end: Callable[[UpstreamError | None], None]) -> None: ...
+    def stream(self, on_run: OnRun, on_end: OnEnd) -> None: ...
 
 
-def send_now(send: Send, message: Message) -> asyncio.Future | None:
-    """Run `send(message)` here and now, outside any task.
+class StreamRelay:
+    """A streamed answer, called like an ASGI response once the request's legs are open.
 
-    uvicorn's send only waits when the client's buffer is full; then the rest of it runs in
-    a task, and the returned future tells the caller to hold the worker back until it is done.
-    """
-    return run_now(send(message))
-
-
-def run_now(coro: Coroutine) -> asyncio.Future | None:
-    """Step `coro` here and now; if it has to wait, the rest runs in a task (its future is returned)."""
-    try:
-        waiting = coro.send(None)
-    except StopIteration:
-        return None
-    return asyncio.ensure_future(_finish(coro, waiting))
-
-
-async def _finish(coro: Coroutine, waiting: object) -> None:
-    while True:
-        try:
-            if isinstance(waiting, asyncio.Future):
-                waiting._asyncio_future_blocking = False  # what a task does with a future it was handed
-                await waiting
-            else:
-                await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            coro.close()
-            raise
-        except BaseException:
-            pass  # the coroutine sees the outcome itself when it resumes
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-
-
-class StreamRelay(Response):
-    """An ASGI response that sends each run of SSE events as soon as it exists.
-
-    The source is a Leg, whose runs are sent from the socket callback that read them (the
-    fast path: no task switch per chunk), or an async iterator of runs (protocols that
-    combine legs). The status line waits for the first event, so a worker that fails
-    before producing anything still gets the client a real error status; later failures
-    end the stream with an error event and [DONE].
+    The source is a Leg, whose runs are written from the socket callback that read them (no
+    task switch per chunk), or an async iterator of runs (protocols that combine legs). The
+    status line waits for the first event, so a worker that fails before producing anything
+    still gets the client a real error status; later failures end the stream with an error
+    event and [DONE].
     """
 
-    status_code = 200
-    background = None
-
-    def __init__(
-        self,
-        source: PushSource | AsyncIterator[bytes],
-        request_id: str,
-        on_disconnect: Callable[[], None],
-        on_close: Callable[[], None],
-        transform: Callable[[bytes], bytes] | None = None,
-        send: Send | None = None,
-    ) -> None:
-        self.source = source
+    def __init__(self, source: PushSource | AsyncIterator[bytes], ctx: RequestContext,
+                 transform: Callable[[bytes], bytes] | None = None) -> None:
+        self.ctx = ctx
         self.transform = transform
-        self.request_id = request_id
-        self.raw_headers = [*SSE_HEADERS, (b"x-request-id", request_id.encode())]
-        self.on_disconnect = on_disconnect
-        self.closers = [on_close]
-        self.watch: ClientWatch | None = None
-        # Given the client's `send` before the leg opens, a push relay sends the head and the
-        # first runs from the socket callback that read them, before this response is called.
-        self._armed = _Pushed(self, send) if send is not None and hasattr(source, "stream") else None
+        self.headers = [*SSE_HEADERS, (b"x-request-id", ctx.request_id.encode())]
+        # How it ended, for telemetry: the status the client got, and the outcome.
+        self.status, self.outcome = 200, "success"
+        # A push source starts writing as soon as its first run is read, before this is called.
+        self._relay = _Pushed(self, source) if hasattr(source, "stream") else _Pulled(self, source)  # type: ignore[arg-type]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watch = self.watch or ClientWatch(receive)
-        watch.callback = self.on_disconnect
-        relay = self._armed or (_Pushed(self, send) if hasattr(self.source, "stream") else _Pulled(self, send))
-        relay.watch = watch
+        relay, writer = self._relay, self.ctx.writer
         try:
-            if watch.disconnected:
-                return
             try:
-                first = await relay.first()
+                await relay.first()
             except UpstreamError as err:  # nothing reached the client yet: answer with a real status
-                await err.to_response(self.request_id)(scope, receive, send)
+                self.status, self.outcome = err.status, "upstream_error"
+                await render(err, self.ctx.request_id)(scope, receive, send)
                 return
-            if not relay.started:
-                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-                relay.started = True
-                await send({"type": "http.response.body", "body": first, "more_body": True})
             await relay.rest()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await writer.finish()
         except UpstreamError as err:
-            await send({"type": "http.response.body", "body": error_event(err.to_dict()), "more_body": False})
+            self.outcome = "stream_error"
+            await writer.finish(sse_event(err))
         except asyncio.CancelledError:
-            # The server is shutting down past its drain deadline: end the stream properly.
+            # The client left (the handler sees to that), or the server is shutting down past
+            # its drain deadline: then the stream ends properly.
+            if self.ctx.disconnected:
+                self.status, self.outcome = (200 if relay.started else 499), "client_disconnect"
+            else:
+                self.outcome = "shutdown"
             relay.stop()
-            if relay.started and not watch.disconnected:
-                error = error_dict("the gateway is shutting down; the stream was cut short", 503, "shutting_down")
-                await send({"type": "http.response.body", "body": error_event(error), "more_body": False})
+            if relay.started and not self.ctx.disconnected:
+                await writer.finish(sse_event(_SHUTTING_DOWN))
             raise
         finally:
-            watch.close()
             await relay.close()
-            for close in self.closers:
-                close()
+
+
+_SHUTTING_DOWN = GatewayError(503, "the gateway is shutting down; the stream was cut short", "shutting_down")
 
 
 class _Pulled:
-    def __init__(self, relay: StreamRelay, send: Send) -> None:
-        self.events: AsyncIterator[bytes] = relay.source  # type: ignore[assignment]
-        self.send = send
-        self.watch: ClientWatch | None = None
+    def __init__(self, relay: StreamRelay, events: AsyncIterator[bytes]) -> None:
+        self.events = events
+        self.ctx = relay.ctx
+        self.headers = relay.headers
         self.started = False
 
-    async def first(self) -> bytes:
-        return await anext(aiter(self.events), b"")
+    async def first(self) -> None:
+        run = await anext(aiter(self.events), b"")
+        self.ctx.writer.start(200, self.headers)
+        self.started = True
+        await self._write(run)
 
     async def rest(self) -> None:
         async for run in self.events:
-            if self.watch is not None and self.watch.disconnected:
+            if self.ctx.disconnected:
                 break
-            await self.send({"type": "http.response.body", "body": run, "more_body": True})
+            await self._write(run)
+
+    async def _write(self, run: bytes) -> None:
+        wait = self.ctx.writer.event(run)
+        if wait is not None:
+            await wait
 
     def stop(self) -> None:
         pass
@@ -188,49 +113,33 @@ class _Pulled:
             await aclose()
 
 
-def _body_pusher(send: Send) -> Callable[[bytes], asyncio.Future | None]:
-    """The server's own per-part writer where it has one (gateway.protocol), else `send_now`."""
-    push = getattr(getattr(send, "__self__", None), "push", None)
-    if push is not None:
-        return push
-    return lambda run: send_now(send, {"type": "http.response.body", "body": run, "more_body": True})
-
-
 class _Pushed:
-    """Runs from a Leg's socket callback, sent from that callback: the first one with the
+    """Runs from a Leg's socket callback, written from that callback: the first one with the
     head, so that the first token does not wait for a task to be scheduled."""
 
-    def __init__(self, relay: StreamRelay, send: Send) -> None:
-        self.send, self.transform = send, relay.transform
-        self.push = _body_pusher(send)
-        self.headers = relay.raw_headers
-        self.abort = relay.on_disconnect
-        self.watch: ClientWatch | None = None
+    def __init__(self, relay: StreamRelay, source: PushSource) -> None:
+        self.ctx, self.transform, self.headers = relay.ctx, relay.transform, relay.headers
+        self.writer = relay.ctx.writer
         self.started = self.stopped = False
         loop = asyncio.get_running_loop()
         self._first: asyncio.Future[None] = loop.create_future()
         self._done: asyncio.Future[UpstreamError | None] = loop.create_future()
-        relay.source.stream(self._on_run, self._on_end)  # type: ignore[union-attr]
+        source.stream(self._on_run, self._on_end)
 
     def _on_run(self, run: bytes) -> asyncio.Future | None:
         if self.transform is not None:
             run = self.transform(run)
-        if self.stopped or (self.watch is not None and self.watch.disconnected):
+        if self.stopped or self.ctx.disconnected:
             return None
         try:
-            if self.started:
-                return self.push(run)
-            self.started = True
-            self._first.set_result(None)
-            return run_now(self._begin(run))
+            if not self.started:
+                self.started = True
+                self.writer.start(200, self.headers)
+                self._first.set_result(None)
+            return self.writer.event(run)
         except Exception:
-            self.stopped = True
-            self.abort()
+            self.stop()
             raise
-
-    async def _begin(self, first: bytes) -> None:
-        await self.send({"type": "http.response.start", "status": 200, "headers": self.headers})
-        await self.send({"type": "http.response.body", "body": first, "more_body": True})
 
     def _on_end(self, err: UpstreamError | None) -> None:
         if not self._first.done():
@@ -238,10 +147,9 @@ class _Pushed:
         elif not self._done.done():
             self._done.set_result(err)
 
-    async def first(self) -> bytes:
-        """Waits for the first run, which is sent by then."""
+    async def first(self) -> None:
+        """Waits for the first run, which is written by then."""
         await self._first
-        return b""
 
     async def rest(self) -> None:
         err = await self._done
@@ -250,7 +158,7 @@ class _Pushed:
 
     def stop(self) -> None:
         self.stopped = True
-        self.abort()
+        self.ctx.abort("the stream to the client ended")
 
     async def close(self) -> None:
         if self._first.done() and not self._first.cancelled():

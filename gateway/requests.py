@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Literal
 
 from .config import Limits
-from .errors import GatewayError
-
-Route = Literal["completions", "chat"]
-PATHS: dict[Route, str] = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+from .errors import bad_request
+from .payload import dumps
+from .routes import PATHS, Route
 
 
 @dataclass
@@ -30,6 +28,20 @@ class ApiRequest:
     @property
     def path(self) -> str:
         return PATHS[self.route]
+
+    @property
+    def prompt_count(self) -> int:
+        """How many prompts a completions request carries (a list of strings or of token lists)."""
+        prompt = self.body.get("prompt")
+        if self.route == "completions" and isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            return len(prompt)
+        return 1
+
+    def without(self, key: str) -> None:
+        """Drop a field the gateway owns from what the workers get."""
+        if key in self.body:
+            del self.body[key]
+            self.raw = dumps(self.body)
 
     @property
     def session_key(self) -> str | None:
@@ -63,16 +75,12 @@ def render_prefix(route: Route, body: dict) -> str:
     return json.dumps(prompt)
 
 
-def _bad(message: str, code: str = "invalid_request") -> GatewayError:
-    return GatewayError(400, message, code)
-
-
 def _optional_int(body: dict, key: str, low: int, high: int) -> None:
     value = body.get(key)
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _bad(f"'{key}' must be an integer from {low} to {high}, got {json.dumps(value)}")
+        raise bad_request(f"'{key}' must be an integer from {low} to {high}, got {json.dumps(value)[:40]}", key)
 
 
 def _check_prompt(prompt: object) -> int:
@@ -85,43 +93,62 @@ def _check_prompt(prompt: object) -> int:
             return 4 * len(prompt)
         if all(isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompt):
             return 4 * sum(len(p) for p in prompt)
-    raise _bad("'prompt' must be a string, a list of strings, or token ids")
+    raise bad_request("'prompt' must be a string, a list of strings, or token ids", "prompt")
 
 
 def _check_messages(messages: object) -> int:
     if not isinstance(messages, list) or not messages:
-        raise _bad("'messages' must be a non-empty list")
+        raise bad_request("'messages' must be a non-empty list", "messages")
     if not all(isinstance(m, dict) for m in messages):
-        raise _bad("every item of 'messages' must be an object")
+        raise bad_request("every item of 'messages' must be an object", "messages")
     return sum(len(json.dumps(m.get("content", ""))) for m in messages)
 
 
 def parse_request(route: Route, raw: bytes, limits: Limits, session_header: str | None = None) -> ApiRequest:
     try:
+        return _parse(route, raw, limits, session_header)
+    except RecursionError:
+        raise bad_request("request body is nested too deeply", code="invalid_json") from None
+
+
+def _load(raw: bytes) -> dict:
+    try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
-        raise _bad(f"request body is not valid JSON: {err}", "invalid_json") from None
+        raise bad_request(f"request body is not valid JSON: {err}", code="invalid_json") from None
     if not isinstance(body, dict):
-        raise _bad("request body must be a JSON object")
+        raise bad_request("request body must be a JSON object")
+    if b"\\ud" in raw or b"\\uD" in raw:  # a \uD800-\uDFFF escape: paired, or a lone surrogate?
+        try:
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise bad_request("request body contains a lone surrogate (an unpaired \\uD800-\\uDFFF escape), "
+                              "which is not text", code="invalid_json") from None
+    return body
+
+
+def _parse(route: Route, raw: bytes, limits: Limits, session_header: str | None) -> ApiRequest:
+    body = _load(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _bad("'model' is required and must be a non-empty string")
+        raise bad_request("'model' is required and must be a non-empty string", "model")
     stream = body.get("stream", False)
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
-        raise _bad("'stream' must be a boolean")
+        raise bad_request("'stream' must be a boolean", "stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
-        raise _bad("'stream_options' must be an object")
+        raise bad_request("'stream_options' must be an object", "stream_options")
     include_usage = bool(options and options.get("include_usage"))
     for key in ("max_tokens", "max_completion_tokens"):
         _optional_int(body, key, 1, limits.max_tokens)
-    _optional_int(body, "n", 1, limits.max_n)
+    for key in ("n", "best_of"):
+        _optional_int(body, key, 1, limits.max_n)
     if route == "chat":
         chars = _check_messages(body.get("messages"))
     else:
         if "prompt" not in body:
-            raise _bad("'prompt' is required")
+            raise bad_request("'prompt' is required", "prompt")
         chars = _check_prompt(body["prompt"])
     return ApiRequest(route, raw, body, model, stream, include_usage, max(1, chars // 4), session_header)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import signal
 import socket
 
 import uvicorn
 
+from . import protocol
 from .app import create_app
 from .config import GatewayConfig
-from .protocol import GatewayProtocol
+from .gateway import Gateway
+
+log = logging.getLogger("pd_gateway")
 
 
 class RunningGateway:
@@ -28,8 +32,8 @@ class RunningGateway:
         return f"http://{self.host}:{self.port}"
 
     @property
-    def router(self):
-        return self.app.state.router
+    def gateway(self) -> Gateway:
+        return self.app.state.gateway  # type: ignore[union-attr]
 
     async def close(self) -> None:
         self.server.should_exit = True
@@ -58,25 +62,38 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def http_protocol(config: GatewayConfig) -> type[protocol.GatewayProtocol] | str:
+    if config.listen.http == "uvicorn":
+        return "httptools"
+    if not protocol.supported():
+        log.warning("uvicorn %s is not a release the gateway's HTTP protocol was tested with (%s): serving on "
+                    "plain uvicorn, without the short path and the request-head bounds", uvicorn.__version__,
+                    ", ".join(f"{a}.{b}.x" for a, b in protocol.TESTED_UVICORN))
+        return "httptools"
+    return protocol.GatewayProtocol
+
+
 async def start_gateway(config: GatewayConfig, install_signal_handlers: bool = False) -> RunningGateway:
     """Start serving on config.listen (port 0 picks a free port); returns once accepting."""
     sock = bind(config.listen.host, config.listen.port)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),
-            http=GatewayProtocol,
+            http=http_protocol(config),
             loop="none",
             lifespan="on",
             access_log=False,
             server_header=False,  # one header less to write per response
             proxy_headers=False,  # the gateway reads no forwarded-for headers; one ASGI layer less
             log_level=config.log_level,
-            timeout_graceful_shutdown=config.drain_s,
+            # JSON logs: uvicorn's own lines go through the root handler too (gateway.access_log)
+            log_config=None if config.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+            timeout_graceful_shutdown=config.drain_s,  # type: ignore[arg-type]  # a float works
         )
     )
     # uvicorn re-raises the signal after its shutdown, which makes the exit status 143;
     # a drained gateway should exit 0, so signals are handled here instead.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     if install_signal_handlers:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -87,9 +104,10 @@ async def start_gateway(config: GatewayConfig, install_signal_handlers: bool = F
             task.result()
             raise RuntimeError("gateway exited during start-up")
         await asyncio.sleep(0.01)
-    # What start-up built (modules, FastAPI's routes and models) lives as long as the process:
-    # kept out of the collector's sweeps, it costs the older generations' collections nothing
-    # (-10% gateway CPU per chunk at 32 streams in A/B runs).
-    gc.collect()
-    gc.freeze()
+    if config.tuning.gc_freeze:
+        # What start-up built (modules, FastAPI's routes and models) lives as long as the process:
+        # kept out of the collector's sweeps, it costs the older generations' collections nothing
+        # (-10% gateway CPU per chunk at 32 streams in A/B runs).
+        gc.collect()
+        gc.freeze()
     return RunningGateway(server, task, sock)

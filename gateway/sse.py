@@ -6,8 +6,6 @@ that an error event it appends can never land inside a half-relayed one.
 
 from __future__ import annotations
 
-import json
-
 DONE = b"data: [DONE]\n\n"
 _SEP = b"\n\n"
 
@@ -45,12 +43,3 @@ def event_data(event: bytes) -> bytes | None:
     if not lines:
         return None
     return b"\n".join(line[6:] if line[5:6] == b" " else line[5:] for line in lines)
-
-
-def data_event(payload: dict) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + _SEP
-
-
-def error_event(error: dict) -> bytes:
-    """The in-band error a stream ends with once bytes have reached the client."""
-    return data_event(error) + DONE

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 
 from .config import Timeouts
-from .errors import UpstreamError, UpstreamStatus
+from .errors import ConnectFailed, NoAnswer, UpstreamError, UpstreamStatus, UpstreamTimeout
 from .http1 import ConnectionBroken, ConnectionPool, Response
 
 
@@ -61,7 +61,7 @@ class Upstream:
             async with asyncio.timeout(self.timeouts.between_chunks_s):
                 return await resp.read()
         except TimeoutError:
-            raise UpstreamError(f"worker {resp.url} stalled while sending its body", 504, "timeout") from None
+            raise UpstreamTimeout(f"worker {resp.url} stalled while sending its body") from None
         except ConnectionBroken as err:
             raise UpstreamError(f"worker {resp.url} broke off its response: {err}") from None
         finally:
@@ -88,22 +88,3 @@ class Upstream:
     async def get_ok(self, url: str, timeout_s: float) -> bool:
         status, _ = await self.get(url, timeout_s)
         return status == 200
-
-
-class Retryable(UpstreamError):
-    """The worker produced nothing: the request may go to another worker."""
-
-
-class ConnectFailed(Retryable):
-    """The worker could not be reached at all."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 502, "worker_unreachable")
-
-
-class NoAnswer(Retryable):
-    """The connection broke before the worker answered (it died, or closed a pooled connection)."""
-
-    @classmethod
-    def about(cls, url: str, err: Exception) -> NoAnswer:
-        return cls(f"worker {url} failed before answering: {err}")

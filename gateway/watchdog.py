@@ -42,9 +42,10 @@ class Watchdog:
         self.period_s = period_s
         self._active: set[Watched] = set()
 
-    def watch(self, stall_s: float, total_s: float, abort: Callable[[], None]) -> Watched:
+    def watch(self, stall_s: float, deadline: float, abort: Callable[[], None]) -> Watched:
+        """Call `abort` once nothing moved for `stall_s`, or at loop time `deadline`."""
         now = asyncio.get_running_loop().time()
-        w = Watched(stall_s, now + total_s, abort, now)
+        w = Watched(stall_s, deadline, abort, now)
         self._active.add(w)
         return w
 

@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/real-env.sh .venv
 .venv/bin/python -m pip install --disable-pip-version-check -q -e '.[test]' torch==2.13.0
+# tests/test_k8s_manifests.py renders deploy/k8s with `kubectl kustomize`: it fails, never skips, without it.
+command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubernetes-client; }
+# tests/test_dashboard.py drives Debian's chromium through Playwright (browser downloads are blocked).
+command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 # CI sets no marker filter: a missing real-vLLM stack must fail, not skip.
 export PD_REQUIRE_REAL=1
 exec .venv/bin/python -m pytest -q "$@"

@@ -20,9 +20,11 @@ def test_bench_relay_tiny_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     table = proc.stdout
-    for text in ("SCENARIO", "VIA-DIRECT", "PIPE-DIRECT", "AIOHTTP-DIRECT", "TARGET", "relay 1x8tok", "relay 4x8tok",
+    for text in ("SCENARIO", "VIA-DIRECT", "PIPE-DIRECT", "AIOHTTP-DIRECT", "GW-OFF-DIRECT", "GW-LOG-DIRECT",
+                 "TARGET", "relay 1x8tok", "relay 4x8tok",
                  "pd 1x8tok", "pd 4x8tok", "TTFT p50 ms", "ITL p50 ms", "gateway CPU-s / 1k chunks",
-                 "(vs client-run P->D)", "errors", "a page read after 300 ms idle", "gateway heap on huge pages"):
+                 "(vs client-run P->D)", "vs the gateway without telemetry", "errors", "a page read after 300 ms idle",
+                 "gateway heap on huge pages"):
         assert text in table, f"{text!r} missing from:\n{table}"
     error_rows = [line.split() for line in table.splitlines() if line.split()[:1] == ["errors"]]
     assert len(error_rows) == 4 and all(set(r[1:4]) <= {"0"} for r in error_rows), table
@@ -32,7 +34,8 @@ def test_bench_relay_tiny_run(tmp_path: Path) -> None:
     kinds = [(sc["kind"], sc["streams"]) for sc in report["scenarios"]]
     assert kinds == [("relay", 1), ("relay", 4), ("pd", 1), ("pd", 4)]
     for sc in report["scenarios"]:
-        phases = ["direct", "via"] + (["pipe", "aiohttp"] if sc["kind"] == "relay" else ["client_pd"])
+        refs = ["pipe", "aiohttp", "gw-off", "gw-log"]
+        phases = ["direct", "via"] + (refs if sc["kind"] == "relay" else ["client_pd"])
         for phase in phases:
             ph = sc[phase]
             assert ph["errors"] == 0 and ph["ok"] == sc["requests"], (sc["kind"], phase, ph)

@@ -108,15 +108,15 @@ async def test_n_greater_than_one_keeps_every_index(sim, gateway, client, protoc
 async def test_prefill_down_gives_a_clear_error_and_no_decode_left_waiting(sim, gateway, client, protocol):
     p, d, _, gw = await _pd(sim, gateway, protocol)
     await p.close()
-    gw.router.pools[0].groups["prefill"][0].healthy = True  # died after its last health check
+    gw.gateway.pools[0].groups["prefill"][0].healthy = True  # died after its last health check
     body = {"model": "sim-model", "prompt": PROMPT, "max_tokens": 5, "stream": True}
     resp = await client.post(f"{gw.url}/v1/completions", json=body)
     assert resp.status_code in (502, 503)
     assert resp.json()["error"]["message"]
     await asyncio.sleep(0.05)
     assert d.stats.in_flight == 0
-    assert all(e.outstanding == 0 for e in gw.router.pools[0].endpoints)
-    await wait_until(lambda: not gw.router.ready)  # the next health check takes the dead prefill out
+    assert all(e.outstanding == 0 for e in gw.gateway.pools[0].endpoints)
+    await wait_until(lambda: not gw.gateway.ready)  # the next health check takes the dead prefill out
     assert (await client.get(f"{gw.url}/ready")).status_code == 503
 
 
@@ -140,7 +140,7 @@ async def test_client_disconnect_cancels_both_legs(sim, gateway, protocol):
     await wait_until(lambda: d.stats.cancelled > 0)
     assert d.stats.cancelled == 1
     assert d.stats.in_flight == 0 and p.stats.in_flight == 0
-    assert all(e.outstanding == 0 for e in gw.router.pools[0].endpoints)
+    assert all(e.outstanding == 0 for e in gw.gateway.pools[0].endpoints)
 
 
 async def test_client_disconnect_during_prefill_cancels_prefill(sim, gateway):

@@ -82,7 +82,7 @@ async def test_stream_cut_before_its_first_event_is_replayed_on_another_replica(
         assert resp.status_code == 200 and payloads[-1] == "[DONE]"
         assert "".join(p["choices"][0]["text"] for p in payloads[:-1]) and "error" not in str(payloads)
     assert dying.api_requests >= 1
-    assert [ep.outstanding for ep in gw.router.pools[0].endpoints] == [0, 0]  # nothing leaked
+    assert [ep.outstanding for ep in gw.gateway.pools[0].endpoints] == [0, 0]  # nothing leaked
     await dying.close()
 
 
@@ -123,7 +123,7 @@ async def test_prefill_killed_gives_clean_errors_then_recovers(sim, gateway, cli
         assert resp.status_code in (502, 503) and resp.json()["error"]["message"]
     assert d.stats.in_flight == 0
     await sim(role="prefill", port=port)  # it comes back on the same address
-    await wait_until(lambda: gw.router.ready, timeout_s=3)
+    await wait_until(lambda: gw.gateway.ready, timeout_s=3)
     again = await client.post(f"{gw.url}/v1/completions", json={**BODY, "stream": True})
     assert again.status_code == 200 and sse_payloads(again.content)[-1] == "[DONE]"
 
@@ -147,7 +147,7 @@ async def test_consecutive_failures_eject_then_health_checks_restore(sim, gatewa
         outlier={"consecutive_failures": 2, "base_ejection_s": 0.5, "max_ejection_percent": 50},
         retries={"attempts": 0},
     )
-    bad_ep = gw.router.pools[0].endpoints[1]
+    bad_ep = gw.gateway.pools[0].endpoints[1]
     for _ in range(6):
         await client.post(f"{gw.url}/v1/completions", json=BODY)
     assert bad.api_requests == 2 and bad_ep.ejections == 1 and not bad_ep.healthy
@@ -165,7 +165,7 @@ async def test_ejection_never_takes_more_than_the_max_share(gateway, client):
                        outlier={"consecutive_failures": 1, "max_ejection_percent": 50}, retries={"attempts": 0})
     for _ in range(6):
         assert (await client.post(f"{gw.url}/v1/completions", json=BODY)).status_code == 502
-    assert sum(1 for e in gw.router.pools[0].endpoints if e.ejections) == 1
+    assert sum(1 for e in gw.gateway.pools[0].endpoints if e.ejections) == 1
     for w in workers:
         await w.close()
 
@@ -180,7 +180,7 @@ async def test_over_the_limit_requests_queue_then_get_429(sim, gateway, client):
     assert statuses == [200, 200, 429, 429]
     refused = next(r for r in results if r.status_code == 429)
     assert refused.headers["retry-after"] and refused.json()["error"]["type"] == "rate_limit_error"
-    assert gw.router.admission.inflight == 0
+    assert gw.gateway.admission.inflight == 0
 
 
 async def test_per_worker_limit_waits_for_capacity(sim, gateway, client):

@@ -38,7 +38,28 @@ bodies = st.fixed_dictionaries(
         "top_k": values,
     },
 )
-payloads = bodies.map(lambda b: json.dumps(b).encode()) | st.binary(max_size=64)
+
+def _nested(depth: int) -> bytes:
+    return b'{"model":"sim-model","prompt":"x","x":' + b"[" * depth + b"]" * depth + b"}"
+
+
+def _with(field: str, value: bytes) -> bytes:
+    return b'{"model":"sim-model","prompt":"a b","max_tokens":3,"%s":%s}' % (field.encode(), value)
+
+
+# What an attacker sends rather than what a random generator finds: deep nesting, numbers past
+# any integer type, long strings, lone surrogates, duplicate keys.
+hostile = (
+    st.integers(1, 5000).map(_nested)
+    | st.tuples(st.sampled_from(["max_tokens", "n", "best_of", "temperature", "top_k", "seed"]),
+                st.sampled_from([b"1" + b"0" * 400, b"-1e400", b"1e400", b"NaN", b"Infinity", b"-0", b"1.5"]))
+    .map(lambda fv: _with(*fv))
+    | st.integers(1, 300_000).map(lambda n: _with("prompt", b'"' + b"a " * n + b'"'))
+    | st.sampled_from([b'"\\ud800"', b'"a\\udfff"', b'"\\ud83d\\ude00"', b'["\\udc00"]'])
+    .map(lambda v: _with("prompt", v.replace(b"\\\\", b"\\")))
+    | st.just(b'{"model":"sim-model","model":"other","prompt":"a","prompt":[1,2],"max_tokens":2,"max_tokens":-1}')
+)
+payloads = bodies.map(lambda b: json.dumps(b).encode()) | st.binary(max_size=64) | hostile
 
 
 class Background:
@@ -97,7 +118,7 @@ def test_fuzzed_bodies_never_get_a_gateway_5xx(background: Background, http: htt
 
 
 def test_nothing_leaked_after_the_fuzzing(background: Background, http: httpx.Client):
-    router = background.gateway.router
-    assert router.admission.inflight == 0
-    assert all(e.outstanding == 0 and e.outstanding_tokens == 0 for e in router.endpoints)
+    gateway = background.gateway.gateway
+    assert gateway.admission.inflight == 0
+    assert all(e.outstanding == 0 and e.outstanding_tokens == 0 for e in gateway.endpoints)
     assert http.get(f"{background.gateway.url}/health").status_code == 200

@@ -41,16 +41,26 @@ def test_nothing_changes_where_huge_pages_cannot_help(env: dict, thp: str, glibc
     assert huge_page_env(env, thp, glibc) is None
 
 
-@pytest.mark.skipif(huge_page_env_here({}) is None, reason="no THP or no glibc >= 2.35 here")
-def test_serve_runs_on_glibc_malloc_with_huge_pages(tmp_path: Path) -> None:
-    """The real command line: the process that parses the config has the new environment (an
-    invalid config makes it stop right there, after the re-exec)."""
-    bad = tmp_path / "gateway.yaml"
-    bad.write_text("listen: {port: 99999}\n")
-    probe = "import os, sys; from gateway.cli import main; print(os.environ.get('PYTHONMALLOC')); sys.exit(main())"
+def _serve_check(tmp_path: Path, config: str) -> list[str]:
+    """Run `serve --check-config` as its own process; the lines it printed before the config
+    are PYTHONMALLOC as each process (the first, and the re-executed one) saw it."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(config)
+    probe = "import os, sys; from pdcli.main import main; print(os.environ.get('PYTHONMALLOC')); sys.exit(main())"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", "GLIBC_TUNABLES", "PD_GATEWAY_HUGEPAGES")}
-    out = subprocess.run([sys.executable, "-c", probe, "serve", "--config", str(bad)], env=env,
+    out = subprocess.run([sys.executable, "-c", probe, "serve", "--config", str(path), "--check-config"], env=env,
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2, out.stderr
-    assert out.stdout.split() == ["None", "malloc"]  # before, and after the re-exec
-    assert "listen.port" in out.stderr
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split("{", 1)[0].split()
+
+
+POOL = "pools: [{name: dp, workers: ['http://127.0.0.1:9']}]\n"
+
+
+@pytest.mark.skipif(huge_page_env_here({}) is None, reason="no THP or no glibc >= 2.35 here")
+def test_serve_runs_on_glibc_malloc_with_huge_pages_when_asked(tmp_path: Path) -> None:
+    assert _serve_check(tmp_path, POOL + "tuning: {huge_pages: true}\n") == ["None", "malloc"]  # before, after
+
+
+def test_serve_leaves_the_process_as_started_by_default(tmp_path: Path) -> None:
+    assert _serve_check(tmp_path, POOL) == ["None"]

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from workers.plan import Plan, PlanError, WorkerSpec, plan
-from workers.plan_cli import add_plan_parser, render, run_plan, shell_script
-from workers.plan_cores import format_cores, parse_cores
+from workers.plan.cli import add_plan_parser, render, run_plan, shell_script
+from workers.plan.cores import format_cores, parse_cores
 from workers.topology import TopologyError, load_topology, parse_topology
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -539,29 +539,18 @@ def test_shell_scripts_parse_and_reproduce_the_plan(tmp_path: Path, path: Path) 
         assert run_script(tmp_path, script, []) == (w.argv, w.env)
 
 
-K8S = ROOT / "deploy" / "k8s"
-
-
-def test_k8s_manifests_match_their_topology() -> None:
-    result = plan(load_topology(K8S / "topology.yaml"))
-    assert yaml.safe_load((K8S / "gateway.yaml").read_text()) == result.gateway_config()
-    pods: dict[str, dict] = {}
-    for manifest in K8S.glob("*-workers.yaml"):
-        for sts in yaml.safe_load_all(manifest.read_text()):
-            for i in range(sts["spec"]["replicas"]):  # StatefulSet pod names: <name>-<ordinal>
-                pods[f"{sts['metadata']['name']}-{i}"] = sts
-    assert sorted(pods) == sorted(w.name for w in result.workers)
-    for w in result.workers:
-        sts = pods[w.name]
-        container = sts["spec"]["template"]["spec"]["containers"][0]
-        assert sts["spec"]["serviceName"] == w.pool
-        assert container["ports"][0]["containerPort"] == w.port
-        devices = container["resources"]["limits"]["aws.amazon.com/neuron"]
-        assert devices * 4 == int(w.argv[w.argv.index("--tensor-parallel-size") + 1])  # 4 cores/device at LNC=2
-
-
-def test_k8s_decode_pod_follows_device_plugin_cores() -> None:
-    t = load_topology(K8S / "topology.yaml")
+def test_decode_worker_follows_device_plugin_cores() -> None:
+    # A pod granted cores 32-63 by the Neuron device plugin: the planner pins inside them and
+    # the NeuronConnector decode worker gets the matching core offset.
+    t = topo("""
+        hosts:
+          - {name: p, accelerator: trainium2, cores: 64, ip: 10.0.0.1}
+          - {name: d, accelerator: trainium2, cores: 64, ip: 10.0.0.2}
+        models: [{name: m, path: /m}]
+        pools:
+          - {name: pd, model: m, kind: pd, connector: neuron-legacy, tp: 32,
+             prefill: {base_port: 8100, host: p}, decode: {base_port: 8200, host: d}}
+    """)
     decode = plan(t, {"NEURON_RT_VISIBLE_CORES": "32-63"}).worker("pd-decode-0")
     assert decode.env["NEURON_RT_VISIBLE_CORES"] == "32-63"
     assert split_kv(decode.argv)[1]["neuron_core_offset"] == 32

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.conftest import sse_payloads
+from tests.conftest import sse_payloads, wait_until
 
 
 def _free_port() -> int:
@@ -28,7 +28,7 @@ async def _spawn(tmp_path: Path, workers: list[str], **sections: object) -> tupl
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "serve", "--config", str(path), "--log-level", "warning",
+        sys.executable, "-m", "pdcli", "serve", "--config", str(path), "--log-level", "warning",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
@@ -77,7 +77,7 @@ async def test_streams_past_the_drain_deadline_end_with_an_error_event(sim, tmp_
     body = {"model": "sim-model", "prompt": "hi", "max_tokens": 200, "stream": True}
     async with httpx.AsyncClient(timeout=20) as c:
         stream = asyncio.create_task(c.post(f"{url}/v1/completions", json=body))
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: a.stats.in_flight == 1, timeout_s=10)  # streaming
         proc.send_signal(signal.SIGTERM)
         payloads = sse_payloads((await stream).content)
     assert "shutting down" in payloads[-2]["error"]["message"]
@@ -99,7 +99,8 @@ async def test_slow_clients_that_read_nothing_keep_gateway_memory_bounded(sim, t
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.sendall(request)
         sockets.append(s)  # and never read
-    await asyncio.sleep(3)
+    # The worker writes until the stalled sockets push back; by then the gateway holds what it will.
+    await wait_until(lambda: a.stats.generation_tokens_total > 50_000, timeout_s=20)
     grown_mib = (_rss_kib(proc.pid) - before) / 1024
     for s in sockets:
         s.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 from gateway.relay import StreamRelay
 
@@ -14,17 +15,27 @@ class FakeLeg:
         self.on_run, self.on_end = on_run, on_end
 
 
+class RecordingWriter:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def start(self, status, headers) -> None:
+        self.calls.append(("start", status, headers))
+
+    def event(self, data: bytes) -> None:
+        self.calls.append(("event", data))
+
+    async def finish(self, data: bytes = b"") -> None:
+        self.calls.append(("finish", data))
+
+
 async def test_an_armed_relay_sends_the_head_and_first_event_from_the_callback_itself():
-    sent: list[dict] = []
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    leg = FakeLeg()
-    relay = StreamRelay(leg, "rid-1", on_disconnect=lambda: None, on_close=lambda: None, send=send)
+    writer, leg = RecordingWriter(), FakeLeg()
+    ctx = SimpleNamespace(request_id="rid-1", writer=writer, disconnected=False, abort=lambda reason: None)
+    relay = StreamRelay(leg, ctx)
     assert leg.on_run(b"data: 1\n\n") is None  # the worker's first event, read in its callback
-    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
-    assert (b"x-request-id", b"rid-1") in sent[0]["headers"] and sent[1]["body"] == b"data: 1\n\n"
+    assert [c[0] for c in writer.calls] == ["start", "event"]  # before any task ran
+    assert (b"x-request-id", b"rid-1") in writer.calls[0][2] and writer.calls[1][1] == b"data: 1\n\n"
     leg.on_run(b"data: [DONE]\n\n")
     leg.on_end(None)
 
@@ -32,6 +43,5 @@ async def test_an_armed_relay_sends_the_head_and_first_event_from_the_callback_i
         await asyncio.sleep(3600)
         return {"type": "http.disconnect"}
 
-    await relay({"type": "http"}, receive, send)  # the ASGI call only finishes the stream
-    assert [m.get("body") for m in sent[1:]] == [b"data: 1\n\n", b"data: [DONE]\n\n", b""]
-    assert sent[-1]["more_body"] is False
+    await relay({"type": "http"}, receive, None)  # the ASGI call only finishes the stream
+    assert writer.calls[1:] == [("event", b"data: 1\n\n"), ("event", b"data: [DONE]\n\n"), ("finish", b"")]

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from gateway.app import FastPath
+from gateway.handler import Handler
 
 BODY = json.dumps({"model": "sim-model", "prompt": "a b c", "max_tokens": 3, "stream": True}).encode()
 PLAIN = json.dumps({"model": "sim-model", "prompt": "a b c", "max_tokens": 3}).encode()
@@ -38,10 +38,12 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, byte
         body += chunk[:-2]
 
 
-@pytest.fixture
-async def gw(sim, gateway):
+@pytest.fixture(params=["gateway", "uvicorn"])
+async def gw(request, sim, gateway):
+    """Each test runs on the gateway's own HTTP protocol and on plain uvicorn (its fallback)."""
     worker = await sim()
-    return await gateway([{"name": "dp", "workers": [worker.url]}])
+    return await gateway([{"name": "dp", "workers": [worker.url]}],
+                         listen={"host": "127.0.0.1", "port": 0, "http": request.param})
 
 
 async def _connect(gw) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -126,7 +128,7 @@ async def test_an_internal_failure_answers_500_and_closes(gw, monkeypatch):
     async def broken(*args: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(FastPath, "handle", broken)
+    monkeypatch.setattr(Handler, "__call__", broken)
     reader, writer = await _connect(gw)
     writer.write(_post(BODY))
     status, headers, payload = await _response(reader)

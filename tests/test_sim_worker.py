@@ -109,13 +109,16 @@ async def test_completion_chunk_shape_and_usage(sim: StartSim, client: httpx.Asy
     assert len(events) == 3 and all("usage" not in e for e in events)
     assert set(events[0]) == {"id", "object", "created", "model", "choices"}
     assert events[0]["choices"][0] == {"index": 0, "text": events[0]["choices"][0]["text"],
-                                       "logprobs": None, "finish_reason": None, "stop_reason": None}
+                                       "logprobs": None, "finish_reason": None, "stop_reason": None,
+                                       "prompt_token_ids": None, "token_ids": None}
     assert [e["choices"][0]["finish_reason"] for e in events] == [None, None, "length"]
+    assert events[-1]["system_fingerprint"] == s.system_fingerprint
 
     body["stream_options"] = {"include_usage": True}
     _, raw = await stream_raw(client, s.url + "/v1/completions", body)
     events = [json.loads(e) for e in sse_events(raw)[:-1]]
-    assert len(events) == 4 and all(e["usage"] is None for e in events[:3])
+    # vLLM 0.32 leaves "usage" out of the token chunks (no "usage": null).
+    assert len(events) == 4 and all("usage" not in e for e in events[:3])
     assert events[3]["choices"] == []
     assert events[3]["usage"] == {"prompt_tokens": 3, "total_tokens": 6, "completion_tokens": 3}
 
@@ -132,18 +135,19 @@ async def test_chat_stream_role_chunk_first(sim: StartSim, client: httpx.AsyncCl
                for e in events)
     assert events[0]["choices"][0] == {"index": 0, "delta": {"role": "assistant", "content": ""},
                                        "logprobs": None, "finish_reason": None}
+    assert (events[0]["prompt_token_ids"], events[0]["prompt_text"]) == (None, None)
     assert [e["choices"][0]["finish_reason"] for e in events[1:3]] == [None, "length"]
     assert events[3]["usage"]["completion_tokens"] == 2
     assert s.stats.request_ids == ["req-42"]
 
 
 @pytest.mark.parametrize("path,body,status,etype", [
-    ("/v1/completions", b"{not json", 400, "BadRequestError"),
+    ("/v1/completions", b"{not json", 400, "Bad Request"),
     ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "BadRequestError"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": "5"}, 400, "BadRequestError"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": "five"}, 400, "Bad Request"),
     ("/v1/completions", {"max_tokens": 3}, 400, "BadRequestError"),
-    ("/v1/completions", {"prompt": [1, 2, 3]}, 400, "BadRequestError"),
-    ("/v1/chat/completions", {"max_tokens": 3}, 400, "BadRequestError"),
+    ("/v1/completions", {"prompt": 5}, 400, "Bad Request"),
+    ("/v1/chat/completions", {"max_tokens": 3}, 400, "Bad Request"),
     ("/v1/completions", {"prompt": "x", "model": "other"}, 404, "NotFoundError"),
     ("/v1/completions", {"prompt": "x", "max_tokens": 5000}, 400, "BadRequestError"),
 ])
@@ -156,7 +160,7 @@ async def test_errors(sim: StartSim, client: httpx.AsyncClient, path: str, body:
     err = r.json()["error"]
     assert err["type"] == etype and err["code"] == status and isinstance(err["message"], str)
     if status == 404:
-        assert err["message"] == "The model `other` does not exist."
+        assert err["message"] == "The model `other` does not exist. Valid aliases: sim-model."
 
 
 async def test_last_request_body_reset_and_metrics(sim: StartSim, client: httpx.AsyncClient) -> None:
@@ -427,3 +431,30 @@ async def test_cli_throughput_sanity() -> None:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+async def test_prefill_advertises_the_address_it_is_given_for_kv_pickup(sim, client):
+    # In Kubernetes the prefill pod binds 0.0.0.0 and advertises its pod IP (--advertise-host).
+    from workers.sim.config import config_from_args
+
+    assert config_from_args(["--advertise-host", "10.1.2.3"]).advertise_host == "10.1.2.3"
+    p = await sim(role="prefill", kv_protocol="nixl", host="0.0.0.0", advertise_host="10.1.2.3")
+    body = {"model": "sim-model", "prompt": "hi", "max_tokens": 1, "kv_transfer_params": {"do_remote_decode": True}}
+    answer = (await client.post(f"http://127.0.0.1:{p.port}/v1/completions", json=body)).json()
+    assert answer["kv_transfer_params"]["remote_host"] == "10.1.2.3"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_simulator_bug_answers_instead_of_hanging(sim: StartSim, client: httpx.AsyncClient,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          stream: bool) -> None:
+    import workers.sim.server as server_module
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("injected")
+
+    s = await sim()
+    monkeypatch.setattr(server_module, "Choices", broken)
+    r = await client.post(s.url + "/v1/completions", json={"prompt": "a", "stream": stream})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "InternalServerError"
+    assert (s.stats.in_flight, s.stats.errors) == (0, 1)

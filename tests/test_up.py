@@ -25,15 +25,15 @@ import httpx
 import pytest
 import yaml
 
+from pdcli.up import UpError, engine_specs, is_local
+from pdcli.up_progress import Progress
 from tests.conftest import sse_payloads, stream_text
 from workers.launch import group_members
 from workers.plan import plan
-from workers.plan_launch import WorkerSpec
+from workers.plan.launch import WorkerSpec
 from workers.sim.cores import CoreInUse, claim_cores
 from workers.supervise import RestartPolicy, Worker, log_tail
 from workers.topology import load_topology
-from workers.up_cli import UpError, engine_specs, is_local
-from workers.up_progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPOLOGIES = ROOT / "deploy" / "topologies"
@@ -81,7 +81,7 @@ def sim_topology(tmp_path: Path, prefill_args: list[str] | None = None) -> tuple
 
 
 class Up:
-    """One `python -m gateway.cli up ...` with stdout piped and stderr in a file."""
+    """One `python -m pdcli up ...` with stdout piped and stderr in a file."""
 
     def __init__(self, tmp_path: Path, topology: Path, *args: str, core_dir: Path | None = None) -> None:
         self.log_dir = tmp_path / f"logs-{topology.stem}"
@@ -90,7 +90,7 @@ class Up:
         env.pop("NEURON_RT_VISIBLE_CORES", None)
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "up", str(topology), "--log-dir", str(self.log_dir), *args],
+                [sys.executable, "-m", "pdcli", "up", str(topology), "--log-dir", str(self.log_dir), *args],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.PIPE,

@@ -19,10 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.config import Timeouts
-from gateway.errors import UpstreamError
-from gateway.http1 import ConnectionBroken
-from gateway.upstream import Upstream
+from workers.probe import health_ok
 
 
 class StartupError(RuntimeError):
@@ -184,22 +181,15 @@ async def wait_healthy(
     health = url.rstrip("/") + "/health"
     t0 = time.monotonic()
     request_timeout_s = min(5.0, max(timeout_s, 0.1))
-    upstream = Upstream(Timeouts(connect_s=request_timeout_s))
-    try:
-        while True:
-            if proc is not None and not proc.alive():
-                raise StartupError(
-                    f"{proc.argv[0]} exited with {proc.returncode} before {health} was healthy; "
-                    f"log {proc.log_path}:\n{proc.log_tail()}"
-                )
-            try:
-                if await upstream.get_ok(health, request_timeout_s):
-                    return time.monotonic() - t0
-            except (TimeoutError, UpstreamError, ConnectionBroken, OSError):
-                pass
-            if time.monotonic() - t0 > timeout_s:
-                tail = f"; log {proc.log_path}:\n{proc.log_tail()}" if proc is not None else ""
-                raise StartupError(f"{health} not healthy after {timeout_s:.0f}s{tail}")
-            await asyncio.sleep(interval_s)
-    finally:
-        await upstream.close()
+    while True:
+        if proc is not None and not proc.alive():
+            raise StartupError(
+                f"{proc.argv[0]} exited with {proc.returncode} before {health} was healthy; "
+                f"log {proc.log_path}:\n{proc.log_tail()}"
+            )
+        if await health_ok(url, request_timeout_s):
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout_s:
+            tail = f"; log {proc.log_path}:\n{proc.log_tail()}" if proc is not None else ""
+            raise StartupError(f"{health} not healthy after {timeout_s:.0f}s{tail}")
+        await asyncio.sleep(interval_s)

@@ -23,7 +23,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from workers.launch import ProcessGroupHandle, StartupError, group_members, start_group, wait_healthy
-from workers.plan_launch import WorkerSpec
+from workers.plan.launch import WorkerSpec
 
 State = Literal["starting", "healthy", "restarting", "failed", "stopping", "stopped"]
 STATE_FILE = "workers.json"

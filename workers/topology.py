@@ -2,7 +2,7 @@
 
 The schema is documented in deploy/README.md. Loading only checks the shape of
 the file (types, ranges, unique names); whether the pools fit on the hosts is
-the planner's job (workers/plan.py), which raises PlanError.
+the planner's job (workers/plan/planner.py), which raises PlanError.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Accelerator = Literal["trainium2", "trainium1", "gpu", "cpu", "sim"]
+# Which vLLM runs on Neuron hosts: the AWS Neuron fork of vLLM 0.7.2 (`--device neuron`,
+# `--override-neuron-config`, NeuronConnector), or upstream vLLM with the vllm-neuron plugin
+# (no --device; Neuron settings in `--additional-config`; NixlConnector over EFA).
+Engine = Literal["neuron-legacy", "vllm-neuron"]
 NEURON_ACCELERATORS = ("trainium2", "trainium1")
 # Logical cores per host when `cores` is omitted: trn2.48xlarge has 128 physical
 # NeuronCores (64 logical at LNC=2), trn1.32xlarge has 32.
@@ -114,6 +118,7 @@ class _PoolBase(_WorkerKnobs):
     # Overrides the model's compiled_path (e.g. a DI build for pd, a plain one for replicas).
     compiled_path: str | None = None
     entrypoint: str | None = None
+    engine: Engine = "neuron-legacy"
 
 
 class ReplicasPool(_PoolBase):
@@ -145,6 +150,9 @@ class PDPool(_PoolBase):
     def _cores_per_role(self) -> PDPool:
         if self.cores is not None:
             raise ValueError("cores: set cores on 'prefill' and 'decode', not on the pd pool")
+        if self.connector == "neuron-legacy" and self.engine == "vllm-neuron":
+            raise ValueError("connector: neuron-legacy (NeuronConnector) exists only in the neuron-legacy engine; "
+                             "use connector: nixl with engine: vllm-neuron")
         return self
 
 

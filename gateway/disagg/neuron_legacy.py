@@ -13,16 +13,14 @@ import json
 from collections.abc import AsyncIterator, Coroutine
 
 from starlette.responses import Response
-from starlette.types import Send
 
+from ..context import RequestContext
 from ..leg import Leg
 from ..payload import dumps, load_json
 from ..pool import Pool
 from ..relay import StreamRelay
-from ..requests import ApiRequest
-from ..router import Router
 from ..sse import DONE, event_data, split_events
-from .common import merge_usage, prefill_body
+from .common import merge_usage, merged_response, prefill_body
 
 
 async def _together(first: Coroutine, second: Coroutine) -> tuple:
@@ -40,62 +38,21 @@ async def _together(first: Coroutine, second: Coroutine) -> tuple:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _release(*legs: Leg) -> None:
-    for leg in legs:
-        leg.abort("the request ended")
-        leg.release()
-
-
-async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str, send: Send | None = None) -> Response:
-    """`send` is unused: the relay combines two legs in a task."""
-    p = Leg(router, pool, "prefill", req, request_id)
-    d = Leg(router, pool, "decode", req, request_id)
+async def serve(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:
+    req = ctx.req
+    p = ctx.leg(pool, "prefill")
+    d = ctx.leg(pool, "decode")
+    ctx.on_close(lambda: ctx.abort("the request ended"))
     p_open = p.open(req.path, dumps(prefill_body(req.body)))
     if not req.stream:
-        try:
-            await _together(p_open, d.open(req.path, req.raw))
-            (_, p_answer), (d_raw, d_answer) = await _together(p.read(), d.read())
-        except BaseException:
-            _release(p, d)
-            raise
-        return _non_stream(p_answer, d_raw, d_answer, d, request_id)
+        await _together(p_open, d.open(req.path, req.raw))
+        (_, p_answer), (d_raw, d_answer) = await _together(p.read(), d.read())
+        return merged_response(d_raw, d_answer, p_answer.get("usage"), d.status, d.content_type, ctx.request_id)
     # D may hold its response head until the KV arrives: P's token must not wait for it.
     d_open = asyncio.ensure_future(d.open(req.path, req.raw))
-
-    def close() -> None:
-        d_open.cancel()
-        _release(p, d)
-
-    try:
-        await p_open
-    except BaseException:
-        close()
-        raise
-
-    def abort() -> None:
-        p.abort("client disconnected")
-        d.abort("client disconnected")
-        d_open.cancel()
-
-    events = _stream(p, d, d_open, _choice_count(req))
-    return StreamRelay(events, request_id, on_disconnect=abort, on_close=close)
-
-
-def _non_stream(p_answer: dict, d_raw: bytes, answer: dict, d: Leg, request_id: str) -> Response:
-    headers = {"x-request-id": request_id}
-    p_usage = p_answer.get("usage")
-    if not (p_usage or {}).get("prompt_tokens_details"):
-        return Response(d_raw, d.status, media_type=d.content_type, headers=headers)
-    answer["usage"] = merge_usage(answer.get("usage"), p_usage)
-    return Response(dumps(answer), d.status, media_type="application/json", headers=headers)
-
-
-def _choice_count(req: ApiRequest) -> int:
-    n = req.body.get("n") or 1
-    prompt = req.body.get("prompt")
-    if req.route == "completions" and isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
-        return n * len(prompt)
-    return n
+    ctx.on_close(d_open.cancel)
+    await p_open
+    return StreamRelay(_stream(p, d, d_open, req.body.get("n") or 1), ctx)  # one prompt: PD pools refuse lists
 
 
 async def _stream(p: Leg, d: Leg, d_open: asyncio.Future, choices: int) -> AsyncIterator[bytes]:

@@ -10,48 +10,44 @@ from __future__ import annotations
 import functools
 
 from starlette.responses import Response
-from starlette.types import Send
 
+from ..context import RequestContext
 from ..errors import UpstreamError
-from ..leg import Leg
 from ..payload import dumps, load_json
 from ..pool import Pool
-from ..requests import ApiRequest
-from ..router import Router
+from ..relay import StreamRelay
 from ..sse import split_events
-from .common import merge_usage, prefill_body
+from .common import merge_usage, merged_response, prefill_body, with_prefill_usage
 
 
-async def prefill(router: Router, pool: Pool, req: ApiRequest, request_id: str) -> dict:
-    body = prefill_body(req.body)
+async def prefill(ctx: RequestContext, pool: Pool) -> dict:
+    body = prefill_body(ctx.req.body)
     body["stream"] = False
     body.pop("stream_options", None)
     body["kv_transfer_params"] = {"do_remote_decode": True}
-    leg = Leg(router, pool, "prefill", req, request_id)
-    await leg.open(req.path, dumps(body))
+    leg = ctx.leg(pool, "prefill")
+    await leg.open(ctx.req.path, dumps(body))
     _, answer = await leg.read()
     if not isinstance(answer.get("kv_transfer_params"), dict):
         raise UpstreamError("the prefill worker returned no kv_transfer_params; is it a kv_producer?")
     return answer
 
 
-async def serve(router: Router, pool: Pool, req: ApiRequest, request_id: str, send: Send | None = None) -> Response:
-    answer = await prefill(router, pool, req, request_id)
+async def serve(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:
+    req = ctx.req
+    answer = await prefill(ctx, pool)
     body = dict(req.body)
     body["kv_transfer_params"] = answer["kv_transfer_params"]
-    leg = Leg(router, pool, "decode", req, request_id)
-    p_usage = answer.get("usage")
+    leg = ctx.leg(pool, "decode")
+    p_usage: dict = answer.get("usage") or {}
     if not req.stream:
         await leg.open(req.path, dumps(body))
         raw, result = await leg.read()
-        if not (p_usage or {}).get("prompt_tokens_details"):
-            return Response(raw, leg.status, media_type=leg.content_type, headers={"x-request-id": request_id})
-        result["usage"] = merge_usage(result.get("usage"), p_usage)
-        return Response(dumps(result), leg.status, media_type="application/json", headers={"x-request-id": request_id})
+        return merged_response(raw, result, p_usage, leg.status, leg.content_type, ctx.request_id)
     transform = None
-    if req.include_usage and (p_usage or {}).get("prompt_tokens_details"):
+    if req.include_usage and with_prefill_usage(p_usage):
         transform = functools.partial(_with_prefill_usage, p_usage=p_usage)
-    return await leg.open_relay(req.path, dumps(body), send, transform)
+    return await leg.open_relay(req.path, dumps(body), transform)
 
 
 def _with_prefill_usage(run: bytes, p_usage: dict) -> bytes:

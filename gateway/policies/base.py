@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from ..pool import Endpoint
+    from ..routes import Route
 
 
 class RoutingRequest(Protocol):
     """What a policy may read of a request (gateway.requests.ApiRequest provides it)."""
 
     model: str
-    route: str  # "completions" or "chat"
+    route: Route
     prompt_tokens: int  # an estimate
 
     @property

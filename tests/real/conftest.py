@@ -31,7 +31,7 @@ import httpx
 import pytest
 
 from workers.launch import ProcessGroupHandle, free_port, start_group, wait_healthy
-from workers.plan_launch import NIXL_CPU_SITE
+from workers.plan.launch import NIXL_CPU_SITE
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

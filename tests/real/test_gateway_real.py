@@ -40,7 +40,7 @@ async def test_greedy_streaming_text_equals_non_streaming(dp_gateway, route, ext
             streamed = await c.post(f"{dp_gateway.url}/v1/{route}", json={**body, "stream": True})
             assert streamed.status_code == 200
             assert stream_text(sse_payloads(streamed.content)) == _text(plain)
-    assert all(e.outstanding == 0 for e in dp_gateway.router.endpoints)
+    assert all(e.outstanding == 0 for e in dp_gateway.gateway.endpoints)
 
 
 async def test_openai_client_chat_stream_has_exactly_one_usage_chunk(dp_gateway):
@@ -116,7 +116,7 @@ async def test_client_disconnect_aborts_the_real_request(dp_gateway, vllm_replic
     await asyncio.sleep(full_s + 2)  # unaborted, all 400 tokens would be counted by now
     generated = sum([await _generated(s.url) for s in vllm_replicas]) - before
     assert 0 < generated < 200
-    assert all(e.outstanding == 0 for e in dp_gateway.router.endpoints)
+    assert all(e.outstanding == 0 for e in dp_gateway.gateway.endpoints)
 
 
 async def test_killing_one_replica_under_load_fails_no_unstarted_request(real_gateway, vllm_replicas):

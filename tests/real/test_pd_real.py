@@ -103,7 +103,7 @@ async def test_killing_prefill_gives_clean_errors_then_recovers(pd_gateway, vllm
         assert after.status_code in (502, 503) and after.json()["error"]["message"]
         await vllm_pd_pair.restart()
         for _ in range(100):
-            if pd_gateway.router.ready:
+            if pd_gateway.gateway.ready:
                 break
             await asyncio.sleep(0.1)
         again = await c.post(f"{pd_gateway.url}/v1/completions", json=body)

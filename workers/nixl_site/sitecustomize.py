@@ -1,5 +1,5 @@
 """Imported at startup by every Python process of a vLLM NixlConnector worker on a CPU
-host: the planner puts this folder on those workers' PYTHONPATH (workers/plan_launch.py),
+host: the planner puts this folder on those workers' PYTHONPATH (workers/plan/launch.py),
 and so do the real-vLLM test fixtures (tests/real/conftest.py).
 
 NIXL's Python agent hardcodes `pthrDelay = 0`, so the UCX progress thread of every

@@ -1,221 +1,155 @@
-"""OpenAI/vLLM request validation and response shapes (JSON and SSE bytes)."""
+"""vLLM 0.32's response shapes: JSON bodies and SSE events (pre-encoded for the hot path)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
-from .engine import count_tokens, render_chat
+from .protocol import ApiError
+from .request import GenRequest, parse_body, parse_request
+from .sampling import Choices, chat_logprobs, completion_logprobs
 
-ERROR_TYPES: dict[int, str] = {
-    400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowedError",
-    500: "InternalServerError", 503: "ServiceUnavailableError",
-}
-DEFAULT_MAX_TOKENS = 16
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-
-    def to_json(self) -> dict[str, Any]:
-        return error_body(self.status, self.message, self.param)
+__all__ = ["ApiError", "GenRequest", "parse_body", "parse_request", "fingerprint",
+           "full_response", "usage", "SseFormat", "prompt_token_ids"]
+VLLM_VERSION = "0.32.0"
 
 
-def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "InternalServerError"),
-                      "param": param, "code": status}}
+def fingerprint(model: str, max_model_len: int) -> str:
+    """vLLM's system_fingerprint: "vllm-<version>-<8 hex of the config>"."""
+    digest = hashlib.blake2b(f"{model}\0{max_model_len}".encode(), digest_size=4).hexdigest()
+    return f"vllm-{VLLM_VERSION}-{digest}"
 
 
-@dataclass
-class GenRequest:
-    chat: bool
-    base_id: str
-    id_header: str | None
-    model: str
-    prompts: list[str]
-    prompt_tokens: list[int]
-    n: int
-    max_tokens: int
-    stream: bool
-    include_usage: bool
-    kv_params: dict[str, Any] | None
-
-    @property
-    def response_id(self) -> str:
-        return ("chatcmpl-" if self.chat else "cmpl-") + self.base_id
-
-    @property
-    def num_choices(self) -> int:
-        return len(self.prompts) * self.n
-
-    @property
-    def total_prompt_tokens(self) -> int:
-        return sum(self.prompt_tokens)
-
-    def prompt_of(self, choice: int) -> str:
-        return self.prompts[choice // self.n]
-
-    def sample_index(self, choice: int) -> int:
-        return choice % self.n
+def prompt_token_ids(prompt: str) -> list[int]:
+    """Stand-in token ids of a prompt (one per word), as echo's first chunk carries them."""
+    return [int.from_bytes(hashlib.blake2b(w.encode(), digest_size=2).digest(), "little")
+            for w in prompt.split()] or [0]
 
 
-def _opt_int(body: dict[str, Any], key: str, minimum: int) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"{key} must be an integer, got {value!r}.", key)
-    if value < minimum:
-        raise ApiError(400, f"{key} must be at least {minimum}, got {value}.", key)
-    return value
+def usage(g: GenRequest, completion_tokens: int, in_stream: bool = False) -> dict[str, Any]:
+    prompt_tokens = g.total_prompt_tokens
+    out: dict[str, Any] = {"prompt_tokens": prompt_tokens,
+                           "total_tokens": prompt_tokens + completion_tokens,
+                           "completion_tokens": completion_tokens}
+    details = {"cached_tokens": g.cached_tokens} if g.report_cached else None
+    if details is not None or not in_stream:
+        out["prompt_tokens_details"] = details
+    if not in_stream:
+        out["completion_tokens_details"] = None
+    return out
 
 
-def _prompts(body: dict[str, Any]) -> list[str]:
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        return list(prompt)
-    if isinstance(prompt, list) and prompt:
-        raise ApiError(400, "Token-id prompts are not supported by the simulated worker.", "prompt")
-    raise ApiError(400, "prompt must be a string or a non-empty list of strings.", "prompt")
+def _completion_choice(g: GenRequest, choices: Choices, c: int) -> dict[str, Any]:
+    plan = choices.plans[c]
+    prefix = g.prompt_of(c) if g.echo else ""
+    logprobs = None
+    if g.logprobs is not None:
+        logprobs = completion_logprobs(choices, c, range(plan.count), len(prefix), g.logprobs)
+    return {"index": c, "text": prefix + choices.text(c), "logprobs": logprobs,
+            "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason,
+            "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None,
+            "routed_experts": None}
 
 
-def _chat_prompt(body: dict[str, Any]) -> str:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "messages must be a non-empty list.", "messages")
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise ApiError(400, "each message must be an object with a string role.", "messages")
-    return render_chat(messages)
+def _chat_choice(g: GenRequest, choices: Choices, c: int) -> dict[str, Any]:
+    plan = choices.plans[c]
+    logprobs = None if g.logprobs is None else chat_logprobs(choices, c, range(plan.count), g.logprobs)
+    message = {"role": "assistant", "content": choices.text(c), "refusal": None,
+               "annotations": None, "audio": None, "function_call": None, "reasoning": None}
+    return {"index": c, "message": message, "logprobs": logprobs,
+            "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason,
+            "token_ids": None, "routed_experts": None}
 
 
-def _kv_params(body: dict[str, Any]) -> dict[str, Any] | None:
-    kv = body.get("kv_transfer_params")
-    if kv is None:
-        return None
-    if not isinstance(kv, dict):
-        raise ApiError(400, "kv_transfer_params must be an object.", "kv_transfer_params")
-    if not (kv.get("do_remote_decode") or kv.get("do_remote_prefill")):
-        return None
-    return kv
-
-
-def parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"JSON decode error: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object.")
+def full_response(g: GenRequest, created: int, choices: Choices, kv_params: dict[str, Any] | None,
+                  system_fingerprint: str) -> dict[str, Any]:
+    """Non-streaming completion / chat.completion object, keys in vLLM's order."""
+    make = _chat_choice if g.chat else _completion_choice
+    completion_tokens = sum(p.count for p in choices.plans)
+    body: dict[str, Any] = {
+        "id": g.response_id, "object": "chat.completion" if g.chat else "text_completion",
+        "created": created, "model": g.model,
+        "choices": [make(g, choices, c) for c in range(g.num_choices)],
+        "service_tier": None, "system_fingerprint": system_fingerprint,
+        "usage": usage(g, completion_tokens),
+    }
+    if g.chat:
+        body.update(prompt_logprobs=None, prompt_token_ids=None, prompt_text=None)
+    body.update(kv_transfer_params=kv_params, ec_transfer_params=None, metrics=None)
     return body
 
 
-def parse_request(body: dict[str, Any], chat: bool, id_header: str | None,
-                  served_model: str, max_model_len: int) -> GenRequest:
-    model = body.get("model")
-    if model is not None and model != served_model:
-        raise ApiError(404, f"The model `{model}` does not exist.", "model")
-    prompts = [_chat_prompt(body)] if chat else _prompts(body)
-    if not chat and body.get("echo"):
-        raise ApiError(400, "echo is not supported by the simulated worker.", "echo")
-    max_tokens = _opt_int(body, "max_tokens", 1)
-    if chat:
-        max_tokens = _opt_int(body, "max_completion_tokens", 1) or max_tokens
-    max_tokens = max_tokens or DEFAULT_MAX_TOKENS
-    n = _opt_int(body, "n", 1) or 1
-    _opt_int(body, "min_tokens", 0)
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise ApiError(400, "stream must be a boolean.", "stream")
-    opts = body.get("stream_options")
-    if opts is not None and not isinstance(opts, dict):
-        raise ApiError(400, "stream_options must be an object.", "stream_options")
-    if opts and not stream:
-        raise ApiError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
-    prompt_tokens = [count_tokens(p) for p in prompts]
-    longest = max(prompt_tokens)
-    if longest + max_tokens > max_model_len:
-        raise ApiError(400, f"This model's maximum context length is {max_model_len} tokens. "
-                       f"However, you requested {longest + max_tokens} tokens ({longest} in the "
-                       f"messages, {max_tokens} in the completion). Please reduce the length of "
-                       "the messages or completion.", "max_tokens")
-    return GenRequest(
-        chat=chat, base_id=id_header or uuid.uuid4().hex, id_header=id_header,
-        model=served_model, prompts=prompts, prompt_tokens=prompt_tokens, n=n,
-        max_tokens=max_tokens, stream=stream,
-        include_usage=bool(opts and opts.get("include_usage")), kv_params=_kv_params(body),
-    )
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
-            "completion_tokens": completion_tokens, "prompt_tokens_details": None}
-
-
-def full_response(g: GenRequest, created: int, texts: list[str],
-                  kv_params: dict[str, Any] | None) -> dict[str, Any]:
-    """Non-streaming completion / chat.completion object."""
-    if g.chat:
-        choices: list[dict[str, Any]] = [
-            {"index": i, "message": {"role": "assistant", "content": t, "refusal": None,
-                                     "annotations": None, "audio": None, "function_call": None,
-                                     "tool_calls": [], "reasoning_content": None},
-             "logprobs": None, "finish_reason": "length", "stop_reason": None}
-            for i, t in enumerate(texts)]
-    else:
-        choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": "length",
-                    "stop_reason": None, "prompt_logprobs": None} for i, t in enumerate(texts)]
-    return {
-        "id": g.response_id, "object": "chat.completion" if g.chat else "text_completion",
-        "created": created, "model": g.model, "choices": choices,
-        "usage": usage(g.total_prompt_tokens, g.num_choices * g.max_tokens),
-        "prompt_logprobs": None, "kv_transfer_params": kv_params,
-    }
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 class SseFormat:
-    """Pre-encoded pieces of every SSE event of one response, so a token costs a concat."""
+    """Pre-encoded pieces of every SSE event of one response, so a plain token costs a concat."""
 
-    def __init__(self, g: GenRequest, created: int) -> None:
+    def __init__(self, g: GenRequest, created: int, choices: Choices, system_fingerprint: str) -> None:
         self._g = g
+        self._choices = choices
         obj = b"chat.completion.chunk" if g.chat else b"text_completion"
         self._head = b'data: {"id":%s,"object":"%s","created":%d,"model":%s' % (
-            json.dumps(g.response_id).encode(), obj, created, json.dumps(g.model).encode())
-        usage_null = b',"usage":null' if g.include_usage else b""
+            _dumps(g.response_id), obj, created, _dumps(g.model))
         field = b'"delta":{"content":' if g.chat else b'"text":'
-        close = b"}" if g.chat else b""
         self._pre = [self._head + b',"choices":[{"index":%d,%s' % (i, field)
                      for i in range(g.num_choices)]
-        self._mid = close + b',"logprobs":null,"finish_reason":null%s}]%s}\n\n' % (
-            b"" if g.chat else b',"stop_reason":null', usage_null)
-        self._end = close + b',"logprobs":null,"finish_reason":"length","stop_reason":null}]%s}\n\n' % usage_null
-        self._usage_null = usage_null
+        self._close = b"}" if g.chat else b""
+        self._fingerprint = b',"system_fingerprint":%s' % _dumps(system_fingerprint)
+        self._offsets = [len(g.prompt_of(c)) if g.echo else 0 for c in range(g.num_choices)]
+        self._sent = [0] * g.num_choices  # tokens sent per choice (continuous usage)
 
     def role_events(self) -> bytes:
         if not self._g.chat:
             return b""
+        usage = self._usage_field(0)
         return b"".join(
             self._head + b',"choices":[{"index":%d,"delta":{"role":"assistant","content":""},'
-            b'"logprobs":null,"finish_reason":null}]%s}\n\n' % (i, self._usage_null)
-            for i in range(self._g.num_choices))
+            b'"logprobs":null,"finish_reason":null}]%s,"prompt_token_ids":null,"prompt_text":null}\n\n'
+            % (i, usage) for i in range(self._g.num_choices))
 
-    def token_event(self, choice: int, text_json: bytes, last: bool) -> bytes:
-        return self._pre[choice] + text_json + (self._end if last else self._mid)
+    def _usage_field(self, completion_tokens: int) -> bytes:
+        if not self._g.continuous_usage:
+            return b""
+        return b',"usage":%s' % _dumps(usage(self._g, completion_tokens, in_stream=True))
+
+    def _logprobs(self, choice: int, k: int) -> bytes:
+        g = self._g
+        if g.logprobs is None:
+            return b"null"
+        if g.chat:
+            return _dumps(chat_logprobs(self._choices, choice, range(k, k + 1), g.logprobs))
+        lp = completion_logprobs(self._choices, choice, range(k, k + 1), self._offsets[choice], g.logprobs)
+        self._offsets[choice] += len(self._choices.token(choice, k))
+        return _dumps(lp)
+
+    def token_event(self, choice: int, k: int) -> bytes:
+        g, plan = self._g, self._choices.plans[choice]
+        last = k + 1 == plan.count
+        text_json = self._choices.token_json(choice, k)
+        prompt_ids = b"null"
+        if g.echo and k == 0:
+            text_json = _dumps(g.prompt_of(choice) + self._choices.token(choice, 0))
+            prompt_ids = _dumps(prompt_token_ids(g.prompt_of(choice)))
+        self._sent[choice] = k + 1
+        if last:
+            ends = b',"finish_reason":"%s","stop_reason":%s' % (plan.finish_reason.encode(),
+                                                             _dumps(plan.stop_reason))
+        else:
+            ends = b',"finish_reason":null' + (b"" if g.chat else b',"stop_reason":null')
+        ids = b',"token_ids":null' if g.chat else b',"prompt_token_ids":%s,"token_ids":null' % prompt_ids
+        usage = self._usage_field(sum(self._sent))
+        # vLLM puts the fingerprint on a choice's last chunk, unless usage follows (then
+        # on the usage chunk only) or every chunk carries usage.
+        trailer = self._fingerprint if last and not usage and not g.include_usage else b""
+        return (self._pre[choice] + text_json + self._close + b',"logprobs":' + self._logprobs(choice, k)
+                + ends + ids + b"}]" + usage + trailer + b"}\n\n")
 
     def tail(self, completion_tokens: int) -> bytes:
         out = b""
         if self._g.include_usage:
-            p = self._g.total_prompt_tokens
-            out = self._head + b',"choices":[],"usage":{"prompt_tokens":%d,"total_tokens":%d,' \
-                b'"completion_tokens":%d}}\n\n' % (p, p + completion_tokens, completion_tokens)
+            out = (self._head + b',"choices":[],"usage":%s' % _dumps(usage(self._g, completion_tokens, True))
+                   + self._fingerprint + b"}\n\n")
         return out + b"data: [DONE]\n\n"

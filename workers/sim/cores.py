@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from workers.plan_cores import format_cores, parse_cores
+from workers.plan.cores import format_cores, parse_cores
 
 CORE_DIR_VAR = "PD_SIM_CORE_DIR"
 DEFAULT_CORE_DIR = "/tmp/pd-sim-cores"

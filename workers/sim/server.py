@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from .api import ApiError, GenRequest, error_body, parse_body, parse_request
+from .api import ApiError, GenRequest, fingerprint, parse_body, parse_request
 from .config import SimConfig
 from .engine import KVEntry, KVStore, SimStats, block_ids, token_text
-from .generate import Choices, TokenStream, respond_full
+from .generate import TokenStream, respond_full
 from .httpserver import HttpConnection, Request
-from .observe import metrics_text, models_body, stats_body
+from .metrics import CONTENT_TYPE, new_registry, render
+from .observe import models_body, stats_body
 from .pd import pull_nixl, wait_legacy
+from .prefix_cache import PrefixCache, tokenize
+from .sampling import Choices
 
+log = logging.getLogger("workers.sim")
 NOT_FOUND = b'{"detail":"Not Found"}'
 ROUTES: dict[str, set[str]] = {
     "/health": {"GET"}, "/ping": {"GET", "POST"}, "/version": {"GET"},
@@ -29,7 +34,15 @@ class _Life:
     def __init__(self, stats: SimStats) -> None:
         self._stats = stats
         self.ended = False
+        self.kv_blocks = 0
+        self.finish_reason = "length"
         stats.in_flight += 1
+
+    def hold_blocks(self, blocks: int) -> None:
+        """KV blocks this request occupies until it ends (vllm:kv_cache_usage_perc)."""
+        if not self.ended:
+            self.kv_blocks += blocks
+            self._stats.kv_blocks_in_use += blocks
 
     def end(self, outcome: str, tokens: int = 0) -> None:
         if self.ended:
@@ -37,9 +50,11 @@ class _Life:
         self.ended = True
         s = self._stats
         s.in_flight -= 1
+        s.kv_blocks_in_use -= self.kv_blocks
         s.generation_tokens_total += tokens
         if outcome == "completed":
             s.completed += 1
+            s.finished[self.finish_reason] = s.finished.get(self.finish_reason, 0) + 1
         elif outcome == "cancelled":
             s.cancelled += 1
         elif outcome == "aborted":
@@ -58,6 +73,10 @@ class SimServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._next_block = 0
+        self.prefix_cache = PrefixCache(config.prefix_cache_blocks, config.block_size,
+                                        config.enable_prefix_caching)
+        self.metrics = new_registry(self)
+        self.system_fingerprint = fingerprint(config.model, config.max_model_len)
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> SimServer:
@@ -77,6 +96,8 @@ class SimServer:
         return f"http://{self._advertised_host()}:{self.port}"
 
     def _advertised_host(self) -> str:
+        if self.config.advertise_host:
+            return self.config.advertise_host
         host = self.config.host
         return "127.0.0.1" if host in ("0.0.0.0", "::", "", "localhost") else host
 
@@ -129,12 +150,12 @@ class SimServer:
         elif path == "/v1/models":
             conn.send_json(200, models_body(self.config))
         elif path == "/metrics":
-            conn.send(200, metrics_text(self.config, self.stats).encode(),
-                      "text/plain; version=0.0.4; charset=utf-8")
+            conn.send(200, render(self.metrics), CONTENT_TYPE)
         elif path == "/sim/stats":
             conn.send_json(200, stats_body(self))
         elif path == "/sim/reset":
             self.stats.reset()
+            self.prefix_cache.reset()
             conn.send_json(200, {"ok": True})
 
     async def _kv_endpoint(self, conn: HttpConnection, req: Request) -> None:
@@ -146,7 +167,7 @@ class SimServer:
         else:
             entry = self.kv_by_id.take(unquote(rest))
         if entry is None:
-            return conn.send_json(404, error_body(404, f"KV `{unquote(rest)}` not found"))
+            return conn.send_json(404, ApiError(404, f"KV `{unquote(rest)}` not found").to_json())
         self.stats.kv_sent += 1
         conn.send_json(200, entry.to_json())
 
@@ -162,6 +183,7 @@ class SimServer:
             body = parse_body(req.body)
             s.last_request_body = body
             g = parse_request(body, chat, id_header, self.config.model, self.config.max_model_len)
+            g.report_cached = self.config.enable_prompt_tokens_details
         except ApiError as exc:
             s.errors += 1
             return self._send_error(conn, exc, id_header)
@@ -172,22 +194,37 @@ class SimServer:
 
     async def _generate(self, conn: HttpConnection, g: GenRequest, life: _Life) -> None:
         cfg = self.config
+        started = False
         try:
             first_tokens, kv_out = await self._prefill(g)
+            life.hold_blocks(sum(self.prefix_cache.blocks_for(g.prompt_tokens[c // g.n] + g.max_tokens)
+                                 for c in range(g.num_choices)))
             self.stats.prompt_tokens_total += g.total_prompt_tokens
             choices = Choices(g, first_tokens)
+            life.finish_reason = choices.plans[0].finish_reason
             headers = _id_headers(g.id_header)
             fail_after = cfg.fail_after_tokens
             if g.stream:
-                TokenStream(conn, g, choices, cfg.itl_ms / 1000, fail_after, life.end).start(headers)
+                stream = TokenStream(conn, g, choices, cfg.itl_ms / 1000, fail_after, life.end,
+                                     self.system_fingerprint)
+                started = True
+                stream.start(headers)
             else:
                 await respond_full(conn, g, choices, cfg.itl_ms / 1000, fail_after, headers,
-                                   kv_out, life.end)
+                                   kv_out, life.end, self.system_fingerprint)
         except ApiError as exc:
             life.end("error")
             self._send_error(conn, exc, g.id_header)
         except asyncio.CancelledError:
             life.end("cancelled")
+        except Exception:  # a simulator bug answers (or drops the stream), never hangs
+            log.exception("sim worker: request failed")
+            life.end("error")
+            if started:
+                conn.abort()
+            else:
+                self._send_error(conn, ApiError(500, "Internal error in the simulated worker."),
+                                 g.id_header)
 
     async def _prefill(self, g: GenRequest) -> tuple[list[str] | None, dict[str, Any] | None]:
         """Run (or fetch) the prefill.  Returns (k=0 tokens taken from KV, kv_transfer_params
@@ -208,11 +245,26 @@ class SimServer:
         return None, None
 
     async def _local_prefill(self, g: GenRequest) -> None:
+        """Prefill charged on the uncached suffix only: ttft + per-token cost of the misses."""
         cfg = self.config
-        delay = (cfg.ttft_ms + cfg.prefill_ms_per_token * g.total_prompt_tokens) / 1000
+        cached = self._admit_prefixes(g)
+        computed = g.total_prompt_tokens - cached
+        delay = (cfg.ttft_ms + cfg.prefill_ms_per_token * computed) / 1000
         if delay > 0:
             await asyncio.sleep(delay)
-        self.stats.local_prefill_tokens += g.total_prompt_tokens
+        self.stats.local_prefill_tokens += computed
+        self.stats.local_cache_hit_tokens += cached
+
+    def _admit_prefixes(self, g: GenRequest) -> int:
+        """Query and fill the prefix cache once per sample (as vLLM's n child requests);
+        returns the cached tokens of each prompt's first sample, which is what is charged."""
+        cached = 0
+        for c in range(g.num_choices):
+            result = self.prefix_cache.admit(tokenize(g.prompt_of(c)))
+            if g.sample_index(c) == 0:
+                cached += result.cached_tokens
+        g.cached_tokens = cached
+        return cached
 
     def _kv_entry(self, g: GenRequest, key: str) -> KVEntry:
         firsts = [token_text(g.prompt_of(c), g.sample_index(c), 0) for c in range(g.num_choices)]

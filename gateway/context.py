@@ -1,0 +1,117 @@
+"""One OpenAI request as it goes through the gateway, and everything it holds.
+
+A `RequestContext` is made when the request's head is read and closed when its response is
+over, however it ends. `close()` is the one place that gives back what the request took: its
+admission slot, its legs' endpoint leases and upstream connections, the client watch, and
+any clean-up a protocol registered with `on_close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .deadline import Deadline
+from .gateway import Gateway
+from .writer import Writer
+
+if TYPE_CHECKING:
+    from starlette.types import Receive
+
+    from .leg import Leg
+    from .pool import Pool, Role
+    from .requests import ApiRequest
+    from .routes import Route
+
+
+class RequestContext:
+    def __init__(self, gateway: Gateway, route: Route, request_id: str, writer: Writer) -> None:
+        self.gateway = gateway
+        self.route = route
+        self.request_id = request_id
+        self.writer = writer
+        self.req: ApiRequest  # set once parsed
+        self.deadline: Deadline
+        self.disconnected = False
+        self.finished = False  # the response is complete: a disconnect now is the normal end
+        self._task = asyncio.current_task()
+        self._admitted = False
+        self._legs: list[Leg] = []
+        self._cleanups: list[Callable[[], object]] = []
+        self._watch: ClientWatch | None = None
+        self.trace = gateway.telemetry.start(request_id, route)  # None when per-request telemetry is off
+
+    async def admit(self) -> None:
+        """Take an admission slot (waiting in the queue if need be); the deadline starts now."""
+        await self.gateway.admission.enter()
+        self._admitted = True
+        if self.trace is not None:
+            self.trace.admitted()
+        self.deadline = Deadline.start(self.gateway.config.timeouts, self.gateway.config.limits)
+
+    def watch_client(self, receive: Receive) -> None:
+        """From now on a disconnect cancels the request at once, wherever it is."""
+        self._watch = ClientWatch(receive, self._client_gone)
+
+    def leg(self, pool: Pool, role: Role, replayable: bool = False) -> Leg:
+        """A new call to one of `pool`'s `role` endpoints, released with the request."""
+        from .leg import Leg
+
+        leg = Leg(self, pool, role, replayable)
+        self._legs.append(leg)
+        return leg
+
+    def on_close(self, cleanup: Callable[[], object]) -> None:
+        self._cleanups.append(cleanup)
+
+    def abort(self, reason: str) -> None:
+        """Cancel every upstream request of this one (the workers see them cancelled)."""
+        for leg in self._legs:
+            leg.abort(reason)
+
+    def _client_gone(self) -> None:
+        if self.finished:
+            return
+        self.disconnected = True
+        self.abort("client disconnected")
+        if self._task is not None:
+            self._task.cancel()
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        for cleanup in self._cleanups:
+            cleanup()
+        self._cleanups.clear()
+        for leg in self._legs:
+            leg.release()
+        self._legs.clear()
+        if self._admitted:
+            self._admitted = False
+            self.gateway.admission.leave()
+
+
+class ClientWatch:
+    """Notices the client going away, at once, even while every worker is silent."""
+
+    def __init__(self, receive: Receive, on_gone: Callable[[], None]) -> None:
+        self._task: asyncio.Task | None = None
+        # Started once the request's current step (up to the upstream write) is over: a task
+        # created here would cost the first token more than it is worth that early.
+        self._starting = asyncio.get_running_loop().call_soon(self._start, receive, on_gone)
+
+    def _start(self, receive: Receive, on_gone: Callable[[], None]) -> None:
+        self._task = asyncio.create_task(self._run(receive, on_gone))
+
+    @staticmethod
+    async def _run(receive: Receive, on_gone: Callable[[], None]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        on_gone()
+
+    def close(self) -> None:
+        self._starting.cancel()
+        if self._task is not None:
+            self._task.cancel()

@@ -1,0 +1,78 @@
+"""The live status page: `/dashboard` (one static HTML file) and `/dashboard/status` (its JSON).
+
+The page holds no data; the JSON needs an admin key when `auth.admin_keys` is set (the page
+asks for it and keeps it in the tab's sessionStorage), and is open otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from importlib import resources
+
+from fastapi import APIRouter, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from ..auth import check_key
+from ..errors import GatewayError, render
+from ..gateway import Gateway
+from ..pool import Endpoint, Pool
+
+
+def dashboard_routes(gateway: Gateway) -> APIRouter:
+    api = APIRouter()
+    page = resources.files(__package__).joinpath("index.html").read_text(encoding="utf-8")
+
+    @api.get("/dashboard")
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(page, headers={"cache-control": "no-cache"})
+
+    @api.get("/dashboard/status")
+    async def status(request: Request) -> Response:
+        try:
+            check_key(request.headers.get("authorization"), gateway.config.auth.admin_keys, "admin key")
+        except GatewayError as err:
+            return render(err)
+        return JSONResponse(snapshot(gateway), headers={"cache-control": "no-store"})
+
+    return api
+
+
+def snapshot(gateway: Gateway) -> dict:
+    """Pools, endpoints and request counts as the status page shows them."""
+    now = asyncio.get_running_loop().time()
+    telemetry = gateway.telemetry
+    return {
+        "ready": gateway.ready,
+        "inflight": gateway.admission.inflight,
+        "queued": gateway.admission.queued,
+        "requests": dict(telemetry.outcomes),
+        "pools": [_pool(p, now, telemetry.recent) for p in gateway.pools],
+    }
+
+
+def _pool(pool: Pool, now: float, recent: dict) -> dict:
+    return {
+        "name": pool.name,
+        "kind": pool.kind,
+        "protocol": pool.protocol,
+        "models": sorted({m for e in pool.endpoints for m in e.model_ids} | set(pool.config.models)),
+        "ready": pool.ready,
+        "endpoints": [_endpoint(e, now, recent.get(e.url, ())) for e in pool.endpoints],
+    }
+
+
+def _endpoint(e: Endpoint, now: float, recent: object) -> dict:
+    times = list(recent)  # type: ignore[call-overload]
+    return {
+        "url": e.url,
+        "role": e.role,
+        "healthy": e.healthy,
+        "ejected_for_s": round(max(0.0, e.ejected_until - now), 1),
+        "draining": e.draining,
+        "outstanding": e.outstanding,
+        "outstanding_prompt_tokens": e.outstanding_tokens,
+        # TTFT of the streams it served (a prefill worker: its prefill leg time), last few requests
+        "recent_ms": round(statistics.median(times) * 1000, 2) if times else None,
+        "recent_count": len(times),
+    }

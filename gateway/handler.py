@@ -1,0 +1,145 @@
+"""The OpenAI routes: one request's path through the gateway, step by step.
+
+    identify    the request id (the client's, if it is sane)
+    authorize   the API key
+    read body   (the short path has it already)
+    watch       from now on a disconnect cancels the request
+    admit       an admission slot, or a wait in the queue, or 429
+    parse       the few fields the gateway reads; the rest passes through
+    route       the pool that serves the model, and what that pool accepts
+    dispatch    replicas, or a prefill/decode protocol: legs to workers
+    respond     the answer, or the stream relayed event by event
+
+Whatever happens, `RequestContext.close` gives back what the request holds, and every error
+reaches the client as the OpenAI envelope (errors.render).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import Mapping
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from . import replicas
+from .auth import HeaderList, authorization, check_key
+from .context import RequestContext
+from .disagg import PROTOCOLS
+from .errors import ClientGone, GatewayError, UpstreamStatus, internal_error, render
+from .gateway import Gateway
+from .limits import read_body
+from .logs import safe
+from .pool import Pool
+from .relay import StreamRelay
+from .requests import ApiRequest, parse_request
+from .routes import Route
+from .writer import Writer
+
+log = logging.getLogger("pd_gateway")
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,256}")
+
+
+def request_id_of(headers: Mapping[bytes, bytes]) -> str:
+    """The client's X-Request-Id when it is 1-256 characters of [A-Za-z0-9._:/+=@-], else a fresh one."""
+    given = headers.get(b"x-request-id")
+    if given and _REQUEST_ID.fullmatch(given):
+        return given.decode("ascii")
+    # Ids only need to be unique, not secret: no getrandom syscall on the hot path.
+    return f"{random.getrandbits(128):032x}"
+
+
+class Handler:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.config = gateway.config
+
+    async def __call__(self, route: Route, headers: Mapping[bytes, bytes], header_list: HeaderList,
+                       body: bytes | None, scope: Scope, receive: Receive, send: Send, writer: Writer) -> None:
+        """One request; `body` is None when it is still to be read from `receive`."""
+        ctx = RequestContext(self.gateway, route, request_id_of(headers), writer)
+        response: Response | StreamRelay | None = None
+        try:
+            response = await self.respond(ctx, headers, header_list, body, receive)
+            await response(scope, receive, send)
+            ctx.finished = True
+        except asyncio.CancelledError:
+            if not ctx.disconnected:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            log.info("rid=%s client disconnected", ctx.request_id)
+        finally:
+            ctx.close()
+            self.gateway.telemetry.finish(ctx.trace, *_ending(response, ctx))
+
+    async def respond(self, ctx: RequestContext, headers: Mapping[bytes, bytes], header_list: HeaderList,
+                      body: bytes | None, receive: Receive) -> Response | StreamRelay:
+        try:
+            check_key(authorization(headers, header_list), self.config.auth.api_keys)
+            raw = body if body is not None else await read_body(receive, headers, self.config.limits.max_body_bytes)
+            ctx.watch_client(receive)
+            await ctx.admit()
+            session = headers.get(b"x-session-id")
+            ctx.req = req = parse_request(ctx.route, raw, self.config.limits,
+                                          session.decode("latin-1") if session else None)
+            if ctx.trace is not None:
+                ctx.trace.parsed(req.model, req.stream)
+            pool = self.gateway.pool_for(req.model)
+            if ctx.trace is not None:
+                ctx.trace.routed(pool.name)
+            _accept(pool, ctx.req)
+            response = await self.dispatch(ctx, pool)
+        except GatewayError as err:
+            return self.refuse(ctx, err)
+        except ClientGone:
+            return self.gone(ctx)
+        except asyncio.CancelledError:
+            if not ctx.disconnected:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            return self.gone(ctx)
+        except Exception:
+            log.exception("rid=%s failed", ctx.request_id)
+            return self.refuse(ctx, internal_error())
+        return response
+
+    @staticmethod
+    async def dispatch(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:
+        if pool.kind == "replicas":
+            return await replicas.serve(ctx, pool)
+        assert pool.protocol is not None
+        return await PROTOCOLS[pool.protocol](ctx, pool)
+
+    def refuse(self, ctx: RequestContext, err: GatewayError) -> Response:
+        if isinstance(err, UpstreamStatus) and not err.passed_through:
+            log.warning("rid=%s %s", ctx.request_id, safe(err.message, 600))
+        else:
+            log.info("rid=%s %s %d: %s", ctx.request_id, ctx.route, err.status, safe(err.message))
+        return render(err, ctx.request_id)
+
+    @staticmethod
+    def gone(ctx: RequestContext) -> Response:
+        log.info("rid=%s client disconnected before the response started", ctx.request_id)
+        return Response(status_code=499)
+
+
+def _ending(response: Response | StreamRelay | None, ctx: RequestContext) -> tuple[int, str | None]:
+    """How the request ended, for telemetry: the status the client got, and the outcome (None:
+    as the status says)."""
+    if isinstance(response, StreamRelay):
+        return response.status, response.outcome
+    if response is None:
+        return (499, "client_disconnect") if ctx.disconnected else (500, None)
+    return response.status_code, None
+
+
+def _accept(pool: Pool, req: ApiRequest) -> None:
+    """What the chosen pool takes of the request: fields the gateway owns, shapes it serves."""
+    if not pool.config.trust_kv_transfer_params:
+        req.without("kv_transfer_params")
+    if pool.kind == "pd" and req.prompt_count > 1:
+        raise GatewayError(400, f"pool '{pool.name}' (prefill/decode) serves one prompt per request; send each "
+                           "prompt as its own request", "multiple_prompts", param="prompt")
