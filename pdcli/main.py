@@ -1,4 +1,4 @@
-"""`pd-gateway`: serve, plan, up, bench."""
+"""`pd-gateway`: serve, plan, up, bench, loadtest."""
 
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
     add_bench_parser(sub)
     commands["bench"] = run_bench
+    from loadtest import cli as loadtest_cli
+
+    loadtest_cli.add_parser(sub)
+    commands["loadtest"] = loadtest_cli.run
     return parser, commands
 
 

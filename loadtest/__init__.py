@@ -1,0 +1,1 @@
+"""`pd-gateway loadtest`: an llmperf-compatible streaming load test against any OpenAI endpoint."""
