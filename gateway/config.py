@@ -8,6 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .policy_config import LeastOutstandingConfig, PolicyConfig
+
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the offending field."""
@@ -67,20 +69,6 @@ class Auth(_Strict):
     admin_keys: list[str] = []  # empty: admin endpoints disabled
 
 
-class PolicyConfig(_Strict):
-    """A routing policy by name, with its options (`policy: prefix_aware` is short for `{name: prefix_aware}`)."""
-
-    name: Literal["least_outstanding"] = "least_outstanding"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, value: object) -> object:
-        return {"name": value} if isinstance(value, str) else value
-
-    def options(self) -> dict:
-        return self.model_dump(exclude={"name"})
-
-
 def _check_url(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"worker URL must start with http:// or https://, got {url!r}")
@@ -100,7 +88,7 @@ class PoolConfig(_Strict):
     api_key: str | None = None
     # How an endpoint is chosen: `policy` for replicas, and for a PD pool's roles unless
     # `prefill_policy` / `decode_policy` say otherwise.
-    policy: PolicyConfig = PolicyConfig()
+    policy: PolicyConfig = LeastOutstandingConfig()
     prefill_policy: PolicyConfig | None = None
     decode_policy: PolicyConfig | None = None
 
@@ -130,12 +118,21 @@ class PoolConfig(_Strict):
         return self
 
 
+class WorkerMetrics(_Strict):
+    """Polling each worker's /metrics (vLLM's running/waiting requests, KV cache usage) into the load score."""
+
+    enabled: bool = True
+    interval_s: float = Field(1.0, gt=0)
+    timeout_s: float = Field(1.0, gt=0)
+
+
 class GatewayConfig(_Strict):
     listen: Listen = Listen()
     timeouts: Timeouts = Timeouts()
     health: HealthCheck = HealthCheck()
     outlier: Outlier = Outlier()
     retries: Retries = Retries()
+    worker_metrics: WorkerMetrics = WorkerMetrics()
     limits: Limits = Limits()
     auth: Auth = Auth()
     drain_s: float = Field(30.0, ge=0)  # on SIGTERM, how long in-flight streams may go on

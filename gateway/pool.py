@@ -27,6 +27,9 @@ class Endpoint:
     ejections: int = 0  # times ejected so far; each ejection lasts longer
     ejected_until: float = 0.0  # loop time; health checks cannot restore it before
     draining: bool = False  # set by an admin: no new requests, in-flight ones finish
+    # From the worker's /metrics (gateway.worker_metrics), 0 until polled:
+    foreign: int = 0  # requests running or waiting there beyond this gateway's own
+    kv_usage: float = 0.0  # fraction of its KV cache in use
 
     def acquire(self, tokens: int = 0) -> None:
         self.outstanding += 1

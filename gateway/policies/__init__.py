@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from .base import Policy, RoutingRequest
 from .least_outstanding import LeastOutstanding
+from .prefix_aware import PrefixAware
+from .session import Session
 
-POLICIES: dict[str, type[Policy]] = {LeastOutstanding.name: LeastOutstanding}
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LeastOutstanding, PrefixAware, Session)}
 
 __all__ = ["POLICIES", "Policy", "RoutingRequest", "make_policy"]
 
