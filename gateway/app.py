@@ -67,6 +67,7 @@ def create_app(config: GatewayConfig) -> FastPath:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await router.health.check_all()
         tasks = [asyncio.create_task(router.health.run()), asyncio.create_task(router.watchdog.run())]
+        tasks += [asyncio.create_task(job) for job in router.background()]
         try:
             yield
         finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from .config import GatewayConfig
 from .errors import GatewayError
@@ -15,6 +17,7 @@ from .policies import RoutingRequest
 from .pool import Endpoint, Pool, Role
 from .upstream import Upstream
 from .watchdog import Watchdog
+from .worker_metrics import WorkerMetricsPoller
 
 log = logging.getLogger("pd_gateway")
 
@@ -43,6 +46,16 @@ class Router:
         limits = config.limits
         self.admission = Admission(limits.max_inflight, limits.queue, limits.queue_timeout_s)
         self.capacity = Capacity()
+        self.worker_metrics = WorkerMetricsPoller(self.endpoints, self.upstream, config.worker_metrics)
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        """What must run while serving besides health checks: the /metrics poller and the
+        policies' own tasks (e.g. KV-event subscribers)."""
+        tasks = [self.worker_metrics.run()] if self.config.worker_metrics.enabled else []
+        for pool in self.pools:
+            for role, policy in pool.policies.items():
+                tasks += policy.background(pool.groups[role])
+        return tasks
 
     @property
     def endpoints(self) -> list[Endpoint]:
