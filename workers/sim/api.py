@@ -45,6 +45,8 @@ class GenRequest:
     stream: bool
     include_usage: bool
     kv_params: dict[str, Any] | None
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache (set by the prefill)
+    report_cached: bool = False  # --enable-prompt-tokens-details
 
     @property
     def response_id(self) -> str:
@@ -157,9 +159,11 @@ def parse_request(body: dict[str, Any], chat: bool, id_header: str | None,
     )
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def usage(g: GenRequest, completion_tokens: int) -> dict[str, Any]:
+    prompt_tokens = g.total_prompt_tokens
+    details = {"cached_tokens": g.cached_tokens} if g.report_cached else None
     return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
-            "completion_tokens": completion_tokens, "prompt_tokens_details": None}
+            "completion_tokens": completion_tokens, "prompt_tokens_details": details}
 
 
 def full_response(g: GenRequest, created: int, texts: list[str],
@@ -178,7 +182,7 @@ def full_response(g: GenRequest, created: int, texts: list[str],
     return {
         "id": g.response_id, "object": "chat.completion" if g.chat else "text_completion",
         "created": created, "model": g.model, "choices": choices,
-        "usage": usage(g.total_prompt_tokens, g.num_choices * g.max_tokens),
+        "usage": usage(g, g.num_choices * g.max_tokens),
         "prompt_logprobs": None, "kv_transfer_params": kv_params,
     }
 
@@ -215,7 +219,9 @@ class SseFormat:
     def tail(self, completion_tokens: int) -> bytes:
         out = b""
         if self._g.include_usage:
-            p = self._g.total_prompt_tokens
-            out = self._head + b',"choices":[],"usage":{"prompt_tokens":%d,"total_tokens":%d,' \
-                b'"completion_tokens":%d}}\n\n' % (p, p + completion_tokens, completion_tokens)
+            u = usage(self._g, completion_tokens)
+            if u["prompt_tokens_details"] is None:
+                del u["prompt_tokens_details"]
+            out = self._head + b',"choices":[],"usage":%s}\n\n' % json.dumps(
+                u, separators=(",", ":")).encode()
         return out + b"data: [DONE]\n\n"

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from .prefix_cache import DEFAULT_BLOCK_SIZE, DEFAULT_CAPACITY_BLOCKS
+
 Role = Literal["both", "prefill", "decode"]
 KVProtocol = Literal["nixl", "neuron-legacy"]
 
@@ -28,6 +30,10 @@ class SimConfig:
     kv_wait_s: float = 10.0
     fail_after_tokens: int | None = None
     neuron_cores: str | None = None  # claimed exclusively by the CLI (cores.py)
+    enable_prefix_caching: bool = True  # on by default, as in vLLM V1
+    block_size: int = DEFAULT_BLOCK_SIZE
+    prefix_cache_blocks: int = DEFAULT_CAPACITY_BLOCKS
+    enable_prompt_tokens_details: bool = False  # vLLM's flag: usage.prompt_tokens_details
     engine_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def __post_init__(self) -> None:
@@ -77,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="abort the connection after N token chunks (fault injection)")
     p.add_argument("--neuron-cores", default=None, help="cores to claim exclusively, e.g. 0-15 "
                    "(lock files under $PD_SIM_CORE_DIR, default /tmp/pd-sim-cores)")
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                   default=True, help="model vLLM's automatic prefix caching (default on)")
+    p.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE,
+                   help="tokens per KV block (prefix-cache granularity)")
+    p.add_argument("--prefix-cache-blocks", type=int, default=DEFAULT_CAPACITY_BLOCKS,
+                   help="prefix-cache capacity in blocks (LRU beyond it)")
+    p.add_argument("--enable-prompt-tokens-details", action="store_true",
+                   help="report usage.prompt_tokens_details.cached_tokens (as vLLM's flag)")
     p.add_argument("--engine-id", default=None, help="KV engine id (default: random uuid)")
     return p
 

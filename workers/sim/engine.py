@@ -177,7 +177,10 @@ class SimStats:
     kv_pull_failed: int = 0
     kv_wait_timeouts: int = 0
     kv_expired: int = 0
-    local_prefill_tokens: int = 0
+    local_prefill_tokens: int = 0  # computed here (cache misses)
+    local_cache_hit_tokens: int = 0  # found in this worker's prefix cache
+    kv_blocks_in_use: int = 0  # KV blocks of the requests in flight (vllm:kv_cache_usage_perc)
+    finished: dict[str, int] = field(default_factory=lambda: {"length": 0, "stop": 0})
     external_prefill_tokens: int = 0
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0
@@ -187,8 +190,8 @@ class SimStats:
 
     def reset(self) -> None:
         """Zero everything but in_flight (live requests still finish and decrement it)."""
-        fresh = SimStats(in_flight=self.in_flight)
+        fresh = SimStats(in_flight=self.in_flight, kv_blocks_in_use=self.kv_blocks_in_use)
         self.__dict__.update(fresh.__dict__)
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return dict(self.__dict__, finished=dict(self.finished))

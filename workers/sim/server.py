@@ -12,8 +12,10 @@ from .config import SimConfig
 from .engine import KVEntry, KVStore, SimStats, block_ids, token_text
 from .generate import Choices, TokenStream, respond_full
 from .httpserver import HttpConnection, Request
-from .observe import metrics_text, models_body, stats_body
+from .metrics import CONTENT_TYPE, new_registry, render
+from .observe import models_body, stats_body
 from .pd import pull_nixl, wait_legacy
+from .prefix_cache import PrefixCache, tokenize
 
 NOT_FOUND = b'{"detail":"Not Found"}'
 ROUTES: dict[str, set[str]] = {
@@ -29,7 +31,14 @@ class _Life:
     def __init__(self, stats: SimStats) -> None:
         self._stats = stats
         self.ended = False
+        self.kv_blocks = 0
         stats.in_flight += 1
+
+    def hold_blocks(self, blocks: int) -> None:
+        """KV blocks this request occupies until it ends (vllm:kv_cache_usage_perc)."""
+        if not self.ended:
+            self.kv_blocks += blocks
+            self._stats.kv_blocks_in_use += blocks
 
     def end(self, outcome: str, tokens: int = 0) -> None:
         if self.ended:
@@ -37,9 +46,11 @@ class _Life:
         self.ended = True
         s = self._stats
         s.in_flight -= 1
+        s.kv_blocks_in_use -= self.kv_blocks
         s.generation_tokens_total += tokens
         if outcome == "completed":
             s.completed += 1
+            s.finished["length"] += 1
         elif outcome == "cancelled":
             s.cancelled += 1
         elif outcome == "aborted":
@@ -58,6 +69,9 @@ class SimServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._next_block = 0
+        self.prefix_cache = PrefixCache(config.prefix_cache_blocks, config.block_size,
+                                        config.enable_prefix_caching)
+        self.metrics = new_registry(self)
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> SimServer:
@@ -129,12 +143,12 @@ class SimServer:
         elif path == "/v1/models":
             conn.send_json(200, models_body(self.config))
         elif path == "/metrics":
-            conn.send(200, metrics_text(self.config, self.stats).encode(),
-                      "text/plain; version=0.0.4; charset=utf-8")
+            conn.send(200, render(self.metrics), CONTENT_TYPE)
         elif path == "/sim/stats":
             conn.send_json(200, stats_body(self))
         elif path == "/sim/reset":
             self.stats.reset()
+            self.prefix_cache.reset()
             conn.send_json(200, {"ok": True})
 
     async def _kv_endpoint(self, conn: HttpConnection, req: Request) -> None:
@@ -162,6 +176,7 @@ class SimServer:
             body = parse_body(req.body)
             s.last_request_body = body
             g = parse_request(body, chat, id_header, self.config.model, self.config.max_model_len)
+            g.report_cached = self.config.enable_prompt_tokens_details
         except ApiError as exc:
             s.errors += 1
             return self._send_error(conn, exc, id_header)
@@ -174,6 +189,8 @@ class SimServer:
         cfg = self.config
         try:
             first_tokens, kv_out = await self._prefill(g)
+            life.hold_blocks(sum(self.prefix_cache.blocks_for(g.prompt_tokens[c // g.n] + g.max_tokens)
+                                 for c in range(g.num_choices)))
             self.stats.prompt_tokens_total += g.total_prompt_tokens
             choices = Choices(g, first_tokens)
             headers = _id_headers(g.id_header)
@@ -208,11 +225,26 @@ class SimServer:
         return None, None
 
     async def _local_prefill(self, g: GenRequest) -> None:
+        """Prefill charged on the uncached suffix only: ttft + per-token cost of the misses."""
         cfg = self.config
-        delay = (cfg.ttft_ms + cfg.prefill_ms_per_token * g.total_prompt_tokens) / 1000
+        cached = self._admit_prefixes(g)
+        computed = g.total_prompt_tokens - cached
+        delay = (cfg.ttft_ms + cfg.prefill_ms_per_token * computed) / 1000
         if delay > 0:
             await asyncio.sleep(delay)
-        self.stats.local_prefill_tokens += g.total_prompt_tokens
+        self.stats.local_prefill_tokens += computed
+        self.stats.local_cache_hit_tokens += cached
+
+    def _admit_prefixes(self, g: GenRequest) -> int:
+        """Query and fill the prefix cache once per sample (as vLLM's n child requests);
+        returns the cached tokens of each prompt's first sample, which is what is charged."""
+        cached = 0
+        for c in range(g.num_choices):
+            result = self.prefix_cache.admit(tokenize(g.prompt_of(c)))
+            if g.sample_index(c) == 0:
+                cached += result.cached_tokens
+        g.cached_tokens = cached
+        return cached
 
     def _kv_entry(self, g: GenRequest, key: str) -> KVEntry:
         firsts = [token_text(g.prompt_of(c), g.sample_index(c), 0) for c in range(g.num_choices)]

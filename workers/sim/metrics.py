@@ -1,0 +1,82 @@
+"""Prometheus /metrics with vLLM's metric names, types and labels (prometheus_client).
+
+Each server owns a CollectorRegistry with one collector that reads the live counters at
+scrape time, so nothing is global and nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .server import SimServer
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what vLLM's /metrics sends
+LABELS = ["model_name", "engine"]
+
+
+class SimCollector(Collector):
+    def __init__(self, server: SimServer) -> None:
+        self._server = server
+
+    def _labels(self) -> list[str]:
+        return [self._server.config.model, "0"]
+
+    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        g = GaugeMetricFamily(name, doc, labels=LABELS)
+        g.add_metric(self._labels(), value)
+        return g
+
+    def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
+        c = CounterMetricFamily(name, doc, labels=LABELS)
+        c.add_metric(self._labels(), value, created=self._server.stats.started_at)
+        return c
+
+    def collect(self) -> Iterator[Metric]:
+        s, cache = self._server.stats, self._server.prefix_cache
+        labels = self._labels()
+        yield self._gauge("vllm:num_requests_running",
+                          "Number of requests in model execution batches.", s.in_flight)
+        yield self._gauge("vllm:num_requests_waiting",
+                          "Number of requests waiting to be processed.", 0)
+        usage = min(1.0, s.kv_blocks_in_use / cache.capacity_blocks) if cache.capacity_blocks else 0.0
+        yield self._gauge("vllm:kv_cache_usage_perc",
+                          "KV-cache usage. 1 means 100 percent usage.", usage)
+        yield self._counter("vllm:prefix_cache_queries",
+                            "Prefix cache queries, in terms of number of queried tokens.",
+                            cache.stats.queries)
+        yield self._counter("vllm:prefix_cache_hits",
+                            "Prefix cache hits, in terms of number of cached tokens.", cache.stats.hits)
+        by_source = CounterMetricFamily("vllm:prompt_tokens_by_source",
+                                        "Number of prompt tokens by source.",
+                                        labels=[*LABELS, "source"])
+        for source, value in (("local_compute", s.local_prefill_tokens),
+                              ("local_cache_hit", s.local_cache_hit_tokens),
+                              ("external_kv_transfer", s.external_prefill_tokens)):
+            by_source.add_metric([*labels, source], value, created=s.started_at)
+        yield by_source
+        yield self._counter("vllm:prompt_tokens", "Number of prefill tokens processed.",
+                            s.prompt_tokens_total)
+        yield self._counter("vllm:generation_tokens", "Number of generation tokens processed.",
+                            s.generation_tokens_total)
+        success = CounterMetricFamily("vllm:request_success",
+                                      "Count of successfully processed requests.",
+                                      labels=[*LABELS, "finished_reason"])
+        for reason, value in sorted(s.finished.items()):
+            success.add_metric([*labels, reason], value, created=s.started_at)
+        yield success
+
+
+def new_registry(server: SimServer) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SimCollector(server))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
