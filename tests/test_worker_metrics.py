@@ -50,7 +50,8 @@ async def test_another_clients_requests_raise_the_load_the_gateway_sees(sim, gat
     body = {"model": "sim-model", "prompt": "hi", "max_tokens": 200, "stream": True}
     async with httpx.AsyncClient(timeout=30) as c:
         async with c.stream("POST", busy.url + "/v1/completions", json=body) as resp:
-            await anext(resp.aiter_bytes())
+            chunks = resp.aiter_bytes()  # held: a dropped iterator closes the stream
+            await anext(chunks)
             await wait_until(lambda: ep_busy.foreign == 1)
             await wait_until(lambda: ep_idle.healthy)
             assert ep_idle.foreign == 0
