@@ -16,6 +16,7 @@ class RoutingRequest(Protocol):
     model: str
     route: str  # "completions" or "chat"
     prompt_tokens: int  # an estimate
+    body: dict  # the parsed JSON body (precise_prefix tokenizes its prompt or messages)
 
     @property
     def session_key(self) -> str | None:
