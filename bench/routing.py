@@ -32,7 +32,7 @@ from .routing_workloads import Workload, multi_turn, no_sharing, shared_prefix
 
 MODEL = "sim-model"
 SIM = {"ttft_ms": 2.0, "prefill_ms_per_token": 0.05, "itl_ms": 2.0, "prefill_concurrency": 1,
-       "prefix_cache_blocks": 2048, "model": MODEL}
+       "prefix_cache_blocks": 2048, "max_model_len": 32768, "model": MODEL}
 
 
 @dataclass
@@ -64,8 +64,19 @@ async def _start_workers(setup: str) -> tuple[list[SimServer], dict]:
                               "decode": [d.url for d in decode]}
 
 
-def _pool(setup: str, policy: str, workers: dict) -> dict:
+def policy_config(spec: str) -> dict:
+    """`name` or `name;option=value;...` (numbers as numbers)."""
+    name, *pairs = spec.split(";")
+    config: dict = {"name": name}
+    for pair in pairs:
+        key, value = pair.split("=", 1)
+        config[key] = float(value) if "." in value else int(value) if value.isdigit() else value
+    return config
+
+
+def _pool(setup: str, spec: str, workers: dict) -> dict:
     pool = {"name": "bench", "models": [MODEL], **workers}
+    policy = policy_config(spec)
     if setup == "replicas":
         pool["policy"] = policy
     else:
@@ -100,17 +111,20 @@ async def _scrape(client: httpx.AsyncClient, url: str) -> dict[str, float]:
     return found
 
 
-async def _one_request(client: httpx.AsyncClient, url: str, body: dict) -> float | None:
+async def _one_request(client: httpx.AsyncClient, url: str, body: dict) -> float | str:
+    """The time to the first content token, or what went wrong."""
     start = time.perf_counter()
-    async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
-        if resp.status_code != 200:
-            await resp.aread()
-            return None
-        first = None
-        async for line in resp.aiter_lines():
-            if first is None and line.startswith("data: ") and '"content"' in line:
-                first = time.perf_counter() - start
-        return first
+    first: float | str = "no content"
+    try:
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
+            if resp.status_code != 200:
+                return f"{resp.status_code}: {(await resp.aread())[:200]!r}"
+            async for line in resp.aiter_lines():
+                if isinstance(first, str) and line.startswith("data: ") and '"content"' in line:
+                    first = time.perf_counter() - start
+    except httpx.HTTPError as err:
+        return repr(err)
+    return first
 
 
 async def run_one(setup: str, policy: str, workload: Workload) -> Result:
@@ -133,8 +147,10 @@ async def run_one(setup: str, policy: str, workload: Workload) -> Result:
                 nonlocal errors
                 for body in bodies:
                     t = await _one_request(client, gw.url, body)
-                    if t is None:
+                    if isinstance(t, str):
                         errors += 1
+                        if errors == 1:
+                            print(f"  first error ({setup}, {policy}, {workload.name}): {t}", flush=True)
                     else:
                         ttft.append(t)
 
@@ -196,7 +212,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small workloads (a smoke run)")
     parser.add_argument("--only", default="", help="workload names, comma-separated")
     parser.add_argument("--setups", default="replicas,2p2d")
-    parser.add_argument("--policies", default="prefix_aware", help="compared with least_outstanding")
+    parser.add_argument("--policies", default="prefix_aware",
+                        help="compared with least_outstanding: comma-separated, each `name[;option=value...]`")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(main_async(args))

@@ -36,14 +36,15 @@ def _chat(model: str, messages: list[dict], max_tokens: int, user: str | None = 
     return body
 
 
-def multi_turn(model: str, conversations: int = 32, turns: int = 8, user_words: int = 120,
-               reply_words: int = 60, max_tokens: int = 8, seed: int = 1) -> Workload:
-    """(a) Chat: each turn re-sends the whole history (the replies are synthesized, so the
-    workload does not depend on what the workers answer)."""
+def multi_turn(model: str, conversations: int = 32, turns: int = 8, context_words: int = 400,
+               user_words: int = 40, reply_words: int = 80, max_tokens: int = 8, seed: int = 1) -> Workload:
+    """(a) Chat: each conversation opens with its own context (instructions, a document), and
+    each turn re-sends the whole history (the replies are synthesized, so the workload does
+    not depend on what the workers answer, and they are new tokens to the worker's cache)."""
     rng = random.Random(seed)
     out = Workload("multi-turn")
     for c in range(conversations):
-        messages = [{"role": "system", "content": f"conversation {c}. " + words(rng, 40)}]
+        messages = [{"role": "system", "content": f"conversation {c}. " + words(rng, context_words)}]
         client = []
         for _ in range(turns):
             messages = [*messages, {"role": "user", "content": words(rng, user_words)}]

@@ -38,7 +38,7 @@ class PrefixAwareConfig(_Policy):
 class PrecisePrefixConfig(_Policy):
     name: Literal["precise_prefix"]
     tokenizer: str  # the served model's tokenizer (a path or hub name), as the workers load it
-    block_size: int = Field(16, ge=1)  # the workers' KV block size
+    block_size: int | None = Field(None, ge=1)  # the workers' KV block size (None: from their events)
     hash_algo: Literal["sha256", "sha256_cbor"] = "sha256"  # the workers' --prefix-caching-hash-algo
     hash_seed: str | None = None  # the workers' PYTHONHASHSEED, if set
     events_port: int = Field(5557, ge=1, le=65535)  # each worker's --kv-events-config endpoint port

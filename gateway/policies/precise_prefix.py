@@ -34,13 +34,13 @@ UNBOUNDED = 1 << 62  # the workers' own caches bound the view: their evictions r
 class PrecisePrefix(Policy):
     name = "precise_prefix"
 
-    def __init__(self, role: str, tokenizer: str, block_size: int = 16, hash_algo: str = "sha256",
+    def __init__(self, role: str, tokenizer: str, block_size: int | None = None, hash_algo: str = "sha256",
                  hash_seed: str | None = None, events_port: int = 5557, events: dict[str, str] | None = None,
                  topic: str = "", match_threshold: float = 0.1, balance_abs_threshold: int = 8,
                  balance_rel_threshold: float = 1.5) -> None:
         super().__init__(role)
         self.tokenize = PromptTokenizer(tokenizer)
-        self.hasher = BlockHasher(hash_algo, block_size, hash_seed)
+        self.hasher = BlockHasher(hash_algo, block_size or 0, hash_seed)  # 0: learnt from the first event
         self.view = ChunkTree(UNBOUNDED)  # worker URL -> the block hashes it holds
         self.events_port = events_port
         self.events = dict(events or {})
@@ -76,9 +76,13 @@ class PrecisePrefix(Policy):
 
     def _check(self, event: Stored) -> None:
         """Recompute the hashes of a chain's first blocks: the gateway must name blocks as the engine does."""
-        if event.parent is not None or event.block_size != self.hasher.block_size:
-            if event.block_size != self.hasher.block_size:
-                self.mismatched += len(event.hashes)
+        if not self.hasher.block_size:
+            self.hasher.block_size = event.block_size
+            log.info("workers' KV block size: %d tokens", event.block_size)
+        if event.block_size != self.hasher.block_size:
+            self.mismatched += len(event.hashes)
+            return
+        if event.parent is not None:
             return
         ours = [external(h) for h in self.hasher.chain(event.token_ids)]
         theirs = [h if isinstance(h, int) else external(h) for h in event.hashes]
@@ -94,6 +98,8 @@ class PrecisePrefix(Policy):
     def hashes(self, request: RoutingRequest) -> list[int]:
         last, hashes = self._last
         if last is not request:
+            if not self.hasher.block_size:  # no event yet: nothing is known to be cached
+                return []
             tokens = self.tokenize(request.route, request.body)
             hashes = self.hasher.external_chain(tokens)
             self._last = (request, hashes)
