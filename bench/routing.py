@@ -31,7 +31,9 @@ from .routing_decision import decision_table
 from .routing_workloads import Workload, multi_turn, no_sharing, shared_prefix
 
 MODEL = "sim-model"
-SIM = {"ttft_ms": 2.0, "prefill_ms_per_token": 0.05, "itl_ms": 2.0, "prefill_concurrency": 1,
+# Prefill costs 0.2 ms per uncached token, one prefill at a time (a 4k-token prompt: 0.8 s):
+# large next to the CPU this one process spends per request, so a loaded host blurs little.
+SIM = {"ttft_ms": 5.0, "prefill_ms_per_token": 0.2, "itl_ms": 5.0, "prefill_concurrency": 1,
        "prefix_cache_blocks": 2048, "max_model_len": 32768, "model": MODEL}
 
 
@@ -184,7 +186,8 @@ def workloads(quick: bool) -> list[Workload]:
         return [multi_turn(MODEL, conversations=8, turns=4), shared_prefix(MODEL, prompts=6, clients=8, per_client=4,
                                                                            low=500, high=2000),
                 no_sharing(MODEL, clients=8, per_client=4)]
-    return [multi_turn(MODEL), shared_prefix(MODEL), no_sharing(MODEL)]
+    return [multi_turn(MODEL, conversations=24, turns=6), shared_prefix(MODEL, clients=12, per_client=10),
+            no_sharing(MODEL, clients=12, per_client=8)]
 
 
 async def main_async(args: argparse.Namespace) -> None:
