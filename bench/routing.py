@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -31,10 +32,12 @@ from .routing_decision import decision_table
 from .routing_workloads import Workload, multi_turn, no_sharing, shared_prefix
 
 MODEL = "sim-model"
-# Prefill costs 0.2 ms per uncached token, one prefill at a time (a 4k-token prompt: 0.8 s):
-# large next to the CPU this one process spends per request, so a loaded host blurs little.
-SIM = {"ttft_ms": 5.0, "prefill_ms_per_token": 0.2, "itl_ms": 5.0, "prefill_concurrency": 1,
-       "prefix_cache_blocks": 2048, "max_model_len": 32768, "model": MODEL}
+# Prefill costs 0.5 ms per uncached token, one prefill at a time (a 4k-token prompt: 2 s, a
+# Trainium 70B's order): large next to the CPU this one process spends per request, so a
+# loaded host blurs little. Each worker caches 1024 blocks (16k tokens): less than the
+# whole working set, as KV memory is in production.
+SIM = {"ttft_ms": 10.0, "prefill_ms_per_token": 0.5, "itl_ms": 10.0, "prefill_concurrency": 1,
+       "prefix_cache_blocks": 1024, "max_model_len": 32768, "model": MODEL}
 
 
 @dataclass
@@ -145,9 +148,11 @@ async def run_one(setup: str, policy: str, workload: Workload) -> Result:
             while not gw.router.ready:
                 await asyncio.sleep(0.05)
 
-            async def run_client(bodies: list[dict]) -> None:
+            async def run_client(index: int, bodies: list[dict]) -> None:
                 nonlocal errors
+                think = random.Random(index)  # the same pauses under every policy
                 for body in bodies:
+                    await asyncio.sleep(think.uniform(0, workload.think_s))
                     t = await _one_request(client, gw.url, body)
                     if isinstance(t, str):
                         errors += 1
@@ -157,7 +162,7 @@ async def run_one(setup: str, policy: str, workload: Workload) -> Result:
                         ttft.append(t)
 
             start = time.perf_counter()
-            await asyncio.gather(*(run_client(c) for c in workload.clients))
+            await asyncio.gather(*(run_client(i, c) for i, c in enumerate(workload.clients)))
             wall = time.perf_counter() - start
             scraped = [await _scrape(client, s.url) for s in cache_workers]
     finally:

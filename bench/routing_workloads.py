@@ -22,6 +22,7 @@ def words(rng: random.Random, n: int) -> str:
 class Workload:
     name: str
     clients: list[list[dict]] = field(default_factory=list)  # each client's request bodies, in order
+    think_s: float = 0.0  # a client waits uniform(0, think_s) before each request (seeded per client)
 
     @property
     def requests(self) -> int:
@@ -42,7 +43,7 @@ def multi_turn(model: str, conversations: int = 32, turns: int = 8, context_word
     each turn re-sends the whole history (the replies are synthesized, so the workload does
     not depend on what the workers answer, and they are new tokens to the worker's cache)."""
     rng = random.Random(seed)
-    out = Workload("multi-turn")
+    out = Workload("multi-turn", think_s=1.0)  # users read and type between turns
     for c in range(conversations):
         messages = [{"role": "system", "content": f"conversation {c}. " + words(rng, context_words)}]
         client = []
@@ -62,7 +63,7 @@ def shared_prefix(model: str, prompts: int = 16, clients: int = 16, per_client: 
     rng = random.Random(seed)
     systems = [f"agent {i}. " + words(rng, rng.randint(low, high)) for i in range(prompts)]
     weights = [1 / (i + 1) ** 0.5 for i in range(prompts)]
-    out = Workload("shared-prefix")
+    out = Workload("shared-prefix", think_s=0.2)
     for _ in range(clients):
         client = []
         for _ in range(per_client):
@@ -77,7 +78,7 @@ def no_sharing(model: str, clients: int = 16, per_client: int = 10, prompt_words
                max_tokens: int = 8, seed: int = 3) -> Workload:
     """(c) Random prompts that share nothing (not even a system prompt)."""
     rng = random.Random(seed)
-    out = Workload("no-sharing")
+    out = Workload("no-sharing", think_s=0.2)
     for c in range(clients):
         client = [_chat(model, [{"role": "user", "content": f"{c}-{i} " + words(rng, prompt_words)}], max_tokens)
                   for i in range(per_client)]
