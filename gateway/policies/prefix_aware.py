@@ -63,10 +63,13 @@ class PrefixAware(Policy):
         hashes = self.hashes(request)
         if hashes:
             depths = self.tree.match(hashes, [e.url for e in candidates])
-            loads = [requests_load(e) for e in candidates]
-            best, holders = pick(candidates, depths, loads, self.abs_threshold, self.rel_threshold)
-            if best and best * self.chunk >= self.threshold * len(request.prefix_text):
-                return self.score.least(holders, self._turn)
+            # Only a match that could pass the threshold needs the guard's look at the loads.
+            deepest = max(depths)
+            if deepest and deepest * self.chunk >= self.threshold * len(request.prefix_text):
+                loads = [requests_load(e) for e in candidates]
+                best, holders = pick(candidates, depths, loads, self.abs_threshold, self.rel_threshold)
+                if best and best * self.chunk >= self.threshold * len(request.prefix_text):
+                    return self.score.least(holders, self._turn)
         return self.score.least(candidates, self._turn)
 
     def routed(self, request: RoutingRequest, endpoint: Endpoint) -> None:
