@@ -11,9 +11,7 @@ import zmq
 import zmq.asyncio
 
 from gateway.kv_events import Cleared, Removed, Stored, parse_batch
-from gateway.policies import make_policy
 from gateway.policies.block_hash import BlockHasher, external
-from gateway.pool import Endpoint
 from tests.conftest import wait_until
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / ".models" / "tiny-llama"

@@ -6,7 +6,6 @@ import httpx
 
 from gateway.pool import Endpoint
 from gateway.worker_metrics import fold, parse_report
-
 from tests.conftest import wait_until
 
 PAGE = """\
