@@ -75,6 +75,7 @@ def create_app(config: GatewayConfig) -> FastPath:
         discovery.start()
         await gateway.health.check_all()
         tasks = [asyncio.create_task(gateway.health.run()), asyncio.create_task(gateway.watchdog.run())]
+        tasks += [asyncio.create_task(job) for job in gateway.background()]
         try:
             yield
         finally:

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .discovery.config import KubernetesDiscovery
+from .policy_config import LeastOutstandingConfig, PolicyConfig
 
 
 class ConfigError(ValueError):
@@ -92,20 +93,6 @@ class Observability(_Strict):
     access_log: bool = True  # one line per request on the `pd_gateway.access` logger
 
 
-class PolicyConfig(_Strict):
-    """A routing policy by name, with its options (`policy: prefix_aware` is short for `{name: prefix_aware}`)."""
-
-    name: Literal["least_outstanding"] = "least_outstanding"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_name(cls, value: object) -> object:
-        return {"name": value} if isinstance(value, str) else value
-
-    def options(self) -> dict:
-        return self.model_dump(exclude={"name"})
-
-
 def _check_url(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"worker URL must start with http:// or https://, got {url!r}")
@@ -128,7 +115,7 @@ class PoolConfig(_Strict):
     trust_kv_transfer_params: bool = False
     # How an endpoint is chosen: `policy` for replicas, and for a PD pool's roles unless
     # `prefill_policy` / `decode_policy` say otherwise.
-    policy: PolicyConfig = PolicyConfig()
+    policy: PolicyConfig = LeastOutstandingConfig()
     prefill_policy: PolicyConfig | None = None
     decode_policy: PolicyConfig | None = None
     # Workers found by watching Kubernetes pods instead of listed URLs.
@@ -173,6 +160,12 @@ class Tuning(_Strict):
     huge_pages: bool = False
     # Move the start-up heap out of the cyclic collector's sweeps once serving.
     gc_freeze: bool = False
+class WorkerMetrics(_Strict):
+    """Polling each worker's /metrics (vLLM's running/waiting requests, KV cache usage) into the load score."""
+
+    enabled: bool = True
+    interval_s: float = Field(1.0, gt=0)
+    timeout_s: float = Field(1.0, gt=0)
 
 
 class GatewayConfig(_Strict):
@@ -181,6 +174,7 @@ class GatewayConfig(_Strict):
     health: HealthCheck = HealthCheck()
     outlier: Outlier = Outlier()
     retries: Retries = Retries()
+    worker_metrics: WorkerMetrics = WorkerMetrics()
     limits: Limits = Limits()
     auth: Auth = Auth()
     tuning: Tuning = Tuning()

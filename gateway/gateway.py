@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
+
 from .access_log import AccessLog
 from .config import GatewayConfig
 from .errors import GatewayError
@@ -13,6 +16,7 @@ from .pool import Endpoint, Pool
 from .telemetry import Telemetry
 from .upstream import Upstream
 from .watchdog import Watchdog
+from .worker_metrics import WorkerMetricsPoller
 
 
 def _pool_headers(pool: Pool) -> bytes:
@@ -40,6 +44,16 @@ class Gateway:
         self.telemetry = Telemetry(self.pools, self.admission, obs.request_metrics, access)
         self.outlier = OutlierDetector(config.outlier, self.group_of, self.telemetry)
         self.capacity = Capacity()
+        self.worker_metrics = WorkerMetricsPoller(lambda: self.endpoints, self.upstream, config.worker_metrics)
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        """What runs while serving besides health checks and the watchdog: the /metrics poller
+        and the policies' own tasks (e.g. KV-event subscribers)."""
+        tasks = [self.worker_metrics.run()] if self.config.worker_metrics.enabled else []
+        for pool in self.pools:
+            for role, policy in pool.policies.items():
+                tasks += policy.background(pool.groups[role])
+        return tasks
 
     @property
     def endpoints(self) -> list[Endpoint]:

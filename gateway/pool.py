@@ -29,6 +29,9 @@ class Endpoint:
     ejected_until: float = 0.0  # loop time; health checks cannot restore it before
     draining: bool = False  # set by an admin: no new requests, in-flight ones finish
     leaving: Callable[[Endpoint], None] | None = None  # set when it left its pool: called once idle
+    # From the worker's /metrics (gateway.worker_metrics), 0 until polled:
+    foreign: int = 0  # requests running or waiting there beyond this gateway's own
+    kv_usage: float = 0.0  # fraction of its KV cache in use
 
     def acquire(self, tokens: int = 0) -> None:
         self.outstanding += 1
@@ -93,6 +96,7 @@ class Pool:
         group = self.groups.get(ep.role, [])
         if ep in group:
             group.remove(ep)
+            self.policies[ep.role].forget(ep)
 
     @property
     def endpoints(self) -> list[Endpoint]:

@@ -50,6 +50,8 @@ class FaultyWorker:
                 path = head.split(b" ")[1]
                 if path == b"/health":
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                elif path == b"/metrics":  # the gateway's load poll: no report, and not an API request
+                    writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                 elif path == b"/v1/models":
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(MODELS), MODELS))
                 else:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from .base import Policy, RoutingRequest
 from .least_outstanding import LeastOutstanding
+from .precise_prefix import PrecisePrefix
+from .prefix_aware import PrefixAware
+from .session import Session
 
-POLICIES: dict[str, type[Policy]] = {LeastOutstanding.name: LeastOutstanding}
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (LeastOutstanding, PrefixAware, Session, PrecisePrefix)}
 
 __all__ = ["POLICIES", "Policy", "RoutingRequest", "make_policy"]
 

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 
 class LeastOutstanding(Policy):
-    """Least loaded by the gateway's own counts; equal loads take turns (round-robin)."""
+    """Least loaded (the gateway's own counts, plus the worker's report when polled); equal
+    loads take turns (round-robin)."""
 
     name = "least_outstanding"
 
@@ -21,10 +22,5 @@ class LeastOutstanding(Policy):
         self._cursor = 0
 
     def choose(self, request: RoutingRequest, candidates: Sequence[Endpoint]) -> Endpoint:
-        attr = self.load
-        loads = [getattr(e, attr) for e in candidates]
-        low = min(loads)
-        ties = [e for e, load in zip(candidates, loads, strict=True) if load == low]
-        choice = ties[self._cursor % len(ties)]
         self._cursor += 1
-        return choice
+        return self.score.least(candidates, self._cursor - 1)

@@ -21,6 +21,7 @@ class SimConfig:
     model: str = "sim-model"
     ttft_ms: float = 0.0
     prefill_ms_per_token: float = 0.0
+    prefill_concurrency: int = 0  # prefills computed at once (0: unlimited); 1 models a compute-bound engine
     itl_ms: float = 0.0
     max_model_len: int = 4096
     role: Role = "both"
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
     p.add_argument("--prefill-ms-per-token", type=float, default=0.0,
                    help="extra prefill time per prompt token")
+    p.add_argument("--prefill-concurrency", type=int, default=0,
+                   help="prefills computed at once; later ones queue (0: unlimited)")
     p.add_argument("--itl-ms", type=float, default=0.0, help="inter-token latency")
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--role", choices=["both", "prefill", "decode"], default="both")

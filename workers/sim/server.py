@@ -73,6 +73,8 @@ class SimServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._next_block = 0
+        slots = config.prefill_concurrency
+        self._prefill_slots = asyncio.Semaphore(slots) if slots > 0 else None
         self.prefix_cache = PrefixCache(config.prefix_cache_blocks, config.block_size,
                                         config.enable_prefix_caching)
         self.metrics = new_registry(self)
@@ -251,7 +253,11 @@ class SimServer:
         computed = g.total_prompt_tokens - cached
         delay = (cfg.ttft_ms + cfg.prefill_ms_per_token * computed) / 1000
         if delay > 0:
-            await asyncio.sleep(delay)
+            if self._prefill_slots is None:
+                await asyncio.sleep(delay)
+            else:
+                async with self._prefill_slots:  # queued behind the prefills before it
+                    await asyncio.sleep(delay)
         self.stats.local_prefill_tokens += computed
         self.stats.local_cache_hit_tokens += cached
 

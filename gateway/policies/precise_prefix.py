@@ -1,0 +1,124 @@
+"""`precise_prefix`: route on the KV blocks each worker really holds, from its own KV-cache events.
+
+Every worker publishes which blocks it stored and evicted (vLLM `--kv-events-config`);
+the gateway keeps, per worker, the set of block hashes it holds, computes the request's
+block hashes the way the engine does (the served model's tokenizer, vLLM's chained
+SHA-256; block_hash.py) and sends the request to the worker holding the longest prefix of
+them, under the same threshold and balance guard as `prefix_aware`. Every gateway replica
+subscribed to the same workers sees the same state, and evictions are known, not guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Coroutine, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ..kv_events import Cleared, Event, Removed, Stored, Subscriber
+from .base import Policy, RoutingRequest, requests_load
+from .block_hash import BlockHasher, external
+from .chunk_tree import ChunkTree
+from .prefix_aware import pick
+from .prompt_tokens import PromptTokenizer
+
+if TYPE_CHECKING:
+    from ..pool import Endpoint
+
+log = logging.getLogger("pd_gateway.precise_prefix")
+
+UNBOUNDED = 1 << 62  # the workers' own caches bound the view: their evictions remove blocks
+
+
+class PrecisePrefix(Policy):
+    name = "precise_prefix"
+
+    def __init__(self, role: str, tokenizer: str, block_size: int | None = None, hash_algo: str = "sha256",
+                 hash_seed: str | None = None, events_port: int = 5557, events: dict[str, str] | None = None,
+                 topic: str = "", match_threshold: float = 0.1, balance_abs_threshold: int = 8,
+                 balance_rel_threshold: float = 1.5) -> None:
+        super().__init__(role)
+        self.tokenize = PromptTokenizer(tokenizer)
+        self.hasher = BlockHasher(hash_algo, block_size or 0, hash_seed)  # 0: learnt from the first event
+        self.view = ChunkTree(UNBOUNDED)  # worker URL -> the block hashes it holds
+        self.events_port = events_port
+        self.events = dict(events or {})
+        self.topic = topic
+        self.threshold = match_threshold
+        self.abs_threshold = balance_abs_threshold
+        self.rel_threshold = balance_rel_threshold
+        self.subscribers: dict[str, Subscriber] = {}
+        self.checked = 0  # stored blocks whose hash the gateway recomputed ...
+        self.mismatched = 0  # ... and got differently (wrong tokenizer, algorithm, seed or block size)
+        self._turn = 0
+        self._last: tuple[RoutingRequest | None, list[int]] = (None, [])
+
+    # -- the workers' events ---------------------------------------------------------------
+
+    def endpoint_for(self, url: str) -> str:
+        return self.events.get(url) or f"tcp://{urlsplit(url).hostname}:{self.events_port}"
+
+    def background(self, endpoints: Sequence[Endpoint]) -> list[Coroutine[Any, Any, None]]:
+        for e in endpoints:
+            self.subscribers[e.url] = Subscriber(self.endpoint_for(e.url), partial(self.apply, e.url), self.topic)
+        return [s.run() for s in self.subscribers.values()]
+
+    def apply(self, url: str, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Stored):
+                self._check(event)
+                self.view.insert(url, event.hashes)
+            elif isinstance(event, Removed):
+                self.view.remove(url, event.hashes)
+            elif isinstance(event, Cleared):
+                self.view.forget(url)
+
+    def _check(self, event: Stored) -> None:
+        """Recompute the hashes of a chain's first blocks: the gateway must name blocks as the engine does."""
+        if not self.hasher.block_size:
+            self.hasher.block_size = event.block_size
+            log.info("workers' KV block size: %d tokens", event.block_size)
+        if event.block_size != self.hasher.block_size:
+            self.mismatched += len(event.hashes)
+            return
+        if event.parent is not None:
+            return
+        ours = [external(h) for h in self.hasher.chain(event.token_ids)]
+        theirs = [h if isinstance(h, int) else external(h) for h in event.hashes]
+        self.checked += len(theirs)
+        if ours != theirs[:len(ours)] or len(ours) != len(theirs):
+            if not self.mismatched:
+                log.warning("block hashes differ from the engine's: check tokenizer, hash_algo, hash_seed, "
+                            "block_size (events say %d)", event.block_size)
+            self.mismatched += len(theirs)
+
+    # -- choosing --------------------------------------------------------------------------
+
+    def hashes(self, request: RoutingRequest) -> list[int]:
+        last, hashes = self._last
+        if last is not request:
+            if not self.hasher.block_size:  # no event yet: nothing is known to be cached
+                return []
+            tokens = self.tokenize(request.route, request.body)
+            hashes = self.hasher.external_chain(tokens)
+            self._last = (request, hashes)
+        return hashes
+
+    def choose(self, request: RoutingRequest, candidates: Sequence[Endpoint]) -> Endpoint:
+        self._turn += 1
+        hashes = self.hashes(request)
+        if hashes:
+            depths = self.view.match(hashes, [e.url for e in candidates])
+            loads = [requests_load(e) for e in candidates]
+            best, holders = pick(candidates, depths, loads, self.abs_threshold, self.rel_threshold)
+            if best and best >= self.threshold * len(hashes):
+                return self.score.least(holders, self._turn)
+        return self.score.least(candidates, self._turn)
+
+    def routed(self, request: RoutingRequest, endpoint: Endpoint) -> None:
+        super().routed(request, endpoint)
+        self._last = (None, [])
+
+    def forget(self, endpoint: Endpoint) -> None:
+        self.view.forget(endpoint.url)

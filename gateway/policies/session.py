@@ -1,0 +1,44 @@
+"""`session`: the same session key always goes to the same worker, by rendezvous hashing.
+
+Every (key, worker) pair gets a pseudo-random weight and the key goes to its heaviest
+worker, so adding a worker takes over only the keys it now outweighs and removing one moves
+only its own keys. The weight is a BLAKE2b of both, the same in every gateway process, so
+replicas of the gateway agree. Requests without a key go to the least loaded worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from hashlib import blake2b
+from typing import TYPE_CHECKING
+
+from .base import Policy, RoutingRequest
+
+if TYPE_CHECKING:
+    from ..pool import Endpoint
+
+
+def weight(key: str, url: str) -> int:
+    digest = blake2b(f"{url}\n{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def rendezvous(key: str, candidates: Sequence[Endpoint]) -> Endpoint:
+    return max(candidates, key=lambda e: weight(key, e.url))
+
+
+class Session(Policy):
+    """Affinity by `X-Session-Id` (else the OpenAI `user` field)."""
+
+    name = "session"
+
+    def __init__(self, role: str) -> None:
+        super().__init__(role)
+        self._turn = 0
+
+    def choose(self, request: RoutingRequest, candidates: Sequence[Endpoint]) -> Endpoint:
+        key = request.session_key
+        if key is not None:
+            return rendezvous(key, candidates)
+        self._turn += 1
+        return self.score.least(candidates, self._turn)

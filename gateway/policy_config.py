@@ -1,0 +1,60 @@
+"""The routing policies' config: one model per policy name, told apart by `name`.
+
+`policy: prefix_aware` is short for `{name: prefix_aware}`; each policy's options are the
+other fields of its model, passed to its constructor (gateway.policies.make_policy).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+class _Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def options(self) -> dict:
+        return self.model_dump(exclude={"name"})
+
+
+class LeastOutstandingConfig(_Policy):
+    name: Literal["least_outstanding"] = "least_outstanding"
+
+
+class SessionConfig(_Policy):
+    name: Literal["session"]
+
+
+class PrefixAwareConfig(_Policy):
+    name: Literal["prefix_aware"]
+    chunk_chars: int = Field(64, ge=1)  # prompt text per tree node (~16 tokens)
+    max_blocks: int = Field(65536, ge=1)  # chunks remembered per endpoint (LRU beyond)
+    match_threshold: float = Field(0.5, ge=0, le=1)  # matched fraction of the prompt to follow the cache
+    balance_abs_threshold: int = Field(8, ge=0)  # requests above the least loaded ...
+    balance_rel_threshold: float = Field(1.5, ge=1)  # ... and times its load: then the cache is not followed
+
+
+class PrecisePrefixConfig(_Policy):
+    name: Literal["precise_prefix"]
+    tokenizer: str  # the served model's tokenizer (a path or hub name), as the workers load it
+    block_size: int | None = Field(None, ge=1)  # the workers' KV block size (None: from their events)
+    hash_algo: Literal["sha256", "sha256_cbor"] = "sha256"  # the workers' --prefix-caching-hash-algo
+    hash_seed: str | None = None  # the workers' PYTHONHASHSEED, if set
+    events_port: int = Field(5557, ge=1, le=65535)  # each worker's --kv-events-config endpoint port
+    events: dict[str, str] = {}  # worker URL -> ZMQ endpoint, where not at the worker's host:events_port
+    topic: str = ""
+    match_threshold: float = Field(0.1, ge=0, le=1)
+    balance_abs_threshold: int = Field(8, ge=0)
+    balance_rel_threshold: float = Field(1.5, ge=1)
+
+
+def _from_name(value: object) -> object:
+    return {"name": value} if isinstance(value, str) else value
+
+
+PolicyConfig = Annotated[
+    LeastOutstandingConfig | SessionConfig | PrefixAwareConfig | PrecisePrefixConfig,
+    Field(discriminator="name"),
+    BeforeValidator(_from_name),
+]

@@ -1,0 +1,79 @@
+"""The KV-event subscriber and precise_prefix's view, against a publisher speaking vLLM's wire format."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+import zmq
+import zmq.asyncio
+
+from gateway.kv_events import Cleared, Removed, Stored, parse_batch
+from gateway.policies.block_hash import BlockHasher, external
+from tests.conftest import wait_until
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / ".models" / "tiny-llama"
+
+
+def batch(*events: dict, seq_ts: float = 1.0) -> bytes:
+    """A KVEventBatch as vLLM 0.32 encodes it: [ts, [tagged maps], dp_rank]."""
+    return msgspec.msgpack.encode([seq_ts, list(events), 0])
+
+
+def stored(hashes: list[int], tokens: list[int], parent: int | None = None, size: int = 4) -> dict:
+    return {"type": "BlockStored", "block_hashes": hashes, "parent_block_hash": parent, "token_ids": tokens,
+            "block_size": size, "lora_id": None, "medium": "GPU", "lora_name": None, "extra_keys": [None] * len(hashes),
+            "group_idx": 0, "kv_cache_spec_kind": "full_attention"}
+
+
+def test_batches_parse_into_events() -> None:
+    events = parse_batch(batch(stored([1, 2], list(range(8))), {"type": "BlockRemoved", "block_hashes": [2],
+                                                                 "medium": "GPU"}, {"type": "AllBlocksCleared"}))
+    assert events == [Stored([1, 2], None, list(range(8)), 4), Removed([2]), Cleared()]
+
+
+def test_hasher_chains_like_vllm() -> None:
+    hasher = BlockHasher("sha256", 4)
+    full = hasher.chain(list(range(8)))
+    assert hasher.chain(list(range(4, 8)), parent=full[0]) == full[1:]
+    assert len(hasher.chain(list(range(7)))) == 1  # a partial block has no hash
+    assert all(0 <= external(h) < 2**64 for h in full)
+
+
+@pytest.mark.skipif(not MODEL_DIR.exists(), reason="tiny model not built")
+async def test_precise_view_follows_published_events(gateway) -> None:
+    ctx = zmq.asyncio.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        policy_config = {"name": "precise_prefix", "tokenizer": str(MODEL_DIR), "topic": "kv",
+                         "events": {"http://127.0.0.1:9": f"tcp://127.0.0.1:{port}"}}
+        gw = await gateway([{"name": "p", "workers": ["http://127.0.0.1:9"], "policy": policy_config}],
+                           worker_metrics={"enabled": False})
+        policy = gw.gateway.pools[0].policies["replica"]
+        sub = policy.subscribers["http://127.0.0.1:9"]
+        hasher = BlockHasher("sha256", 4)
+        tokens = list(range(100, 112))
+        hashes = [external(h) for h in hasher.chain(tokens)]
+        seq = 0
+
+        async def publish(payload: bytes) -> None:
+            nonlocal seq
+            await pub.send_multipart([b"kv", seq.to_bytes(8, "big"), payload])
+            seq += 1
+
+        while not sub.received:  # a PUB drops what it sends before the subscriber is connected
+            await publish(batch())
+            await asyncio.sleep(0.02)
+        await publish(batch(stored(hashes, tokens)))
+        await wait_until(lambda: policy.view.match(hashes, ["http://127.0.0.1:9"]) == [3])
+        assert policy.hasher.block_size == 4 and policy.checked == 3 and policy.mismatched == 0
+        await publish(batch({"type": "BlockRemoved", "block_hashes": hashes[1:2], "medium": "GPU"}))
+        await wait_until(lambda: policy.view.match(hashes, ["http://127.0.0.1:9"]) == [1])
+        await publish(batch({"type": "AllBlocksCleared"}))
+        await wait_until(lambda: policy.view.blocks("http://127.0.0.1:9") == 0)
+        assert sub.gaps == 0
+    finally:
+        pub.close(0)
