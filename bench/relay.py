@@ -91,6 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="client timeout per request (default 10 s + 3x the stream's duration)")
     p.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     p.add_argument("--keep-logs", action="store_true", help="keep the gateway/sim logs directory")
+    p.add_argument("--tuning", action="store_true",
+                   help="run the gateway with its opt-in interpreter tuning (tuning.huge_pages, tuning.gc_freeze)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +136,7 @@ class Settings:
     client_cpu: int
     timeout_s: float | None
     keep_logs: bool
+    tuning: bool = False
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> Settings:
@@ -151,6 +154,7 @@ class Settings:
             client_cpu=a.client_cpu,
             timeout_s=a.timeout_s,
             keep_logs=a.keep_logs,
+            tuning=a.tuning,
         )
 
     def shape(self, streams: int) -> tuple[int, int]:
@@ -179,7 +183,8 @@ def _int_list(text: str) -> list[int]:
 # --------------------------------------------------------------------------- orchestration
 
 
-def _gateway_yaml(port: int, relay_url: str, p_url: str | None, d_url: str | None, streams: int = 512) -> str:
+def _gateway_yaml(port: int, relay_url: str, p_url: str | None, d_url: str | None, streams: int = 512,
+                  tuning: bool = False) -> str:
     pools = [{"name": "relay", "kind": "replicas", "models": [RELAY_MODEL], "workers": [relay_url]}]
     if p_url and d_url:
         pools.append({"name": "pd", "kind": "pd", "protocol": "nixl", "models": [PD_MODEL],
@@ -188,7 +193,8 @@ def _gateway_yaml(port: int, relay_url: str, p_url: str | None, d_url: str | Non
     # not the queue (a stream's next request can arrive before the gateway released the last).
     cap = max(4096, 4 * streams)
     config = {"listen": {"host": HOST, "port": port}, "log_level": "warning",
-              "limits": {"max_inflight": cap, "max_inflight_per_worker": cap}, "pools": pools}
+              "limits": {"max_inflight": cap, "max_inflight_per_worker": cap}, "pools": pools,
+              "tuning": {"huge_pages": tuning, "gc_freeze": tuning}}
     return json.dumps(config, indent=2) + "\n"  # JSON is YAML
 
 
@@ -240,7 +246,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
         config = log_dir / "gateway.yaml"
         url = lambda port: f"http://{HOST}:{port}"  # noqa: E731
         config.write_text(_gateway_yaml(gw_port, url(relay_port), p_port and url(p_port), d_port and url(d_port),
-                                        max([1, *s.streams, *s.pd_streams])))
+                                        max([1, *s.streams, *s.pd_streams]), s.tuning))
         gateway = Proc("gateway", _gateway_argv(config), gw_cpu, log_dir)
         procs.append(gateway)
         refs: dict[str, tuple[Proc, int]] = {}

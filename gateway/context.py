@@ -50,6 +50,15 @@ class RequestContext:
             self.trace.admitted()
         self.deadline = Deadline.start(self.gateway.config.timeouts, self.gateway.config.limits)
 
+    def parsed(self, req: ApiRequest) -> None:
+        self.req = req
+        if self.trace is not None:
+            self.trace.parsed(req.model, req.stream)
+
+    def routed(self, pool: Pool) -> None:
+        if self.trace is not None:
+            self.trace.routed(pool.name)
+
     def watch_client(self, receive: Receive) -> None:
         """From now on a disconnect cancels the request at once, wherever it is."""
         self._watch = ClientWatch(receive, self._client_gone)

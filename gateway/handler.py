@@ -83,13 +83,10 @@ class Handler:
             ctx.watch_client(receive)
             await ctx.admit()
             session = headers.get(b"x-session-id")
-            ctx.req = req = parse_request(ctx.route, raw, self.config.limits,
-                                          session.decode("latin-1") if session else None)
-            if ctx.trace is not None:
-                ctx.trace.parsed(req.model, req.stream)
-            pool = self.gateway.pool_for(req.model)
-            if ctx.trace is not None:
-                ctx.trace.routed(pool.name)
+            session_key = session.decode("latin-1") if session else None
+            ctx.parsed(parse_request(ctx.route, raw, self.config.limits, session_key))
+            pool = self.gateway.pool_for(ctx.req.model)
+            ctx.routed(pool)
             _accept(pool, ctx.req)
             response = await self.dispatch(ctx, pool)
         except GatewayError as err:
