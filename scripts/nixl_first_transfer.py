@@ -89,8 +89,10 @@ def spy(py_spy: str, groups: list[tuple[str, int]], out: Path) -> None:
         for name, pgid in groups:
             for pid in group_members(pgid):
                 stat = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()
-                f.write(f"===== {time.strftime('%H:%M:%S')} {name} pid {pid} state {stat[0]} "
-                        f"utime {stat[11]} stime {stat[12]}\n")
+                f.write(
+                    f"===== {time.strftime('%H:%M:%S')} {name} pid {pid} state {stat[0]} "
+                    f"utime {stat[11]} stime {stat[12]}\n"
+                )
                 f.flush()
                 subprocess.run([py_spy, "dump", "--native", "--pid", str(pid)], stdout=f, stderr=f, timeout=60)
 
@@ -155,7 +157,7 @@ async def main() -> int:
         argv, env = server_argv(args, ports[i], role), server_env(args, ports[2 + i])
         servers.append((name, f"http://127.0.0.1:{ports[i]}", start_group(argv, env, log_dir / f"{name}.log")))
     try:
-        for name, url, handle in servers:
+        for _, url, handle in servers:
             await wait_healthy(url, 600, handle)
         print(f"both healthy after {time.monotonic() - t_start:.1f} s; {load()}; logs in {log_dir}", flush=True)
         p_url, d_url = servers[0][1], servers[1][1]
@@ -175,7 +177,7 @@ async def main() -> int:
             if args.pause:
                 await asyncio.sleep(args.pause)
     finally:
-        for name, _, handle in servers:
+        for _, _, handle in servers:
             handle.stop(10)
     for name, _, handle in servers:
         lines = [ln for ln in handle.log_path.read_text(errors="replace").splitlines() if INTERESTING.search(ln)]
