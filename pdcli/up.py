@@ -292,9 +292,13 @@ async def _serve(launch: Launch, supervisor: Supervisor, shutdown: _Shutdown, pr
     if launch.workers and not up:
         print("pd-gateway up: no worker came up; see the reports above", file=sys.stderr)
         return 1
-    await _until(shutdown.requested, asyncio.ensure_future(_warm_up(launch, up)))
+    warming = asyncio.ensure_future(_warm_up(launch, up))
+    await _until(shutdown.requested, warming)
     if shutdown.requested.is_set():
+        warming.cancel()
         return 0
+    if warming.exception() is not None:  # a bug, not a worker's answer: say so and serve anyway
+        print(f"pd-gateway up: the warm-up failed: {warming.exception()!r}", file=sys.stderr)
     if launch.gateway is None:
         print(f"pd-gateway up: {len(up)} worker(s) up; the gateway runs on another host", file=sys.stderr)
         await shutdown.requested.wait()
