@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,23 @@ from workers.launch import free_port, group_members  # noqa: E402
 SERVING = "pd-gateway up: serving "
 
 
+def free_run(n: int) -> int:
+    """A port p such that p .. p+n-1 are all free now."""
+    while True:
+        base = free_port()
+        if all(bindable(base + i) for i in range(1, n)):
+            return base
+
+
+def bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def moved_topology(src: Path, env: list[str], python: str) -> dict[str, Any]:
     """The topology on free ports, run by `python`, with absolute model paths and `env` added."""
     topo = yaml.safe_load(src.read_text())
@@ -51,8 +69,9 @@ def moved_topology(src: Path, env: list[str], python: str) -> dict[str, Any]:
                 pool[role]["base_port"] = free_port()
         if "base_port" in pool:
             pool["base_port"] = free_port()
-        if pool.get("connector") == "nixl":
-            pool["side_channel_base_port"] = free_port()
+        if pool.get("connector") == "nixl":  # worker i of the pool listens on base + i
+            workers = sum(pool.get(r, {}).get("count", 0) for r in ("prefill", "decode"))
+            pool["side_channel_base_port"] = free_run(workers)
     for item in env:
         key, _, value = item.partition("=")
         topo.setdefault("env", {})[key] = value
