@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 from collections.abc import Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +34,7 @@ from workers.plan import Plan, PlanError, WorkerSpec, plan
 from workers.plan.cli import inherited_env
 from workers.supervise import RestartPolicy, Supervisor, Worker, failure_report
 from workers.topology import SIM_ENTRYPOINT, Topology, TopologyError, load_topology
+from workers.warmup import WarmupPolicy, pd_pairs, warm_up
 
 from .up_progress import Progress
 
@@ -78,6 +79,15 @@ def add_up_parser(subparsers: Any) -> None:
         help="gateway YAML for timeouts, health, limits, auth, drain_s (listen and pools come from the topology)",
     )
     p.add_argument("--stop-grace", type=float, default=10.0, metavar="S", help="SIGTERM to SIGKILL (default: 10)")
+    p.add_argument(
+        "--warmup-rounds",
+        type=int,
+        default=WarmupPolicy.min_rounds,
+        metavar="N",
+        help="P->D transfers per prefill/decode pair of a NIXL pool before serving, repeated (up to "
+        f"{WarmupPolicy.max_rounds}) until one takes at most {WarmupPolicy.fast_s:g} s; 0: none "
+        f"(default: {WarmupPolicy.min_rounds})",
+    )
     p.set_defaults(func=run_up)
 
 
@@ -89,6 +99,8 @@ class Launch:
     skipped: list[WorkerSpec]
     gateway: GatewayConfig | None  # None: the gateway's host is another one
     models: list[str]
+    nixl_pools: list[str] = field(default_factory=list)  # their P->D pairs are warmed up before serving
+    warmup: WarmupPolicy = field(default_factory=WarmupPolicy)
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -97,6 +109,7 @@ def run_up(args: argparse.Namespace) -> int:
         result = plan(topology, inherited_env(os.environ))
         engine = args.engine or default_engine(topology)
         launch = prepare(topology, result, engine, args.gateway_config)
+        launch.warmup = replace(launch.warmup, min_rounds=args.warmup_rounds)
     except (TopologyError, PlanError, UpError, ConfigError) as err:
         print(f"pd-gateway up: {err}", file=sys.stderr)
         return 2
@@ -126,7 +139,8 @@ def prepare(topology: Topology, result: Plan, engine: str, gateway_file: str | N
     if not mine and gateway is None:
         raise UpError(f"nothing to run here: no host of the topology ({', '.join(sorted(ips))}) is this machine")
     models = [p.model for p in result.pools]
-    return Launch(mine, [w for w in specs if w.host not in local], gateway, models)
+    nixl = [p.name for p in result.pools if p.protocol == "nixl"]
+    return Launch(mine, [w for w in specs if w.host not in local], gateway, models, nixl)
 
 
 def engine_specs(topology: Topology, result: Plan, engine: str) -> list[WorkerSpec]:
@@ -254,6 +268,17 @@ async def _until(event: asyncio.Event, other: asyncio.Future[Any]) -> None:
     waiter.cancel()
 
 
+async def _warm_up(launch: Launch, up: list[Worker]) -> None:
+    """Full P->D transfers on every healthy pair of each NIXL pool, so that the first NIXL
+    handshake and the slow first transfers (docs/real-vllm.md) are not a user's."""
+    pairs = pd_pairs([w.spec for w in up], launch.nixl_pools)
+    if not pairs or launch.warmup.min_rounds <= 0:
+        return
+    print(f"pd-gateway up: warming up {len(pairs)} prefill->decode pair(s)", file=sys.stderr, flush=True)
+    for result in await warm_up(pairs, launch.warmup, lambda line: print(f"[up] {line}", file=sys.stderr)):
+        print(f"pd-gateway up: {result.summary()}", file=sys.stderr, flush=True)
+
+
 async def _serve(launch: Launch, supervisor: Supervisor, shutdown: _Shutdown, progress: Progress) -> int:
     from gateway.server import start_gateway  # uvicorn + fastapi: not for every `pd-gateway` command
 
@@ -267,6 +292,13 @@ async def _serve(launch: Launch, supervisor: Supervisor, shutdown: _Shutdown, pr
     if launch.workers and not up:
         print("pd-gateway up: no worker came up; see the reports above", file=sys.stderr)
         return 1
+    warming = asyncio.ensure_future(_warm_up(launch, up))
+    await _until(shutdown.requested, warming)
+    if shutdown.requested.is_set():
+        warming.cancel()
+        return 0
+    if warming.exception() is not None:  # a bug, not a worker's answer: say so and serve anyway
+        print(f"pd-gateway up: the warm-up failed: {warming.exception()!r}", file=sys.stderr)
     if launch.gateway is None:
         print(f"pd-gateway up: {len(up)} worker(s) up; the gateway runs on another host", file=sys.stderr)
         await shutdown.requested.wait()

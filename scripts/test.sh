@@ -10,6 +10,10 @@ scripts/real-env.sh .venv
 command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubernetes-client; }
 # tests/test_dashboard.py drives Debian's chromium through Playwright (browser downloads are blocked).
 command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+# The habits that keep the code as it is: formatted, linted, typed.
+.venv/bin/ruff format --check .
+.venv/bin/ruff check .
+.venv/bin/mypy
 # CI sets no marker filter: a missing real-vLLM stack must fail, not skip.
 export PD_REQUIRE_REAL=1
 exec .venv/bin/python -m pytest -q "$@"

@@ -300,6 +300,9 @@ def test_nixl_cpu_workers() -> None:
     assert roles[2]["kv_role"] == "kv_consumer"
     assert [w.env["VLLM_NIXL_SIDE_CHANNEL_PORT"] for w in workers] == ["5600", "5601", "5602"]
     assert {w.env["VLLM_NIXL_SIDE_CHANNEL_HOST"] for w in workers} == {"127.0.0.1"}
+    assert {w.env["VLLM_CPU_OMP_THREADS_BIND"] for w in workers} == {"nobind"}  # not all on one core
+    knob = NIXL.replace("ACC", "cpu").replace("KNOBS", "env: {VLLM_CPU_OMP_THREADS_BIND: '0|1'},")
+    assert {w.env["VLLM_CPU_OMP_THREADS_BIND"] for w in plan(topo(knob)).workers} == {"0|1"}  # a topology's wins
     argv = workers[0].argv
     assert argv[:7] == [
         "python3",

@@ -207,6 +207,8 @@ def test_up_starts_every_worker_and_serves_both_pools(running: tuple[Up, str]) -
     assert stats["dp-replica-0"]["completed"] and stats["dp-replica-1"]["completed"]
     assert stats["pd-prefill-0"]["config"]["neuron_cores"] == "0-15"
     assert "[up] pd-prefill-0" in up.stderr and "healthy" in up.stderr  # plain lines: stderr is a file
+    # the NIXL pool's P->D pair was warmed up before "serving" (workers/warmup.py)
+    assert "warming up 1 prefill->decode pair(s)" in up.stderr and ": warm (transfers: " in up.stderr
 
 
 def test_killed_worker_group_is_restarted_and_serves_again(running: tuple[Up, str]) -> None:

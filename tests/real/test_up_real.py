@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.test_up import Up, assert_gone, free_base_ports
+from workers.launch import group_members
 
 pytestmark = pytest.mark.real
 
@@ -46,6 +47,16 @@ def cpu_topology(tmp_path: Path) -> tuple[Path, str]:
     return path, data["models"][0]["name"]
 
 
+def worker_cpus(state: dict[str, dict]) -> dict[str, list[int]]:
+    """The CPUs each worker's VLLM::Worker process may run on."""
+    cpus = {}
+    for name, w in state.items():
+        for pid in group_members(w["pid"]):
+            if Path(f"/proc/{pid}/comm").read_text().startswith("VLLM::Worker"):
+                cpus[name] = sorted(os.sched_getaffinity(pid))
+    return cpus
+
+
 def external_prompt_tokens(url: str) -> float:
     return sum(float(v) for v in EXTERNAL.findall(httpx.get(f"{url}/metrics", timeout=10).text))
 
@@ -66,6 +77,10 @@ def test_up_brings_up_nixl_1p1d_on_cpu_and_serves_through_the_gateway(
         startup_s = time.monotonic() - t0
         state = up.state()
         assert {w["state"] for w in state.values()} == {"healthy"}
+        # the P->D pair was warmed up before "serving" (workers/warmup.py) ...
+        assert "warming up 1 prefill->decode pair(s)" in up.stderr and ": warm (transfers: " in up.stderr
+        # ... and no worker is pinned to one core by the NixlConnector (workers/nixl_site)
+        assert worker_cpus(state) == {name: sorted(os.sched_getaffinity(0)) for name in state}
         decode = state["pd-decode-0"]["url"]
         before = external_prompt_tokens(decode)
         body = {"model": model, "prompt": "The old man watches the long road", "max_tokens": 8, "temperature": 0}

@@ -227,6 +227,9 @@ def _base_env(model: ModelSpec, slot: Slot, slots: list[Slot], cores: str | None
         env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(slot.side_channel_port)
         if host.accelerator == "cpu":  # without it NIXL's progress thread spins a whole core
             env["PYTHONPATH"] = NIXL_CPU_SITE
+            # vLLM's default (auto) binds every server to the same cores; a prefill spins while
+            # it holds a KV lease and so starved the decode that was to read it (docs/real-vllm.md)
+            env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     return env
 
 
