@@ -48,8 +48,9 @@ def cold_read_us(cpu: int | None = None, idle_s: float = 0.3, rounds: int = 8) -
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.coldmem", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.coldmem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--cpu", type=int, default=None, help="core to measure on (default: any)")
     p.add_argument("--idle-ms", type=float, default=300.0, help="idle spell before each cold pass (300)")
     args = p.parse_args(argv)

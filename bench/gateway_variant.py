@@ -32,10 +32,13 @@ TELEMETRY = {
 
 def config(listen: int, upstream: int, telemetry: str) -> dict:
     observability, level = TELEMETRY[telemetry]
-    return {"listen": {"host": HOST, "port": listen}, "log_level": level, "observability": observability,
-            "limits": {"max_inflight": 4096, "max_inflight_per_worker": 4096},
-            "pools": [{"name": "relay", "kind": "replicas", "models": [MODEL],
-                       "workers": [f"http://{HOST}:{upstream}"]}]}
+    return {
+        "listen": {"host": HOST, "port": listen},
+        "log_level": level,
+        "observability": observability,
+        "limits": {"max_inflight": 4096, "max_inflight_per_worker": 4096},
+        "pools": [{"name": "relay", "kind": "replicas", "models": [MODEL], "workers": [f"http://{HOST}:{upstream}"]}],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -44,8 +44,12 @@ def main() -> int:
     p.add_argument("llmperf")
     p.add_argument("loadtest")
     p.add_argument("--window", nargs=2, type=float, metavar=("START", "END"))
-    p.add_argument("--llmperf-startup", type=float, default=0.0,
-                   help="seconds of llmperf's wall time before its first result (Ray actors starting)")
+    p.add_argument(
+        "--llmperf-startup",
+        type=float,
+        default=0.0,
+        help="seconds of llmperf's wall time before its first result (Ray actors starting)",
+    )
     args = p.parse_args()
     lp, lt = load_run(args.llmperf), load_run(args.loadtest)
     rows = lt.rows

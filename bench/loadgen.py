@@ -23,15 +23,29 @@ PROMPT = "The quick brown fox jumps over the lazy dog while the gateway relays e
 
 
 def http_post(port: int, path: str, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 class Rec:
     """One request's outcome, filled in by the connection's parser callbacks."""
 
-    __slots__ = ("status", "t_send", "t_first", "t_last", "events", "content", "error_events",
-                 "nl", "tail", "body", "collect", "error")
+    __slots__ = (
+        "status",
+        "t_send",
+        "t_first",
+        "t_last",
+        "events",
+        "content",
+        "error_events",
+        "nl",
+        "tail",
+        "body",
+        "collect",
+        "error",
+    )
 
     def __init__(self, collect: bool = False) -> None:
         self.status = 0
@@ -167,13 +181,14 @@ class Client:
     """One stream's connection(s) and requests: a plain streaming POST, or (prefill_port
     set) the nixl P->D protocol run by the client itself, the PD baseline."""
 
-    def __init__(self, port: int, model: str, tokens: int, timeout_s: float,
-                 prefill_port: int | None = None) -> None:
+    def __init__(self, port: int, model: str, tokens: int, timeout_s: float, prefill_port: int | None = None) -> None:
         self.port = port
         self.prefill_port = prefill_port
         self.timeout_s = timeout_s
-        self.bodies = {warm: {"model": model, "prompt": PROMPT, "max_tokens": 2 if warm else tokens,
-                              "stream": True} for warm in (False, True)}
+        self.bodies = {
+            warm: {"model": model, "prompt": PROMPT, "max_tokens": 2 if warm else tokens, "stream": True}
+            for warm in (False, True)
+        }
         self.raws = {warm: http_post(port, "/v1/completions", _dumps(b)) for warm, b in self.bodies.items()}
         self.conn: Conn | None = None
         self.pconn: Conn | None = None
@@ -284,8 +299,9 @@ def _record(phase: Phase, rec: Rec, tokens: int) -> None:
             phase.first_error = f"{kind}: {detail}"
 
 
-async def run_interleaved(makers: dict[str, Callable[[], Client]], rounds: int, tokens: int,
-                          procs: dict[str, Proc]) -> dict[str, Phase]:
+async def run_interleaved(
+    makers: dict[str, Callable[[], Client]], rounds: int, tokens: int, procs: dict[str, Proc]
+) -> dict[str, Phase]:
     """One stream, the targets taking turns request by request, so that a slow spell of the
     machine lands on all of them alike. The order of the turns cycles through every
     permutation: a target that shares a core with the one before it finds that core's caches
@@ -319,8 +335,15 @@ async def run_interleaved(makers: dict[str, Callable[[], Client]], rounds: int, 
     return phases
 
 
-async def run_phase(label: str, make_client: Callable[[], Client], streams: int, rounds: int,
-                    tokens: int, itl_s: float, procs: dict[str, Proc]) -> Phase:
+async def run_phase(
+    label: str,
+    make_client: Callable[[], Client],
+    streams: int,
+    rounds: int,
+    tokens: int,
+    itl_s: float,
+    procs: dict[str, Proc],
+) -> Phase:
     """Open N connections, warm them (and the gateway's upstream pool) with one short
     request each, then run N streams x `rounds` requests, the starts spread over one
     request duration, and measure."""
@@ -358,4 +381,3 @@ async def run_phase(label: str, make_client: Callable[[], Client], streams: int,
         c.close()
     await asyncio.sleep(0.05)  # let the servers see the closes before the next phase
     return phase
-

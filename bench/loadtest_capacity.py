@@ -63,10 +63,17 @@ async def _step(urls: list[str], streams: int, requests: int, tokens: int) -> di
     cpu2 = _cpu()
     ok = sum(1 for r in result.records if r.ok)
     n_tokens = sum(r["number_output_tokens"] for r in rows)
-    return {"streams": streams, "requests": ok, "errors": len(rows) - ok, "tokens": n_tokens,
-            "wall_s": result.wall_s, "tok_per_s": n_tokens / result.wall_s,
-            "cpu_us_per_token": (cpu1 - cpu0) / n_tokens * 1e6, "cpu_per_s": (cpu1 - cpu0) / result.wall_s,
-            "post_us_per_token": (cpu2 - cpu1) / n_tokens * 1e6}
+    return {
+        "streams": streams,
+        "requests": ok,
+        "errors": len(rows) - ok,
+        "tokens": n_tokens,
+        "wall_s": result.wall_s,
+        "tok_per_s": n_tokens / result.wall_s,
+        "cpu_us_per_token": (cpu1 - cpu0) / n_tokens * 1e6,
+        "cpu_per_s": (cpu1 - cpu0) / result.wall_s,
+        "post_us_per_token": (cpu2 - cpu1) / n_tokens * 1e6,
+    }
 
 
 def main() -> int:
@@ -78,21 +85,34 @@ def main() -> int:
     p.add_argument("--sims", type=int, default=1, help="simulated workers (processes), spread round-robin")
     args = p.parse_args()
     ports = [_free_port() for _ in range(args.sims)]
-    sims = [subprocess.Popen([sys.executable, "-m", "workers.sim", "--port", str(port), "--itl-ms", str(args.itl_ms)],
-                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
+    sims = [
+        subprocess.Popen(
+            [sys.executable, "-m", "workers.sim", "--port", str(port), "--itl-ms", str(args.itl_ms)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
     try:
         for port in ports:
             _wait_ready(port)
         urls = [f"http://127.0.0.1:{port}/v1/chat/completions" for port in ports]
-        print(f"{args.sims} simulated worker(s) itl_ms={args.itl_ms}, {args.tokens} tokens/request, "
-              "one loadtest process")
-        print(f"{'streams':>7} {'requests':>8} {'errors':>6} {'tokens':>8} {'wall s':>7} {'tok/s':>8} "
-              f"{'CPU us/tok':>10} {'CPU s/s':>7} {'post us/tok':>11}")
+        print(
+            f"{args.sims} simulated worker(s) itl_ms={args.itl_ms}, {args.tokens} tokens/request, one loadtest process"
+        )
+        print(
+            f"{'streams':>7} {'requests':>8} {'errors':>6} {'tokens':>8} {'wall s':>7} {'tok/s':>8} "
+            f"{'CPU us/tok':>10} {'CPU s/s':>7} {'post us/tok':>11}"
+        )
         for streams in (int(s) for s in args.streams.split(",")):
             r = asyncio.run(_step(urls, streams, streams * args.requests_per_stream, args.tokens))
-            print(f"{r['streams']:>7} {r['requests']:>8} {r['errors']:>6} {r['tokens']:>8} {r['wall_s']:>7.2f} "
-                  f"{r['tok_per_s']:>8.0f} {r['cpu_us_per_token']:>10.1f} {r['cpu_per_s']:>7.2f} "
-                  f"{r['post_us_per_token']:>11.2f}", flush=True)
+            print(
+                f"{r['streams']:>7} {r['requests']:>8} {r['errors']:>6} {r['tokens']:>8} {r['wall_s']:>7.2f} "
+                f"{r['tok_per_s']:>8.0f} {r['cpu_us_per_token']:>10.1f} {r['cpu_per_s']:>7.2f} "
+                f"{r['post_us_per_token']:>11.2f}",
+                flush=True,
+            )
     finally:
         for sim in sims:
             sim.terminate()

@@ -65,8 +65,9 @@ class _Downstream(asyncio.Protocol):
 
 async def serve(listen_port: int, upstream_port: int, host: str = "127.0.0.1") -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Downstream(host, upstream_port), host, listen_port,
-                                      backlog=4096, reuse_address=True)
+    server = await loop.create_server(
+        lambda: _Downstream(host, upstream_port), host, listen_port, backlog=4096, reuse_address=True
+    )
     await until_signalled().wait()
     server.close()
 
@@ -80,8 +81,9 @@ def until_signalled() -> asyncio.Event:
     return stop
 
 
-def run_reference(serve: Callable[[int, int, str], Awaitable[None]], prog: str, doc: str | None,
-                  argv: Sequence[str] | None) -> None:
+def run_reference(
+    serve: Callable[[int, int, str], Awaitable[None]], prog: str, doc: str | None, argv: Sequence[str] | None
+) -> None:
     """The command line the benchmark gives a reference relay: --listen PORT --upstream PORT."""
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listen", type=int, required=True)

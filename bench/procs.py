@@ -98,8 +98,15 @@ class Proc:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         with open(self.log_path, "wb") as log:
-            self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=subprocess.STDOUT, preexec_fn=_pin(cpu))
+            self.popen = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_pin(cpu),
+            )
 
     @property
     def pid(self) -> int:
@@ -150,7 +157,6 @@ async def _wait_ready(proc: Proc, port: int, path: str, timeout_s: float = 30.0)
         await asyncio.sleep(0.05)
 
 
-
 def _machine(pinning: str, code: str) -> dict[str, Any]:
     model = "?"
     try:
@@ -162,20 +168,31 @@ def _machine(pinning: str, code: str) -> dict[str, Any]:
         pass
     import platform
 
-    return {"cpus": os.cpu_count(), "cpu_model": model, "pinning": pinning,
-            "python": platform.python_version(), "kernel": platform.release(), "code": code}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "pinning": pinning,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "code": code,
+    }
 
 
 def _code_version() -> str:
     """The commit the gateway and workers ran from, and whether their files differed from it."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "gateway", "workers"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "gateway", "workers"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     if not head:
         return "unknown"
     return f"{head} (gateway/ or workers/ modified)" if dirty else head
-

@@ -63,41 +63,61 @@ PD_MODEL = "sim-pd"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--streams", default="1,32,512",
-                   help="comma list of concurrent stream counts (default: 1,32,512)")
-    p.add_argument("--tokens", type=int, default=None,
-                   help="max_tokens per request in the concurrent scenarios (default 128; --quick 32)")
+    p.add_argument("--streams", default="1,32,512", help="comma list of concurrent stream counts (default: 1,32,512)")
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help="max_tokens per request in the concurrent scenarios (default 128; --quick 32)",
+    )
     p.add_argument("--itl-ms", type=float, default=20.0, help="simulated inter-token latency (default 20)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="requests per stream, back to back (default: max(3, ceil(128/N)); --quick 1)")
-    p.add_argument("--seq-requests", type=int, default=None,
-                   help="sequential requests of the 1-stream scenario (default 200; --quick 30)")
-    p.add_argument("--seq-tokens", type=int, default=16,
-                   help="max_tokens of the 1-stream scenario (default 16)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="requests per stream, back to back (default: max(3, ceil(128/N)); --quick 1)",
+    )
+    p.add_argument(
+        "--seq-requests",
+        type=int,
+        default=None,
+        help="sequential requests of the 1-stream scenario (default 200; --quick 30)",
+    )
+    p.add_argument("--seq-tokens", type=int, default=16, help="max_tokens of the 1-stream scenario (default 16)")
     p.add_argument("--quick", action="store_true", help="small numbers, for a fast look")
     p.add_argument("--skip-pd", action="store_true", help="skip the prefill/decode scenario")
-    p.add_argument("--pd-streams", default="1,32",
-                   help="stream counts of the PD scenario (default 1,32)")
-    p.add_argument("--no-pd-client", action="store_true",
-                   help="skip the client-run P->D baseline of the PD scenario")
-    p.add_argument("--refs", default=",".join(REFERENCES),
-                   help="reference relays run on the gateway's core in the relay scenarios: "
-                   + "; ".join(f"{k}: {what}, {why}" for k, (_, what, why) in REFERENCES.items())
-                   + " (default: all; '' for none)")
+    p.add_argument("--pd-streams", default="1,32", help="stream counts of the PD scenario (default 1,32)")
+    p.add_argument("--no-pd-client", action="store_true", help="skip the client-run P->D baseline of the PD scenario")
+    p.add_argument(
+        "--refs",
+        default=",".join(REFERENCES),
+        help="reference relays run on the gateway's core in the relay scenarios: "
+        + "; ".join(f"{k}: {what}, {why}" for k, (_, what, why) in REFERENCES.items())
+        + " (default: all; '' for none)",
+    )
     p.add_argument("--gateway-cpu", type=int, default=0, help="core the gateway is pinned to (default 0)")
-    p.add_argument("--client-cpu", type=int, default=1,
-                   help="core of the sim workers and the load generator (default 1)")
-    p.add_argument("--timeout-s", type=float, default=None,
-                   help="client timeout per request (default 10 s + 3x the stream's duration)")
+    p.add_argument(
+        "--client-cpu", type=int, default=1, help="core of the sim workers and the load generator (default 1)"
+    )
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        default=None,
+        help="client timeout per request (default 10 s + 3x the stream's duration)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     p.add_argument("--keep-logs", action="store_true", help="keep the gateway/sim logs directory")
-    p.add_argument("--tuning", action="store_true",
-                   help="run the gateway with its opt-in interpreter tuning (tuning.huge_pages, tuning.gc_freeze)")
+    p.add_argument(
+        "--tuning",
+        action="store_true",
+        help="run the gateway with its opt-in interpreter tuning (tuning.huge_pages, tuning.gc_freeze)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.relay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(p)
     return p
 
@@ -179,22 +199,34 @@ def _int_list(text: str) -> list[int]:
     return out
 
 
-
 # --------------------------------------------------------------------------- orchestration
 
 
-def _gateway_yaml(port: int, relay_url: str, p_url: str | None, d_url: str | None, streams: int = 512,
-                  tuning: bool = False) -> str:
+def _gateway_yaml(
+    port: int, relay_url: str, p_url: str | None, d_url: str | None, streams: int = 512, tuning: bool = False
+) -> str:
     pools = [{"name": "relay", "kind": "replicas", "models": [RELAY_MODEL], "workers": [relay_url]}]
     if p_url and d_url:
-        pools.append({"name": "pd", "kind": "pd", "protocol": "nixl", "models": [PD_MODEL],
-                      "prefill": [p_url], "decode": [d_url]})
+        pools.append(
+            {
+                "name": "pd",
+                "kind": "pd",
+                "protocol": "nixl",
+                "models": [PD_MODEL],
+                "prefill": [p_url],
+                "decode": [d_url],
+            }
+        )
     # The admission limits are raised above the benchmark's concurrency: it measures the relay,
     # not the queue (a stream's next request can arrive before the gateway released the last).
     cap = max(4096, 4 * streams)
-    config = {"listen": {"host": HOST, "port": port}, "log_level": "warning",
-              "limits": {"max_inflight": cap, "max_inflight_per_worker": cap}, "pools": pools,
-              "tuning": {"huge_pages": tuning, "gc_freeze": tuning}}
+    config = {
+        "listen": {"host": HOST, "port": port},
+        "log_level": "warning",
+        "limits": {"max_inflight": cap, "max_inflight_per_worker": cap},
+        "pools": pools,
+        "tuning": {"huge_pages": tuning, "gc_freeze": tuning},
+    }
     return json.dumps(config, indent=2) + "\n"  # JSON is YAML
 
 
@@ -205,8 +237,21 @@ def _gateway_argv(config: Path) -> list[str]:
 
 
 def _sim_argv(port: int, model: str, itl_ms: float, role: str = "both") -> list[str]:
-    argv = [sys.executable, "-m", "workers.sim", "--host", HOST, "--port", str(port), "--model", model,
-            "--itl-ms", f"{itl_ms:g}", "--ttft-ms", "0"]
+    argv = [
+        sys.executable,
+        "-m",
+        "workers.sim",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--model",
+        model,
+        "--itl-ms",
+        f"{itl_ms:g}",
+        "--ttft-ms",
+        "0",
+    ]
     if role != "both":
         argv += ["--role", role, "--kv-protocol", "nixl"]
     return argv
@@ -215,8 +260,11 @@ def _sim_argv(port: int, model: str, itl_ms: float, role: str = "both") -> list[
 def _cpus(s: Settings) -> tuple[int | None, int | None, str]:
     avail = sorted(os.sched_getaffinity(0))
     if s.gateway_cpu in avail and s.client_cpu in avail and s.gateway_cpu != s.client_cpu:
-        return s.gateway_cpu, s.client_cpu, (
-            f"gateway pinned to CPU {s.gateway_cpu}; sim workers + load generator pinned to CPU {s.client_cpu}")
+        return (
+            s.gateway_cpu,
+            s.client_cpu,
+            (f"gateway pinned to CPU {s.gateway_cpu}; sim workers + load generator pinned to CPU {s.client_cpu}"),
+        )
     return None, None, f"NOT pinned (CPUs available: {avail}); figures are less reliable"
 
 
@@ -245,15 +293,35 @@ async def _bench(s: Settings) -> dict[str, Any]:
         gw_port = _free_port()
         config = log_dir / "gateway.yaml"
         url = lambda port: f"http://{HOST}:{port}"  # noqa: E731
-        config.write_text(_gateway_yaml(gw_port, url(relay_port), p_port and url(p_port), d_port and url(d_port),
-                                        max([1, *s.streams, *s.pd_streams]), s.tuning))
+        config.write_text(
+            _gateway_yaml(
+                gw_port,
+                url(relay_port),
+                p_port and url(p_port),
+                d_port and url(d_port),
+                max([1, *s.streams, *s.pd_streams]),
+                s.tuning,
+            )
+        )
         gateway = Proc("gateway", _gateway_argv(config), gw_cpu, log_dir)
         procs.append(gateway)
         refs: dict[str, tuple[Proc, int]] = {}
         for name in s.refs:
             port = _free_port()
-            ref = Proc(name, [sys.executable, "-m", *REFERENCES[name][0].split(), "--listen", str(port),
-                              "--upstream", str(relay_port)], gw_cpu, log_dir)
+            ref = Proc(
+                name,
+                [
+                    sys.executable,
+                    "-m",
+                    *REFERENCES[name][0].split(),
+                    "--listen",
+                    str(port),
+                    "--upstream",
+                    str(relay_port),
+                ],
+                gw_cpu,
+                log_dir,
+            )
             procs.append(ref)
             await _wait_ready(ref, port, "/health")
             refs[name] = ref, port
@@ -266,8 +334,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
             timeout_s = s.timeout_s or 10 + 3 * tokens * itl_s
             watched = {"gateway": gateway, "sim": sim} | {name: proc for name, (proc, _) in refs.items()}
             targets = [("direct", relay_port), ("via", gw_port)] + [(name, port) for name, (_, port) in refs.items()]
-            makers = {label: functools.partial(Client, port, RELAY_MODEL, tokens, timeout_s)
-                      for label, port in targets}
+            makers = {label: functools.partial(Client, port, RELAY_MODEL, tokens, timeout_s) for label, port in targets}
             phases = await _run(makers, n, rounds, tokens, itl_s, watched)
             scenarios.append(_scenario("relay", n, rounds, tokens, phases))
             _progress(scenarios[-1], started)
@@ -279,8 +346,10 @@ async def _bench(s: Settings) -> dict[str, Any]:
             targets = {"direct": (d_port, None), "via": (gw_port, None)}
             if s.pd_client:
                 targets["client_pd"] = (d_port, p_port)
-            makers = {label: functools.partial(Client, port, PD_MODEL, tokens, timeout_s, pport)
-                      for label, (port, pport) in targets.items()}
+            makers = {
+                label: functools.partial(Client, port, PD_MODEL, tokens, timeout_s, pport)
+                for label, (port, pport) in targets.items()
+            }
             phases = await _run(makers, n, rounds, tokens, itl_s, watched)
             scenarios.append(_scenario("pd", n, rounds, tokens, phases))
             _progress(scenarios[-1], started)
@@ -307,22 +376,26 @@ async def _bench(s: Settings) -> dict[str, Any]:
     return report
 
 
-
-async def _run(makers: dict[str, Any], streams: int, rounds: int, tokens: int, itl_s: float,
-               watched: dict[str, Proc]) -> dict[str, Any]:
+async def _run(
+    makers: dict[str, Any], streams: int, rounds: int, tokens: int, itl_s: float, watched: dict[str, Proc]
+) -> dict[str, Any]:
     """The targets of one scenario: interleaved request by request at 1 stream, else one after another."""
     if streams == 1:
         return await run_interleaved(makers, rounds, tokens, watched)
-    return {label: await run_phase(label, make, streams, rounds, tokens, itl_s, watched)
-            for label, make in makers.items()}
+    return {
+        label: await run_phase(label, make, streams, rounds, tokens, itl_s, watched) for label, make in makers.items()
+    }
 
 
 def _progress(sc: dict[str, Any], started: float) -> None:
-    print(f"[{time.monotonic() - started:6.1f}s] {sc['kind']} {sc['streams']} stream(s): "
-          f"added TTFT p50 {sc['added_ttft_p50_ms']:+.3f} ms, gateway "
-          f"{sc['gateway_cpu_s_per_1k_chunks']:.4f} CPU-s/1k chunks, errors "
-          f"{sc['direct']['errors']}/{sc['via']['errors']}", file=sys.stderr, flush=True)
-
+    print(
+        f"[{time.monotonic() - started:6.1f}s] {sc['kind']} {sc['streams']} stream(s): "
+        f"added TTFT p50 {sc['added_ttft_p50_ms']:+.3f} ms, gateway "
+        f"{sc['gateway_cpu_s_per_1k_chunks']:.4f} CPU-s/1k chunks, errors "
+        f"{sc['direct']['errors']}/{sc['via']['errors']}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,15 @@ MODEL = "sim-model"
 # Trainium 70B's order): large next to the CPU this one process spends per request, so a
 # loaded host blurs little. Each worker caches 1024 blocks (16k tokens): less than the
 # whole working set, as KV memory is in production.
-SIM = {"ttft_ms": 10.0, "prefill_ms_per_token": 0.5, "itl_ms": 10.0, "prefill_concurrency": 1,
-       "prefix_cache_blocks": 1024, "max_model_len": 32768, "model": MODEL}
+SIM = {
+    "ttft_ms": 10.0,
+    "prefill_ms_per_token": 0.5,
+    "itl_ms": 10.0,
+    "prefill_concurrency": 1,
+    "prefix_cache_blocks": 1024,
+    "max_model_len": 32768,
+    "model": MODEL,
+}
 
 
 @dataclass
@@ -53,9 +60,15 @@ class Result:
         q = statistics.quantiles(self.ttft, n=100) if len(self.ttft) > 1 else self.ttft * 99
         mean = statistics.fmean(self.per_worker) or 1
         dec = statistics.quantiles(self.decision_us, n=100) if len(self.decision_us) > 1 else [0.0] * 99
-        return [f"{q[49] * 1000:.0f}", f"{q[98] * 1000:.0f}", f"{self.hit_rate:.1%}",
-                f"{max(self.per_worker) / mean:.2f}", f"{len(self.ttft) / self.wall_s:.1f}",
-                f"{dec[49]:.0f}/{dec[98]:.0f}", str(self.errors)]
+        return [
+            f"{q[49] * 1000:.0f}",
+            f"{q[98] * 1000:.0f}",
+            f"{self.hit_rate:.1%}",
+            f"{max(self.per_worker) / mean:.2f}",
+            f"{len(self.ttft) / self.wall_s:.1f}",
+            f"{dec[49]:.0f}/{dec[98]:.0f}",
+            str(self.errors),
+        ]
 
 
 async def _start_workers(setup: str) -> tuple[list[SimServer], dict]:
@@ -63,10 +76,16 @@ async def _start_workers(setup: str) -> tuple[list[SimServer], dict]:
         sims = [await start_sim(dict(SIM)) for _ in range(4)]
         return sims, {"workers": [s.url for s in sims]}
     prefill = [await start_sim({**SIM, "role": "prefill", "kv_protocol": "nixl"}) for _ in range(2)]
-    decode = [await start_sim({**SIM, "role": "decode", "kv_protocol": "nixl", "kv_peers": [p.url for p in prefill]})
-              for _ in range(2)]
-    return prefill + decode, {"kind": "pd", "protocol": "nixl", "prefill": [p.url for p in prefill],
-                              "decode": [d.url for d in decode]}
+    decode = [
+        await start_sim({**SIM, "role": "decode", "kv_protocol": "nixl", "kv_peers": [p.url for p in prefill]})
+        for _ in range(2)
+    ]
+    return prefill + decode, {
+        "kind": "pd",
+        "protocol": "nixl",
+        "prefill": [p.url for p in prefill],
+        "decode": [d.url for d in decode],
+    }
 
 
 def policy_config(spec: str) -> dict:
@@ -134,8 +153,12 @@ async def _one_request(client: httpx.AsyncClient, url: str, body: dict) -> float
 
 async def run_one(setup: str, policy: str, workload: Workload) -> Result:
     sims, workers = await _start_workers(setup)
-    config = {"listen": {"host": "127.0.0.1", "port": 0}, "log_level": "warning",
-              "health": {"interval_s": 0.5, "timeout_s": 2.0}, "pools": [_pool(setup, policy, workers)]}
+    config = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "log_level": "warning",
+        "health": {"interval_s": 0.5, "timeout_s": 2.0},
+        "pools": [_pool(setup, policy, workers)],
+    }
     gw: RunningGateway = await start_gateway(parse_config(config))
     decisions: list[float] = []
     pool = gw.gateway.pools[0]
@@ -175,8 +198,19 @@ async def run_one(setup: str, policy: str, workload: Workload) -> Result:
     return Result(ttft, hits / queries if queries else 0.0, per_worker, wall, decisions, errors)
 
 
-HEADER = ["setup", "workload", "policy", "TTFT p50 ms", "p99 ms", "cache hits", "max/mean req",
-          "req/s", "decide µs p50/p99", "errors", "p50 vs LO"]
+HEADER = [
+    "setup",
+    "workload",
+    "policy",
+    "TTFT p50 ms",
+    "p99 ms",
+    "cache hits",
+    "max/mean req",
+    "req/s",
+    "decide µs p50/p99",
+    "errors",
+    "p50 vs LO",
+]
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -188,11 +222,16 @@ def _table(rows: list[list[str]]) -> str:
 
 def workloads(quick: bool) -> list[Workload]:
     if quick:
-        return [multi_turn(MODEL, conversations=8, turns=4), shared_prefix(MODEL, prompts=6, clients=8, per_client=4,
-                                                                           low=500, high=2000),
-                no_sharing(MODEL, clients=8, per_client=4)]
-    return [multi_turn(MODEL, conversations=24, turns=6), shared_prefix(MODEL, clients=12, per_client=10),
-            no_sharing(MODEL, clients=12, per_client=8)]
+        return [
+            multi_turn(MODEL, conversations=8, turns=4),
+            shared_prefix(MODEL, prompts=6, clients=8, per_client=4, low=500, high=2000),
+            no_sharing(MODEL, clients=8, per_client=4),
+        ]
+    return [
+        multi_turn(MODEL, conversations=24, turns=6),
+        shared_prefix(MODEL, clients=12, per_client=10),
+        no_sharing(MODEL, clients=12, per_client=8),
+    ]
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -220,8 +259,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small workloads (a smoke run)")
     parser.add_argument("--only", default="", help="workload names, comma-separated")
     parser.add_argument("--setups", default="replicas,2p2d")
-    parser.add_argument("--policies", default="prefix_aware",
-                        help="compared with least_outstanding: comma-separated, each `name[;option=value...]`")
+    parser.add_argument(
+        "--policies",
+        default="prefix_aware",
+        help="compared with least_outstanding: comma-separated, each `name[;option=value...]`",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(main_async(args))

@@ -9,9 +9,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
-         "sigma tau upsilon phi chi psi omega apple river stone cloud forest engine signal vector "
-         "matrix kernel buffer packet socket thread window garden silver copper harbor market").split()
+WORDS = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
+    "sigma tau upsilon phi chi psi omega apple river stone cloud forest engine signal vector "
+    "matrix kernel buffer packet socket thread window garden silver copper harbor market"
+).split()
 
 
 def words(rng: random.Random, n: int) -> str:
@@ -30,15 +32,28 @@ class Workload:
 
 
 def _chat(model: str, messages: list[dict], max_tokens: int, user: str | None = None) -> dict:
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if user:
         body["user"] = user
     return body
 
 
-def multi_turn(model: str, conversations: int = 32, turns: int = 8, context_words: int = 400,
-               user_words: int = 40, reply_words: int = 80, max_tokens: int = 8, seed: int = 1) -> Workload:
+def multi_turn(
+    model: str,
+    conversations: int = 32,
+    turns: int = 8,
+    context_words: int = 400,
+    user_words: int = 40,
+    reply_words: int = 80,
+    max_tokens: int = 8,
+    seed: int = 1,
+) -> Workload:
     """(a) Chat: each conversation opens with its own context (instructions, a document), and
     each turn re-sends the whole history (the replies are synthesized, so the workload does
     not depend on what the workers answer, and they are new tokens to the worker's cache)."""
@@ -55,9 +70,17 @@ def multi_turn(model: str, conversations: int = 32, turns: int = 8, context_word
     return out
 
 
-def shared_prefix(model: str, prompts: int = 16, clients: int = 16, per_client: int = 12,
-                  low: int = 2000, high: int = 8000, tail_words: int = 40, max_tokens: int = 8,
-                  seed: int = 2) -> Workload:
+def shared_prefix(
+    model: str,
+    prompts: int = 16,
+    clients: int = 16,
+    per_client: int = 12,
+    low: int = 2000,
+    high: int = 8000,
+    tail_words: int = 40,
+    max_tokens: int = 8,
+    seed: int = 2,
+) -> Workload:
     """(b) Agent-like: a few long system prompts (2-8k tokens) with short varying tails; each
     request picks a prompt (the first ones more often)."""
     rng = random.Random(seed)
@@ -74,13 +97,16 @@ def shared_prefix(model: str, prompts: int = 16, clients: int = 16, per_client: 
     return out
 
 
-def no_sharing(model: str, clients: int = 16, per_client: int = 10, prompt_words: int = 1000,
-               max_tokens: int = 8, seed: int = 3) -> Workload:
+def no_sharing(
+    model: str, clients: int = 16, per_client: int = 10, prompt_words: int = 1000, max_tokens: int = 8, seed: int = 3
+) -> Workload:
     """(c) Random prompts that share nothing (not even a system prompt)."""
     rng = random.Random(seed)
     out = Workload("no-sharing", think_s=0.2)
     for c in range(clients):
-        client = [_chat(model, [{"role": "user", "content": f"{c}-{i} " + words(rng, prompt_words)}], max_tokens)
-                  for i in range(per_client)]
+        client = [
+            _chat(model, [{"role": "user", "content": f"{c}-{i} " + words(rng, prompt_words)}], max_tokens)
+            for i in range(per_client)
+        ]
         out.clients.append(client)
     return out

@@ -22,15 +22,28 @@ from gateway.limits import Admission
 from gateway.pool import Pool
 from gateway.telemetry import Telemetry, usage_of
 
-LAST = (b'data: {"id":"cmpl-1","object":"text_completion","choices":[],'
-        b'"usage":{"prompt_tokens":12,"total_tokens":140,"completion_tokens":128}}\n\ndata: [DONE]\n\n')
+LAST = (
+    b'data: {"id":"cmpl-1","object":"text_completion","choices":[],'
+    b'"usage":{"prompt_tokens":12,"total_tokens":140,"completion_tokens":128}}\n\ndata: [DONE]\n\n'
+)
 PREV = b'data: {"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":" x"}]}\n\n'
 
 
 def _telemetry(request_metrics: bool, access: AccessLog | None) -> Telemetry:
-    config = parse_config({"pools": [{"name": "dp", "workers": ["http://127.0.0.1:1"]},
-                                     {"name": "pd", "kind": "pd", "protocol": "nixl",
-                                      "prefill": ["http://127.0.0.1:2"], "decode": ["http://127.0.0.1:3"]}]})
+    config = parse_config(
+        {
+            "pools": [
+                {"name": "dp", "workers": ["http://127.0.0.1:1"]},
+                {
+                    "name": "pd",
+                    "kind": "pd",
+                    "protocol": "nixl",
+                    "prefill": ["http://127.0.0.1:2"],
+                    "decode": ["http://127.0.0.1:3"],
+                },
+            ]
+        }
+    )
     return Telemetry([Pool(p) for p in config.pools], Admission(10, 10, 1.0), request_metrics, access)
 
 

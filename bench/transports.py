@@ -30,18 +30,22 @@ def _cpu() -> float:
 
 async def _aiohttp(url: str, body: dict, streams: int) -> int:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+
         async def one() -> int:
             async with s.post(url, json=body) as resp:
                 return sum([1 async for _ in resp.content.iter_any()])
+
         return sum(await asyncio.gather(*(one() for _ in range(streams))))
 
 
 async def _httpx(url: str, body: dict, streams: int) -> int:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(limits=limits, timeout=60) as c:
+
         async def one() -> int:
             async with c.stream("POST", url, json=body) as resp:
                 return sum([1 async for _ in resp.aiter_raw()])
+
         return sum(await asyncio.gather(*(one() for _ in range(streams))))
 
 

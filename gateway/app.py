@@ -50,8 +50,9 @@ class FastPath:
             path = scope["path"]
             if scope["method"] == "POST" and path in ROUTES:
                 header_list = scope["headers"]
-                await self.handler(ROUTES[path], dict(header_list), header_list, None, scope, receive, send,
-                                   AsgiWriter(send))
+                await self.handler(
+                    ROUTES[path], dict(header_list), header_list, None, scope, receive, send, AsgiWriter(send)
+                )
                 return
             if path in DOCS_PATHS:
                 try:
@@ -85,8 +86,13 @@ def create_app(config: GatewayConfig) -> FastPath:
             await gateway.upstream.close()
 
     docs = config.auth.docs != "off"
-    app = FastAPI(title="pd-gateway", lifespan=lifespan, docs_url="/docs" if docs else None,
-                  redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
+    app = FastAPI(
+        title="pd-gateway",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.gateway = gateway
     app.include_router(admin_routes(gateway))
     app.include_router(dashboard_routes(gateway))

@@ -11,8 +11,13 @@ class Saturated(Exception):
     """Healthy workers exist but all are at their in-flight limit."""
 
 
-def choose(pool: Pool, role: Role, request: RoutingRequest, per_worker_limit: int,
-           exclude: set[Endpoint] | frozenset = frozenset()) -> Endpoint:
+def choose(
+    pool: Pool,
+    role: Role,
+    request: RoutingRequest,
+    per_worker_limit: int,
+    exclude: set[Endpoint] | frozenset = frozenset(),
+) -> Endpoint:
     """An endpoint of `pool` for `request` in `role`, by the role's policy, among the healthy,
     undrained ones below `per_worker_limit` and not in `exclude`.
 
@@ -26,8 +31,9 @@ def choose(pool: Pool, role: Role, request: RoutingRequest, per_worker_limit: in
     if not candidates:
         if available:
             raise Saturated()
-        raise GatewayError(503, f"no healthy {role} worker in pool '{pool.name}'", "no_healthy_worker",
-                           headers={"retry-after": "1"})
+        raise GatewayError(
+            503, f"no healthy {role} worker in pool '{pool.name}'", "no_healthy_worker", headers={"retry-after": "1"}
+        )
     policy = pool.policies[role]
     chosen = policy.choose(request, candidates)
     policy.routed(request, chosen)

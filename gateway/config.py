@@ -160,6 +160,8 @@ class Tuning(_Strict):
     huge_pages: bool = False
     # Move the start-up heap out of the cyclic collector's sweeps once serving.
     gc_freeze: bool = False
+
+
 class WorkerMetrics(_Strict):
     """Polling each worker's /metrics (vLLM's running/waiting requests, KV cache usage) into the load score."""
 

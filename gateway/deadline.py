@@ -18,8 +18,7 @@ class Deadline:
     @classmethod
     def start(cls, timeouts: Timeouts, limits: Limits) -> Deadline:
         now = asyncio.get_running_loop().time()
-        return cls(timeouts.first_byte_s, timeouts.between_chunks_s, limits.queue_timeout_s,
-                   now + timeouts.total_s)
+        return cls(timeouts.first_byte_s, timeouts.between_chunks_s, limits.queue_timeout_s, now + timeouts.total_s)
 
     def remaining_s(self) -> float:
         return self.total_at - asyncio.get_running_loop().time()

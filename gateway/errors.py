@@ -42,8 +42,14 @@ _DONE = b"data: [DONE]\n\n"
 class GatewayError(Exception):
     """An error the gateway itself answers with; carries its HTTP status."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None,
-                 param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -117,8 +123,14 @@ class ClientGone(Exception):
 
 
 def envelope(message: str, status: int, code: str | None = None, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param,
-                      "code": code or str(status)}}
+    return {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code or str(status),
+        }
+    }
 
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_request") -> GatewayError:

@@ -33,8 +33,9 @@ class Exchange:
     """What the gateway's responses need of uvicorn's request cycle (pipelining, shutdown and
     keep-alive read `response_complete` and `keep_alive`), and a Writer."""
 
-    def __init__(self, protocol: GatewayProtocol, route: Route, headers: dict[bytes, bytes], http_version: str,
-                 keep_alive: bool) -> None:
+    def __init__(
+        self, protocol: GatewayProtocol, route: Route, headers: dict[bytes, bytes], http_version: str, keep_alive: bool
+    ) -> None:
         self.protocol = protocol
         self.transport = protocol.transport
         self.route = route
@@ -54,11 +55,15 @@ class Exchange:
 
     async def run(self, app: FastPath) -> None:
         body = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
-        scope = {"type": "http", "method": "POST", "path": PATHS[self.route], "headers": self._header_list,
-                 "http_version": self.http_version}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": PATHS[self.route],
+            "headers": self._header_list,
+            "http_version": self.http_version,
+        }
         try:
-            await app.handler(self.route, self.headers, self._header_list, body, scope, self.receive, self.send,
-                              self)
+            await app.handler(self.route, self.headers, self._header_list, body, scope, self.receive, self.send, self)
         except BaseException as exc:
             log.error("Exception in ASGI application\n", exc_info=exc)
             self._fail()

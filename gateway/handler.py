@@ -57,8 +57,17 @@ class Handler:
         self.gateway = gateway
         self.config = gateway.config
 
-    async def __call__(self, route: Route, headers: Mapping[bytes, bytes], header_list: HeaderList,
-                       body: bytes | None, scope: Scope, receive: Receive, send: Send, writer: Writer) -> None:
+    async def __call__(
+        self,
+        route: Route,
+        headers: Mapping[bytes, bytes],
+        header_list: HeaderList,
+        body: bytes | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        writer: Writer,
+    ) -> None:
         """One request; `body` is None when it is still to be read from `receive`."""
         ctx = RequestContext(self.gateway, route, request_id_of(headers), writer)
         response: Response | StreamRelay | None = None
@@ -75,8 +84,14 @@ class Handler:
             ctx.close()
             self.gateway.telemetry.finish(ctx.trace, *_ending(response, ctx))
 
-    async def respond(self, ctx: RequestContext, headers: Mapping[bytes, bytes], header_list: HeaderList,
-                      body: bytes | None, receive: Receive) -> Response | StreamRelay:
+    async def respond(
+        self,
+        ctx: RequestContext,
+        headers: Mapping[bytes, bytes],
+        header_list: HeaderList,
+        body: bytes | None,
+        receive: Receive,
+    ) -> Response | StreamRelay:
         try:
             check_key(authorization(headers, header_list), self.config.auth.api_keys)
             raw = body if body is not None else await read_body(receive, headers, self.config.limits.max_body_bytes)
@@ -138,5 +153,9 @@ def _accept(pool: Pool, req: ApiRequest) -> None:
     if not pool.config.trust_kv_transfer_params:
         req.without("kv_transfer_params")
     if pool.kind == "pd" and req.prompt_count > 1:
-        raise GatewayError(400, f"pool '{pool.name}' (prefill/decode) serves one prompt per request; send each "
-                           "prompt as its own request", "multiple_prompts", param="prompt")
+        raise GatewayError(
+            400,
+            f"pool '{pool.name}' (prefill/decode) serves one prompt per request; send each prompt as its own request",
+            "multiple_prompts",
+            param="prompt",
+        )

@@ -53,5 +53,11 @@ class HealthChecker:
             ep.passes, ep.failures = 0, ep.failures + 1
             if ep.healthy and ep.failures >= self.config.unhealthy_threshold:
                 ep.healthy = False
-                log.warning("endpoint %s (%s/%s) failed %d health checks in a row; last: %s", ep.url, ep.pool,
-                            ep.role, ep.failures, reason)
+                log.warning(
+                    "endpoint %s (%s/%s) failed %d health checks in a row; last: %s",
+                    ep.url,
+                    ep.pool,
+                    ep.role,
+                    ep.failures,
+                    reason,
+                )

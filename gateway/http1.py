@@ -262,8 +262,14 @@ class ConnectionPool:
         self._idle: dict[tuple[str, int, bool], list[Connection]] = {}
         self._ssl: ssl.SSLContext | None = None
 
-    async def request(self, method: str, url: str, headers: bytes = b"", body: bytes = b"",
-                      on_sent: Callable[[Response], None] | None = None) -> Response:
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: bytes = b"",
+        body: bytes = b"",
+        on_sent: Callable[[Response], None] | None = None,
+    ) -> Response:
         """Send the request; returns the Response (await `response.head` for the head).
 
         `headers` are header lines, each ending in CRLF (`header_lines` makes them).
@@ -276,7 +282,13 @@ class ConnectionPool:
         scheme, host, port, path = split_url(url)
         origin = (host, port, scheme == "https")
         head = b"%s %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-length: %d\r\n%s\r\n" % (
-            method.encode(), path.encode(), host.encode(), port, len(body), headers)
+            method.encode(),
+            path.encode(),
+            host.encode(),
+            port,
+            len(body),
+            headers,
+        )
         conn = self._take(origin)
         if conn is None:
             conn = await self._connect(origin)

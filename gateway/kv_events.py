@@ -60,8 +60,12 @@ def parse_event(raw: Any) -> Event | None:
     """One event of a batch (a tagged map; an array `[tag, fields...]` is read too)."""
     tag = raw.get("type") if isinstance(raw, dict) else raw[0]
     if tag == "BlockStored":
-        return Stored(list(_field(raw, "block_hashes", 1)), _field(raw, "parent_block_hash", 2),
-                      list(_field(raw, "token_ids", 3)), int(_field(raw, "block_size", 4)))
+        return Stored(
+            list(_field(raw, "block_hashes", 1)),
+            _field(raw, "parent_block_hash", 2),
+            list(_field(raw, "token_ids", 3)),
+            int(_field(raw, "block_size", 4)),
+        )
     if tag == "BlockRemoved":
         return Removed(list(_field(raw, "block_hashes", 1)))
     if tag == "AllBlocksCleared":

@@ -81,8 +81,9 @@ class Leg:
         self.request = (path, body)
         await retry.send(self)
 
-    async def open_relay(self, path: str, body: bytes,
-                         transform: Callable[[bytes], bytes] | None = None) -> StreamRelay:
+    async def open_relay(
+        self, path: str, body: bytes, transform: Callable[[bytes], bytes] | None = None
+    ) -> StreamRelay:
         """Open the leg and relay its stream to the client. The relay is armed once the request
         is on its way, so the first event goes out as soon as it is read."""
         made: list[StreamRelay] = []

@@ -18,8 +18,7 @@ class OutlierDetector:
     `base_ejection_s`, doubling with each repeat, never more than `max_ejection_percent` of its
     group at once. Active health checks bring it back once the time is over."""
 
-    def __init__(self, config: Outlier, group_of: Callable[[Endpoint], list[Endpoint]],
-                 telemetry: Telemetry) -> None:
+    def __init__(self, config: Outlier, group_of: Callable[[Endpoint], list[Endpoint]], telemetry: Telemetry) -> None:
         self.config = config
         self.group_of = group_of
         self.telemetry = telemetry
@@ -43,8 +42,9 @@ class OutlierDetector:
         group = self.group_of(ep)
         ejected = sum(1 for e in group if e.ejected_until > now)
         if (ejected + 1) * 100 > cfg.max_ejection_percent * len(group):
-            log.warning("not ejecting %s (%s): over %d%% of its group would be out", ep.url, reason,
-                        cfg.max_ejection_percent)
+            log.warning(
+                "not ejecting %s (%s): over %d%% of its group would be out", ep.url, reason, cfg.max_ejection_percent
+            )
             return
         duration = min(cfg.base_ejection_s * 2**ep.ejections, cfg.max_ejection_s)
         ep.ejections += 1

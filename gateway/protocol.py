@@ -74,8 +74,16 @@ class GatewayProtocol(HttpToolsProtocol):
             return
         self._refused = True
         body = json.dumps(envelope(message, status, code)).encode()
-        self.transport.write(b"".join((STATUS_LINE[status], b"content-type: application/json\r\n",
-                                       b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body)))
+        self.transport.write(
+            b"".join(
+                (
+                    STATUS_LINE[status],
+                    b"content-type: application/json\r\n",
+                    b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body),
+                    body,
+                )
+            )
+        )
         # A lingering close: closed at once with unread input, the socket would send a reset that
         # can destroy the answer before the client reads it. So: send it and our end of the
         # stream, discard what still comes, and close when the client does or after a while.

@@ -38,8 +38,12 @@ class StreamRelay:
     event and [DONE].
     """
 
-    def __init__(self, source: PushSource | AsyncIterator[bytes], ctx: RequestContext,
-                 transform: Callable[[bytes], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        source: PushSource | AsyncIterator[bytes],
+        ctx: RequestContext,
+        transform: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.transform = transform
         self.headers = [*SSE_HEADERS, (b"x-request-id", ctx.request_id.encode())]

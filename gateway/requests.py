@@ -122,8 +122,10 @@ def _load(raw: bytes) -> dict:
         try:
             json.dumps(body, ensure_ascii=False).encode()
         except UnicodeEncodeError:
-            raise bad_request("request body contains a lone surrogate (an unpaired \\uD800-\\uDFFF escape), "
-                              "which is not text", code="invalid_json") from None
+            raise bad_request(
+                "request body contains a lone surrogate (an unpaired \\uD800-\\uDFFF escape), which is not text",
+                code="invalid_json",
+            ) from None
     return body
 
 

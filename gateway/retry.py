@@ -75,15 +75,22 @@ async def _wait_for_capacity(leg: Leg, remaining: float) -> None:
 def may_replay(leg: Leg) -> bool:
     """A stream may be sent again when nothing of it reached the consumer, the worker failed
     (no timeout, abort or garbage), and another worker may be tried."""
-    return (leg.replayable and not leg.last and not leg.timed_out and not leg.aborted and not leg.garbage
-            and len(leg.tried) < leg.gateway.config.retries.attempts)
+    return (
+        leg.replayable
+        and not leg.last
+        and not leg.timed_out
+        and not leg.aborted
+        and not leg.garbage
+        and len(leg.tried) < leg.gateway.config.retries.attempts
+    )
 
 
 async def replay(leg: Leg, failure: UpstreamError, on_end: OnEnd) -> None:
     """Send a stream that broke off before its first event to another worker; its 2xx answer
     re-arms the consumer (see Leg._sent)."""
-    log.warning("rid=%s %s before its first event; retrying on another worker", leg.ctx.request_id,
-                safe(failure.message))
+    log.warning(
+        "rid=%s %s before its first event; retrying on another worker", leg.ctx.request_id, safe(failure.message)
+    )
     assert leg.ep is not None
     leg.tried.add(leg.ep)
     leg.give_up()

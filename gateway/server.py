@@ -66,9 +66,12 @@ def http_protocol(config: GatewayConfig) -> type[protocol.GatewayProtocol] | str
     if config.listen.http == "uvicorn":
         return "httptools"
     if not protocol.supported():
-        log.warning("uvicorn %s is not a release the gateway's HTTP protocol was tested with (%s): serving on "
-                    "plain uvicorn, without the short path and the request-head bounds", uvicorn.__version__,
-                    ", ".join(f"{a}.{b}.x" for a, b in protocol.TESTED_UVICORN))
+        log.warning(
+            "uvicorn %s is not a release the gateway's HTTP protocol was tested with (%s): serving on "
+            "plain uvicorn, without the short path and the request-head bounds",
+            uvicorn.__version__,
+            ", ".join(f"{a}.{b}.x" for a, b in protocol.TESTED_UVICORN),
+        )
         return "httptools"
     return protocol.GatewayProtocol
 

@@ -24,8 +24,7 @@ class Upstream:
     async def close(self) -> None:
         self.pool.close()
 
-    async def post(self, url: str, body: bytes, headers: bytes,
-                   on_sent: Callable[[Response], None]) -> Response:
+    async def post(self, url: str, body: bytes, headers: bytes, on_sent: Callable[[Response], None]) -> Response:
         """Send a POST (`on_sent` sees the Response once written); then `answer` has the head.
 
         No timer here: the caller's watchdog entry bounds the wait for the answer, which
@@ -46,8 +45,14 @@ class Upstream:
             payload = await self.read(resp)
             raise UpstreamStatus(resp.status, payload, resp.headers.get("content-type", "application/json"))
 
-    async def _send(self, method: str, url: str, headers: bytes = b"", body: bytes = b"",
-                    on_sent: Callable[[Response], None] | None = None) -> Response:
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: bytes = b"",
+        body: bytes = b"",
+        on_sent: Callable[[Response], None] | None = None,
+    ) -> Response:
         try:
             return await self.pool.request(method, url, headers, body, on_sent)
         except OSError as err:  # TimeoutError included: the connect timeout

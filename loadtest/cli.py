@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("loadtest", help="llmperf-compatible streaming load test of an OpenAI endpoint",
-                              description=__doc__)
+    p = subparsers.add_parser(
+        "loadtest", help="llmperf-compatible streaming load test of an OpenAI endpoint", description=__doc__
+    )
     _load_args(p)
     sub = p.add_subparsers(dest="loadtest_command")
     c = sub.add_parser("compare", help="two runs side by side, plotted together")
@@ -33,19 +34,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _load_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base-url", action="append", default=[],
-                   help="OpenAI base URL, e.g. http://host:8000/v1; repeat it or separate with ';' "
-                   "to spread requests round-robin (default: $OPENAI_API_BASE)")
+    p.add_argument(
+        "--base-url",
+        action="append",
+        default=[],
+        help="OpenAI base URL, e.g. http://host:8000/v1; repeat it or separate with ';' "
+        "to spread requests round-robin (default: $OPENAI_API_BASE)",
+    )
     p.add_argument("--model", help="served model name")
     p.add_argument("--api-key", default=None, help="default: $OPENAI_API_KEY")
     p.add_argument("--api", choices=["chat", "completions"], default="chat")
-    p.add_argument("--concurrency", "--num-concurrent-requests", type=int, default=None,
-                   help="closed loop: concurrent streams (default 10); with --rate: cap on requests in flight")
+    p.add_argument(
+        "--concurrency",
+        "--num-concurrent-requests",
+        type=int,
+        default=None,
+        help="closed loop: concurrent streams (default 10); with --rate: cap on requests in flight",
+    )
     p.add_argument("--rate", type=float, default=None, help="Poisson arrivals at this many requests/s")
-    p.add_argument("--max-requests", "--max-num-completed-requests", type=int, default=10,
-                   help="requests to run (0: no limit, until --timeout)")
-    p.add_argument("--timeout", type=float, default=90.0,
-                   help="test duration limit in seconds (llmperf's --timeout): no request starts after it")
+    p.add_argument(
+        "--max-requests",
+        "--max-num-completed-requests",
+        type=int,
+        default=10,
+        help="requests to run (0: no limit, until --timeout)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=90.0,
+        help="test duration limit in seconds (llmperf's --timeout): no request starts after it",
+    )
     p.add_argument("--request-timeout", type=float, default=180.0, help="per-request limit (s)")
     p.add_argument("--warmup", type=int, default=0, help="requests sent before measuring, not recorded")
     shape = Shape()
@@ -84,22 +103,38 @@ def _spec(args: argparse.Namespace, urls: list[str]) -> LoadSpec:
 
     key = args.api_key or os.environ.get("OPENAI_API_KEY")
     return LoadSpec(
-        urls=urls, model=args.model, api=args.api, headers={"Authorization": f"Bearer {key}"} if key else {},
+        urls=urls,
+        model=args.model,
+        api=args.api,
+        headers={"Authorization": f"Bearer {key}"} if key else {},
         concurrency=args.concurrency if args.concurrency is not None else (None if args.rate else 10),
-        rate=args.rate, max_requests=args.max_requests or None, duration_s=args.timeout or None,
-        request_timeout_s=args.request_timeout, warmup=args.warmup,
-        extra=json.loads(args.additional_sampling_params), ignore_eos=not args.no_ignore_eos,
-        seed=args.seed, show_errors=args.show_errors,
+        rate=args.rate,
+        max_requests=args.max_requests or None,
+        duration_s=args.timeout or None,
+        request_timeout_s=args.request_timeout,
+        warmup=args.warmup,
+        extra=json.loads(args.additional_sampling_params),
+        ignore_eos=not args.no_ignore_eos,
+        seed=args.seed,
+        show_errors=args.show_errors,
     )
 
 
 def _metadata(args: argparse.Namespace, spec: LoadSpec, counter_name: str, start: float) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "model": args.model, "mean_input_tokens": args.mean_input_tokens,
-        "stddev_input_tokens": args.stddev_input_tokens, "mean_output_tokens": args.mean_output_tokens,
-        "stddev_output_tokens": args.stddev_output_tokens, "num_concurrent_requests": spec.concurrency,
-        "additional_sampling_params": spec.extra, "request_rate": spec.rate, "workload": args.workload,
-        "api": args.api, "base_urls": ";".join(spec.urls), "tokenizer": counter_name, "warmup": spec.warmup,
+        "model": args.model,
+        "mean_input_tokens": args.mean_input_tokens,
+        "stddev_input_tokens": args.stddev_input_tokens,
+        "mean_output_tokens": args.mean_output_tokens,
+        "stddev_output_tokens": args.stddev_output_tokens,
+        "num_concurrent_requests": spec.concurrency,
+        "additional_sampling_params": spec.extra,
+        "request_rate": spec.rate,
+        "workload": args.workload,
+        "api": args.api,
+        "base_urls": ";".join(spec.urls),
+        "tokenizer": counter_name,
+        "warmup": spec.warmup,
         "start_timestamp": start,
     }
     for item in filter(None, args.metadata.split(",")):
@@ -127,14 +162,16 @@ def run_loadtest(args: argparse.Namespace) -> int:
     except Exception as exc:  # a bad tokenizer directory or sampling-params JSON: say so, no traceback
         print(f"pd-gateway loadtest: {exc}", file=sys.stderr)
         return 2
-    shape = Shape(args.mean_input_tokens, args.stddev_input_tokens, args.mean_output_tokens,
-                  args.stddev_output_tokens)
+    shape = Shape(args.mean_input_tokens, args.stddev_input_tokens, args.mean_output_tokens, args.stddev_output_tokens)
     requests = make_workload(args.workload, shape, counter, args.seed, **_workload_options(args))
     progress = make_progress(spec.max_requests)
     result = asyncio.run(run_load(spec, requests, progress))
     rows = [request_metrics(r, counter, result.t0) for r in result.records]
-    summary = summary_document(name := run_name(args.model, args.mean_input_tokens, args.mean_output_tokens),
-                               _metadata(args, spec, counter.name, result.t0_unix), summarize(rows, result.wall_s))
+    summary = summary_document(
+        name := run_name(args.model, args.mean_input_tokens, args.mean_output_tokens),
+        _metadata(args, spec, counter.name, result.t0_unix),
+        summarize(rows, result.wall_s),
+    )
     print_table(summary_table(summary, f"loadtest {args.model} ({len(urls)} URL(s))"), sys.stdout)
     if args.results_dir:
         paths = list(write_results(args.results_dir, name, summary, rows))

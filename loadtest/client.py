@@ -80,13 +80,20 @@ async def _read_stream(resp: aiohttp.ClientResponse, rec: Record) -> None:
             rec.usage_output_tokens = usage.get("completion_tokens")
 
 
-async def stream_request(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
-                         body: dict[str, Any], input_tokens: int, timeout_s: float) -> Record:
+async def stream_request(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    input_tokens: int,
+    timeout_s: float,
+) -> Record:
     """POST `body` to `url` and stream the answer; any failure becomes the record's error, never raised."""
     rec = Record(url=url, start=time.monotonic(), input_tokens=input_tokens)
     try:
-        async with session.post(url, json=body, headers=headers,
-                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+        async with session.post(
+            url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as resp:
             if resp.status != 200:
                 rec.error_code, rec.error_msg = resp.status, (await resp.text())[:2000]
             else:

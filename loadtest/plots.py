@@ -30,9 +30,12 @@ def _edges(values: list[float], bins: int = 40) -> list[float]:
 
 def _histograms(runs: Runs, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, key, title in zip(axes, (TTFT, ITL, TPOT),
-                              ("TTFT (s)", "inter-token latency, llmperf (s)", "time per output token (s)"),
-                              strict=True):
+    for ax, key, title in zip(
+        axes,
+        (TTFT, ITL, TPOT),
+        ("TTFT (s)", "inter-token latency, llmperf (s)", "time per output token (s)"),
+        strict=True,
+    ):
         every = [v for _, rows in runs for v in _ok(rows, key)]
         for label, rows in runs:
             values = _ok(rows, key)

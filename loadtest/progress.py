@@ -52,8 +52,15 @@ class RichProgress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._bar = Progress(TextColumn("loadtest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             TextColumn("{task.description}"), console=Console(file=stream), transient=False)
+        self._bar = Progress(
+            TextColumn("loadtest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=Console(file=stream),
+            transient=False,
+        )
         self._task = self._bar.add_task("", total=total)
         self._bar.start()
 

@@ -10,14 +10,23 @@ from rich.table import Table
 
 from .stats import E2E, IN_TOKENS, ITL, OUT_TOKENS, REQ_TPUT, TPOT, TTFT
 
-ROWS = ((TTFT, "TTFT (s)"), (ITL, "inter-token latency (s, llmperf)"), (TPOT, "time per output token (s)"),
-        (E2E, "end-to-end latency (s)"), (REQ_TPUT, "request output tok/s"),
-        (IN_TOKENS, "input tokens"), (OUT_TOKENS, "output tokens"))
+ROWS = (
+    (TTFT, "TTFT (s)"),
+    (ITL, "inter-token latency (s, llmperf)"),
+    (TPOT, "time per output token (s)"),
+    (E2E, "end-to-end latency (s)"),
+    (REQ_TPUT, "request output tok/s"),
+    (IN_TOKENS, "input tokens"),
+    (OUT_TOKENS, "output tokens"),
+)
 STATS = ("mean", "quantiles_p50", "quantiles_p90", "quantiles_p99")
-TOTALS = (("results_mean_output_throughput_token_per_s", "output throughput (tok/s)"),
-          ("results_num_completed_requests", "completed requests"),
-          ("results_mean_requests_in_flight", "requests in flight (mean)"),
-          ("results_number_errors", "errors"), ("results_error_rate", "error rate"))
+TOTALS = (
+    ("results_mean_output_throughput_token_per_s", "output throughput (tok/s)"),
+    ("results_num_completed_requests", "completed requests"),
+    ("results_mean_requests_in_flight", "requests in flight (mean)"),
+    ("results_number_errors", "errors"),
+    ("results_error_rate", "error rate"),
+)
 
 
 def _fmt(value: Any) -> str:

@@ -22,13 +22,19 @@ def run_name(model: str, mean_input_tokens: int, mean_output_tokens: int) -> str
 
 
 def summary_document(name: str, metadata: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
-    doc = {"version": RESULTS_VERSION, "name": f"{name}_summary", **metadata, "results": results,
-           "timestamp": int(time.time())}
+    doc = {
+        "version": RESULTS_VERSION,
+        "name": f"{name}_summary",
+        **metadata,
+        "results": results,
+        "timestamp": int(time.time()),
+    }
     return flatten(doc)
 
 
-def write_results(directory: str | Path, name: str, summary: dict[str, Any],
-                  rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+def write_results(
+    directory: str | Path, name: str, summary: dict[str, Any], rows: list[dict[str, Any]]
+) -> tuple[Path, Path]:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / f"{name}_summary.json"

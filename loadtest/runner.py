@@ -53,8 +53,9 @@ class RunResult:
 class _Run:
     """Shared state of one phase: what to send next, where, and what came back."""
 
-    def __init__(self, spec: LoadSpec, requests: Iterator[Request], limit: int | None,
-                 duration_s: float | None, errors: TextIO) -> None:
+    def __init__(
+        self, spec: LoadSpec, requests: Iterator[Request], limit: int | None, duration_s: float | None, errors: TextIO
+    ) -> None:
         self.spec = spec
         self._requests = requests
         self._urls = itertools.cycle(spec.urls)
@@ -86,21 +87,30 @@ class _Run:
         if not rec.ok:
             self.error_count += 1
             if self.error_count <= self.spec.show_errors:
-                print(f"loadtest: request failed ({rec.url}): {rec.error_code}: {rec.error_msg[:500]}",
-                      file=self._errors, flush=True)
+                print(
+                    f"loadtest: request failed ({rec.url}): {rec.error_code}: {rec.error_msg[:500]}",
+                    file=self._errors,
+                    flush=True,
+                )
 
     async def _stream(self, session: aiohttp.ClientSession, url: str, req: Request) -> Record:
         body = request_body(req, self.spec.model, self.spec.api, self.spec.extra, self.spec.ignore_eos)
-        return await stream_request(session, url, self.spec.headers, body, req.input_tokens,
-                                    self.spec.request_timeout_s)
+        return await stream_request(
+            session, url, self.spec.headers, body, req.input_tokens, self.spec.request_timeout_s
+        )
 
     def snapshot(self, t0: float) -> Snapshot:
         ok = [r for r in self.records if r.ok]
         ttfts = [r.token_times[0] - r.start for r in ok]
         events = sum(len(r.token_times) for r in ok)
         elapsed = max(time.monotonic() - t0, 1e-9)
-        return Snapshot(done=len(ok), errors=self.error_count, total=self._limit,
-                        tokens_per_s=events / elapsed, ttft_p50_s=statistics.median(ttfts) if ttfts else None)
+        return Snapshot(
+            done=len(ok),
+            errors=self.error_count,
+            total=self._limit,
+            tokens_per_s=events / elapsed,
+            ttft_p50_s=statistics.median(ttfts) if ttfts else None,
+        )
 
 
 async def _closed_loop(run: _Run, session: aiohttp.ClientSession, streams: int) -> None:
@@ -175,9 +185,14 @@ def _stop_on_interrupt(run: _Run, err: TextIO) -> Callable[[], None]:
     return restore
 
 
-async def run_load(spec: LoadSpec, requests: Iterator[Request], progress: Progress | None = None,
-                   errors: TextIO | None = None, tick_s: float = 0.5,
-                   on_measure: Callable[[], None] | None = None) -> RunResult:
+async def run_load(
+    spec: LoadSpec,
+    requests: Iterator[Request],
+    progress: Progress | None = None,
+    errors: TextIO | None = None,
+    tick_s: float = 0.5,
+    on_measure: Callable[[], None] | None = None,
+) -> RunResult:
     """Warm up (unrecorded), then run the measured phase; never raises for a failed request."""
     err = errors or sys.stderr
     connector = aiohttp.TCPConnector(limit=0, force_close=False)

@@ -43,10 +43,19 @@ def request_metrics(rec: Record, counter: TokenCounter, t0: float) -> dict[str, 
     itl = (rec.token_times[-1] - rec.start) / rec.chunks if rec.ok and out else 0.0
     tpot = (rec.token_times[-1] - rec.token_times[0]) / (out - 1) if rec.ok and out > 1 else None
     return {
-        "error_code": rec.error_code, "error_msg": rec.error_msg,
-        ITL: itl, TTFT: ttft, E2E: e2e, REQ_TPUT: out / e2e if e2e > 0 else 0.0,
-        "number_total_tokens": rec.input_tokens + out, OUT_TOKENS: out, IN_TOKENS: rec.input_tokens,
-        TPOT: tpot, "start_s": rec.start - t0, "url": rec.url, "events": rec.chunks,
+        "error_code": rec.error_code,
+        "error_msg": rec.error_msg,
+        ITL: itl,
+        TTFT: ttft,
+        E2E: e2e,
+        REQ_TPUT: out / e2e if e2e > 0 else 0.0,
+        "number_total_tokens": rec.input_tokens + out,
+        OUT_TOKENS: out,
+        IN_TOKENS: rec.input_tokens,
+        TPOT: tpot,
+        "start_s": rec.start - t0,
+        "url": rec.url,
+        "events": rec.chunks,
         "text_events": len(rec.token_times),
         "usage_completion_tokens": rec.usage_output_tokens,
     }
@@ -63,11 +72,18 @@ def quantile(values: Sequence[float], q: float) -> float:
 
 def describe(values: Sequence[float]) -> dict[str, Any]:
     if not values:
-        return {"quantiles": {f"p{int(q * 100)}": None for q in QUANTILES},
-                "mean": None, "min": None, "max": None, "stddev": None}
+        return {
+            "quantiles": {f"p{int(q * 100)}": None for q in QUANTILES},
+            "mean": None,
+            "min": None,
+            "max": None,
+            "stddev": None,
+        }
     return {
         "quantiles": {f"p{int(q * 100)}": quantile(values, q) for q in QUANTILES},
-        "mean": statistics.fmean(values), "min": min(values), "max": max(values),
+        "mean": statistics.fmean(values),
+        "min": min(values),
+        "max": max(values),
         "stddev": statistics.stdev(values) if len(values) > 1 else None,
     }
 
@@ -79,17 +95,19 @@ def summarize(rows: Sequence[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     codes = Counter(str(r["error_code"]) for r in rows if r["error_code"] is not None)
     errors = sum(codes.values())
     out_tokens = sum(r[OUT_TOKENS] for r in ok)
-    ret.update({
-        "num_requests_started": len(rows),
-        "error_rate": errors / len(rows) if rows else 0,
-        "number_errors": errors,
-        "error_code_frequency": str(dict(codes)),
-        "mean_output_throughput_token_per_s": out_tokens / wall_s if wall_s > 0 else 0.0,
-        "num_completed_requests": len(ok),
-        "num_completed_requests_per_min": len(ok) / wall_s * 60 if wall_s > 0 else 0.0,
-        # ours: the load actually offered (llmperf's threads keep fewer than --num-concurrent-requests)
-        "mean_requests_in_flight": sum(r[E2E] for r in ok) / wall_s if wall_s > 0 else 0.0,
-    })
+    ret.update(
+        {
+            "num_requests_started": len(rows),
+            "error_rate": errors / len(rows) if rows else 0,
+            "number_errors": errors,
+            "error_code_frequency": str(dict(codes)),
+            "mean_output_throughput_token_per_s": out_tokens / wall_s if wall_s > 0 else 0.0,
+            "num_completed_requests": len(ok),
+            "num_completed_requests_per_min": len(ok) / wall_s * 60 if wall_s > 0 else 0.0,
+            # ours: the load actually offered (llmperf's threads keep fewer than --num-concurrent-requests)
+            "mean_requests_in_flight": sum(r[E2E] for r in ok) / wall_s if wall_s > 0 else 0.0,
+        }
+    )
     return ret
 
 

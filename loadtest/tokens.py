@@ -56,7 +56,9 @@ def load_counter(directory: str | None) -> TokenCounter:
     """The tokenizer in `directory`; without one, warn and count words."""
     if directory:
         return HFTokenizer(directory)
-    log.warning("no --tokenizer given: counting tokens as whitespace-separated words; figures in tokens "
-                "(ITL, throughput, input/output counts) are approximate. Pass the served model's "
-                "tokenizer directory for llmperf-comparable counts.")
+    log.warning(
+        "no --tokenizer given: counting tokens as whitespace-separated words; figures in tokens "
+        "(ITL, throughput, input/output counts) are approximate. Pass the served model's "
+        "tokenizer directory for llmperf-comparable counts."
+    )
     return WordCounter()

@@ -79,12 +79,10 @@ def random_prompts(shape: Shape, counter: TokenCounter, seed: int = 0) -> Iterat
         out = positive_gauss(rng, shape.mean_output_tokens, shape.stddev_output_tokens)
         n_in = positive_gauss(rng, shape.mean_input_tokens, shape.stddev_input_tokens)
         text = random_text(rng, n_in, counter)
-        yield Request([{"role": "system", "content": ""}, {"role": "user", "content": text}], out,
-                      counter.count(text))
+        yield Request([{"role": "system", "content": ""}, {"role": "user", "content": text}], out, counter.count(text))
 
 
-def shared_prefix(shape: Shape, counter: TokenCounter, seed: int = 0,
-                  system_tokens: int = 1000) -> Iterator[Request]:
+def shared_prefix(shape: Shape, counter: TokenCounter, seed: int = 0, system_tokens: int = 1000) -> Iterator[Request]:
     """Every request starts with the same long system prompt (prefix caching / prefix-aware routing)."""
     rng = random.Random(seed)
     system = random_text(random.Random(seed + 1), system_tokens, counter)
@@ -92,12 +90,17 @@ def shared_prefix(shape: Shape, counter: TokenCounter, seed: int = 0,
     while True:
         out = positive_gauss(rng, shape.mean_output_tokens, shape.stddev_output_tokens)
         text = random_text(rng, positive_gauss(rng, shape.mean_input_tokens, shape.stddev_input_tokens), counter)
-        yield Request([{"role": "system", "content": system}, {"role": "user", "content": text}], out,
-                      n_system + counter.count(text), meta={"system_tokens": n_system})
+        yield Request(
+            [{"role": "system", "content": system}, {"role": "user", "content": text}],
+            out,
+            n_system + counter.count(text),
+            meta={"system_tokens": n_system},
+        )
 
 
-def multi_turn(shape: Shape, counter: TokenCounter, seed: int = 0, turns: int = 4,
-               sessions: int = 8) -> Iterator[Request]:
+def multi_turn(
+    shape: Shape, counter: TokenCounter, seed: int = 0, turns: int = 4, sessions: int = 8
+) -> Iterator[Request]:
     """Conversations of `turns` turns, `sessions` of them interleaved: turn k resends turns 1..k-1 (with a
     synthetic assistant reply of the asked length) plus a new user message. `session` names the
     conversation (sent as the OpenAI `user` field, which session-aware routing reads)."""
@@ -113,16 +116,16 @@ def multi_turn(shape: Shape, counter: TokenCounter, seed: int = 0, turns: int = 
         out = positive_gauss(rng, shape.mean_output_tokens, shape.stddev_output_tokens)
         user = random_text(rng, positive_gauss(rng, shape.mean_input_tokens, shape.stddev_input_tokens), counter)
         messages = [*history, {"role": "user", "content": user}]
-        yield Request(messages, out, sum(counter.count(m["content"]) for m in messages), session=name,
-                      meta={"turn": done + 1})
+        yield Request(
+            messages, out, sum(counter.count(m["content"]) for m in messages), session=name, meta={"turn": done + 1}
+        )
         reply = {"role": "assistant", "content": random_text(rng, out, counter)}
         live[index] = (name, [*messages, reply], done + 1)
         if done + 1 >= turns:
             live.pop(index)
 
 
-def make_workload(name: str, shape: Shape, counter: TokenCounter, seed: int = 0,
-                  **options: Any) -> Iterator[Request]:
+def make_workload(name: str, shape: Shape, counter: TokenCounter, seed: int = 0, **options: Any) -> Iterator[Request]:
     if name == "random":
         return random_prompts(shape, counter, seed)
     if name == "multi-turn":
@@ -132,8 +135,9 @@ def make_workload(name: str, shape: Shape, counter: TokenCounter, seed: int = 0,
     raise ValueError(f"unknown workload {name!r}; choose one of {', '.join(WORKLOADS)}")
 
 
-def request_body(req: Request, model: str, api: Api, extra: dict[str, Any] | None = None,
-                 ignore_eos: bool = True) -> dict[str, Any]:
+def request_body(
+    req: Request, model: str, api: Api, extra: dict[str, Any] | None = None, ignore_eos: bool = True
+) -> dict[str, Any]:
     """The OpenAI streaming body; `extra` (additional sampling params) overrides the defaults."""
     body: dict[str, Any] = {"model": model, "stream": True, "max_tokens": req.max_tokens}
     if api == "chat":
@@ -148,8 +152,15 @@ def request_body(req: Request, model: str, api: Api, extra: dict[str, Any] | Non
     return body
 
 
-def bodies(model: str, workload: str = "random", api: Api = "chat", shape: Shape | None = None,
-           counter: TokenCounter | None = None, seed: int = 0, **options: Any) -> Iterator[dict[str, Any]]:
+def bodies(
+    model: str,
+    workload: str = "random",
+    api: Api = "chat",
+    shape: Shape | None = None,
+    counter: TokenCounter | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> Iterator[dict[str, Any]]:
     """Endless request bodies of a workload: the entry point for other benchmarks."""
     for req in make_workload(workload, shape or Shape(), counter or WordCounter(), seed, **options):
         yield request_body(req, model, api)

@@ -56,13 +56,23 @@ async def _embedded(overrides: dict) -> None:
 
     sims = [await start_sim(SimConfig(port=0, model="sim-model", itl_ms=20, ttft_ms=50)) for _ in range(2)]
     p = await start_sim(SimConfig(port=0, model="sim-pd-model", role="prefill", kv_protocol="nixl", ttft_ms=50))
-    d = await start_sim(SimConfig(port=0, model="sim-pd-model", role="decode", kv_protocol="nixl", itl_ms=20,
-                                  kv_peers=[p.url]))
-    overrides.setdefault("pools", [
-        {"name": "sim", "kind": "replicas", "models": ["sim-model"], "workers": [s.url for s in sims]},
-        {"name": "sim-pd", "kind": "pd", "protocol": "nixl", "models": ["sim-pd-model"],
-         "prefill": [p.url], "decode": [d.url]},
-    ])
+    d = await start_sim(
+        SimConfig(port=0, model="sim-pd-model", role="decode", kv_protocol="nixl", itl_ms=20, kv_peers=[p.url])
+    )
+    overrides.setdefault(
+        "pools",
+        [
+            {"name": "sim", "kind": "replicas", "models": ["sim-model"], "workers": [s.url for s in sims]},
+            {
+                "name": "sim-pd",
+                "kind": "pd",
+                "protocol": "nixl",
+                "models": ["sim-pd-model"],
+                "prefill": [p.url],
+                "decode": [d.url],
+            },
+        ],
+    )
     sims += [p, d]
     config = load_config(None, overrides)
     for line in embedded_banner(config.listen.host, config.listen.port):

@@ -18,6 +18,7 @@ Design choices (see docs/real-vllm.md):
     emits EOS/EOT or partial UTF-8: `max_tokens` bounds the output length exactly
     and streamed text concatenates to the non-streamed text.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,10 +71,16 @@ OUTPUT_FILES = [
     "special_tokens_map.json",
 ]
 
-_SUBJECTS = "the cat|a dog|my friend|the old man|a small bird|the teacher|our team|the river|a robot|the city".split("|")
+_SUBJECTS = "the cat|a dog|my friend|the old man|a small bird|the teacher|our team|the river|a robot|the city".split(
+    "|"
+)
 _VERBS = "sees|likes|builds|finds|carries|watches|follows|paints|opens|remembers|sends|reads".split("|")
-_OBJECTS = "a red ball|the long road|some bread|the blue door|a quiet song|the green hill|an open window|the last train|a bright star|the warm soup".split("|")
-_TAILS = "today|at night|in the morning|with care|very slowly|again and again|near the sea|after the rain|before dinner|without a word".split("|")
+_OBJECTS = "a red ball|the long road|some bread|the blue door|a quiet song|the green hill|an open window|the last train|a bright star|the warm soup".split(
+    "|"
+)
+_TAILS = "today|at night|in the morning|with care|very slowly|again and again|near the sea|after the rain|before dinner|without a word".split(
+    "|"
+)
 _EXTRA = "hello world what is the answer to this question please tell me a story about numbers one two three four five six seven eight nine ten zero".split()
 
 
@@ -213,9 +220,7 @@ def is_valid(out: Path) -> bool:
     """Present, written by this recipe version, and unmodified since."""
     try:
         stamp = json.loads((out / STAMP_FILE).read_text())
-        return stamp["recipe"] == RECIPE_VERSION and all(
-            _sha256(out / f) == stamp["files"][f] for f in OUTPUT_FILES
-        )
+        return stamp["recipe"] == RECIPE_VERSION and all(_sha256(out / f) == stamp["files"][f] for f in OUTPUT_FILES)
     except (OSError, KeyError, ValueError):
         return False
 
@@ -234,7 +239,7 @@ def check_loads(out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     with torch.no_grad():
         out_ids = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
-    print("check ok:", type(tok).__name__, "greedy:", repr(tok.decode(out_ids[0][len(ids):])))
+    print("check ok:", type(tok).__name__, "greedy:", repr(tok.decode(out_ids[0][len(ids) :])))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,8 +33,7 @@ def main() -> None:
     with httpx.Client(timeout=120) as client:
         version = client.get(url + "/version").json().get("version")
         answers = {case.name: ask(client, url, case) for case in CASES}
-    record = {"vllm_version": version, "model": MODEL, "max_model_len": MAX_MODEL_LEN,
-              "answers": answers}
+    record = {"vllm_version": version, "model": MODEL, "max_model_len": MAX_MODEL_LEN, "answers": answers}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1, ensure_ascii=True) + "\n")
     print(f"{len(answers)} answers of vLLM {version} -> {args.out}")

@@ -82,6 +82,7 @@ class FaultyWorker:
             writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
         elif self.behaviour == "garbage-json":
             body = b"<html>surprise</html>"
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                         % (len(body), body))
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
         await writer.drain()

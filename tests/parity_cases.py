@@ -68,10 +68,12 @@ CASES: list[Case] = [
     Case("completion_logprobs", COMPLETIONS, _c(logprobs=2)),
     Case("completion_stop", COMPLETIONS, _c(max_tokens=8, stop=[" "])),
     Case("completion_stream", COMPLETIONS, _c(stream=True)),
-    Case("completion_stream_usage", COMPLETIONS,
-         _c(stream=True, stream_options={"include_usage": True})),
-    Case("completion_stream_continuous_usage", COMPLETIONS,
-         _c(stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True})),
+    Case("completion_stream_usage", COMPLETIONS, _c(stream=True, stream_options={"include_usage": True})),
+    Case(
+        "completion_stream_continuous_usage",
+        COMPLETIONS,
+        _c(stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True}),
+    ),
     Case("completion_stream_n2", COMPLETIONS, _c(stream=True, n=2)),
     Case("completion_stream_echo", COMPLETIONS, _c(stream=True, echo=True)),
     Case("completion_stream_logprobs", COMPLETIONS, _c(stream=True, logprobs=1)),
@@ -122,14 +124,21 @@ CASES: list[Case] = [
     Case("logprobs_negative", COMPLETIONS, _c(logprobs=-2)),
     Case("logprobs_str", COMPLETIONS, _c(logprobs="x")),
     Case("prompt_over_context", COMPLETIONS, _c(prompt=" ".join(["word"] * 600)), mask_digits=True),
-    Case("lone_surrogate", COMPLETIONS,
-         '{"model": "tiny", "prompt": "a \\udc00 b", "max_tokens": 2}'),
-    Case("lone_surrogate_chat", CHAT,
-         '{"model": "tiny", "messages": [{"role": "user", "content": "a \\ud800"}], "max_tokens": 2}'),
+    Case("lone_surrogate", COMPLETIONS, '{"model": "tiny", "prompt": "a \\udc00 b", "max_tokens": 2}'),
+    Case(
+        "lone_surrogate_chat",
+        CHAT,
+        '{"model": "tiny", "messages": [{"role": "user", "content": "a \\ud800"}], "max_tokens": 2}',
+    ),
     Case("chat_no_messages", CHAT, {"model": MODEL, "max_tokens": 2}),
     Case("chat_empty_messages", CHAT, _chat(messages=[])),
-    Case("chat_message_without_role", CHAT, _chat(messages=[{"content": "hi"}]), loose_error=True,
-         note="vLLM lists one error per message type of its union (11); the simulator one"),
+    Case(
+        "chat_message_without_role",
+        CHAT,
+        _chat(messages=[{"content": "hi"}]),
+        loose_error=True,
+        note="vLLM lists one error per message type of its union (11); the simulator one",
+    ),
     Case("chat_top_logprobs_without_logprobs", CHAT, _chat(top_logprobs=2)),
     Case("chat_top_logprobs_over_20", CHAT, _chat(logprobs=True, top_logprobs=30)),
     Case("chat_max_tokens_over_context", CHAT, _chat(max_tokens=600)),
@@ -139,11 +148,12 @@ CASES: list[Case] = [
 
 # -- recording and shapes -----------------------------------------------------------
 
+
 def _parse_sse(text: str) -> list[Any]:
     events: list[Any] = []
     for block in text.split("\n\n"):
         if block.startswith("data: "):
-            data = block[len("data: "):]
+            data = block[len("data: ") :]
             events.append(data if data == "[DONE]" else json.loads(data))
     return events
 
@@ -202,8 +212,7 @@ def _shape(value: Any, key: str | None, case: Case) -> Any:
 def _is_middle(event: Any) -> bool:
     """A token chunk that is neither a choice's first (role) nor its last chunk."""
     choices = event.get("choices") if isinstance(event, dict) else None
-    return bool(choices) and all(c.get("finish_reason") is None and "role" not in c.get("delta", {})
-                                 for c in choices)
+    return bool(choices) and all(c.get("finish_reason") is None and "role" not in c.get("delta", {}) for c in choices)
 
 
 def shape(answer: dict[str, Any], case: Case) -> dict[str, Any]:

@@ -13,18 +13,52 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_relay_tiny_run(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    argv = [sys.executable, "-m", "bench.relay", "--streams", "1,4", "--tokens", "8", "--rounds", "1",
-            "--seq-requests", "4", "--seq-tokens", "8", "--itl-ms", "5", "--pd-streams", "1,4",
-            "--json", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.relay",
+        "--streams",
+        "1,4",
+        "--tokens",
+        "8",
+        "--rounds",
+        "1",
+        "--seq-requests",
+        "4",
+        "--seq-tokens",
+        "8",
+        "--itl-ms",
+        "5",
+        "--pd-streams",
+        "1,4",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     table = proc.stdout
-    for text in ("SCENARIO", "VIA-DIRECT", "PIPE-DIRECT", "AIOHTTP-DIRECT", "GW-OFF-DIRECT", "GW-LOG-DIRECT",
-                 "TARGET", "relay 1x8tok", "relay 4x8tok",
-                 "pd 1x8tok", "pd 4x8tok", "TTFT p50 ms", "ITL p50 ms", "gateway CPU-s / 1k chunks",
-                 "(vs client-run P->D)", "vs the gateway without telemetry", "errors", "a page read after 300 ms idle",
-                 "gateway heap on huge pages"):
+    for text in (
+        "SCENARIO",
+        "VIA-DIRECT",
+        "PIPE-DIRECT",
+        "AIOHTTP-DIRECT",
+        "GW-OFF-DIRECT",
+        "GW-LOG-DIRECT",
+        "TARGET",
+        "relay 1x8tok",
+        "relay 4x8tok",
+        "pd 1x8tok",
+        "pd 4x8tok",
+        "TTFT p50 ms",
+        "ITL p50 ms",
+        "gateway CPU-s / 1k chunks",
+        "(vs client-run P->D)",
+        "vs the gateway without telemetry",
+        "errors",
+        "a page read after 300 ms idle",
+        "gateway heap on huge pages",
+    ):
         assert text in table, f"{text!r} missing from:\n{table}"
     error_rows = [line.split() for line in table.splitlines() if line.split()[:1] == ["errors"]]
     assert len(error_rows) == 4 and all(set(r[1:4]) <= {"0"} for r in error_rows), table

@@ -22,9 +22,13 @@ async def _pools(sim, gateway):
     replicas = [await sim(model="sim-model") for _ in range(2)]
     p = await sim(model="sim-pd-model", role="prefill", kv_protocol="nixl")
     d = await sim(model="sim-pd-model", role="decode", kv_protocol="nixl")
-    gw = await gateway([{"name": "dp", "workers": [r.url for r in replicas]},
-                        {"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}],
-                       auth={"admin_keys": [ADMIN]})
+    gw = await gateway(
+        [
+            {"name": "dp", "workers": [r.url for r in replicas]},
+            {"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]},
+        ],
+        auth={"admin_keys": [ADMIN]},
+    )
     return replicas, p, d, gw
 
 
@@ -53,8 +57,9 @@ async def test_dashboard_in_chromium_shows_endpoints_and_a_killed_worker(sim, ga
             await page.goto(f"{gw.url}/dashboard#key={ADMIN}")
             for ep in [*replicas, p, d]:
                 await page.wait_for_selector(f'tr[data-endpoint="{ep.url}"][data-state="healthy"]', timeout=5000)
-            roles = await page.eval_on_selector_all('section[data-pool="pd"] tr[data-endpoint] td:nth-child(2)',
-                                                   "cells => cells.map(c => c.textContent)")
+            roles = await page.eval_on_selector_all(
+                'section[data-pool="pd"] tr[data-endpoint] td:nth-child(2)', "cells => cells.map(c => c.textContent)"
+            )
             assert roles == ["prefill", "decode"]
             assert "key=" not in page.url  # the key left the address bar for the tab's storage
             killed = replicas[1].url
@@ -66,7 +71,8 @@ async def test_dashboard_in_chromium_shows_endpoints_and_a_killed_worker(sim, ga
             overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0  # nothing wider than a phone's screen
             clipped = await page.eval_on_selector_all(
-                "section", "ss => ss.filter(s => s.querySelector('table').scrollWidth > s.clientWidth).length")
+                "section", "ss => ss.filter(s => s.querySelector('table').scrollWidth > s.clientWidth).length"
+            )
             assert clipped == 0  # every column of every table fits
         finally:
             await browser.close()

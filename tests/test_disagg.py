@@ -50,8 +50,15 @@ async def test_disaggregated_output_equals_colocated(sim, gateway, client, proto
 
 async def test_nixl_legs_get_the_protocol_fields(sim, gateway, client):
     p, d, _, gw = await _pd(sim, gateway, "nixl")
-    body = {"model": "sim-model", "prompt": PROMPT, "max_tokens": 5, "min_tokens": 2, "top_k": 7,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "sim-model",
+        "prompt": PROMPT,
+        "max_tokens": 5,
+        "min_tokens": 2,
+        "top_k": 7,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     await client.post(f"{gw.url}/v1/completions", json=body, headers={"x-request-id": "rid-nixl"})
     p_body = p.stats.last_request_body
     assert p_body["stream"] is False and p_body["max_tokens"] == 1
@@ -67,8 +74,13 @@ async def test_nixl_legs_get_the_protocol_fields(sim, gateway, client):
 
 async def test_legacy_stream_has_one_usage_chunk_counted_once(sim, gateway, client):
     p, d, colo, gw = await _pd(sim, gateway, "neuron-legacy")
-    body = {"model": "sim-model", "messages": CHAT, "max_tokens": 6, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": "sim-model",
+        "messages": CHAT,
+        "max_tokens": 6,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     want = sse_payloads((await client.post(f"{colo.url}/v1/chat/completions", json=body)).content)
     got = sse_payloads((await client.post(f"{gw.url}/v1/chat/completions", json=body)).content)
     usage = [s["usage"] for s in got if isinstance(s, dict) and s["choices"] == []]
@@ -97,7 +109,7 @@ async def test_n_greater_than_one_keeps_every_index(sim, gateway, client, protoc
     def by_index(payloads):
         out: dict[int, str] = {}
         for s in payloads:
-            for c in (s["choices"] if isinstance(s, dict) else []):
+            for c in s["choices"] if isinstance(s, dict) else []:
                 out[c["index"]] = out.get(c["index"], "") + c["text"]
         return out
 
@@ -122,8 +134,18 @@ async def test_prefill_down_gives_a_clear_error_and_no_decode_left_waiting(sim, 
 
 async def test_ready_needs_both_roles(sim, gateway, client):
     p = await sim(role="prefill")
-    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": "nixl", "models": ["sim-model"],
-                         "prefill": [p.url], "decode": ["http://127.0.0.1:9"]}])
+    gw = await gateway(
+        [
+            {
+                "name": "pd",
+                "kind": "pd",
+                "protocol": "nixl",
+                "models": ["sim-model"],
+                "prefill": [p.url],
+                "decode": ["http://127.0.0.1:9"],
+            }
+        ]
+    )
     assert (await client.get(f"{gw.url}/ready")).json() == {"ready": False, "pools": {"pd": False}}
     resp = await client.post(f"{gw.url}/v1/completions", json={"model": "sim-model", "prompt": "x"})
     assert resp.status_code == 503
@@ -157,8 +179,17 @@ async def test_client_disconnect_during_prefill_cancels_prefill(sim, gateway):
 async def test_xpyd_spreads_prefill_by_prompt_tokens_and_decode_by_requests(sim, gateway, client):
     ps = [await sim(role="prefill") for _ in range(2)]
     ds = [await sim(role="decode") for _ in range(3)]
-    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": "nixl",
-                         "prefill": [p.url for p in ps], "decode": [d.url for d in ds]}])
+    gw = await gateway(
+        [
+            {
+                "name": "pd",
+                "kind": "pd",
+                "protocol": "nixl",
+                "prefill": [p.url for p in ps],
+                "decode": [d.url for d in ds],
+            }
+        ]
+    )
     body = {"model": "sim-model", "prompt": PROMPT, "max_tokens": 3}
     for _ in range(6):
         assert (await client.post(f"{gw.url}/v1/completions", json=body)).status_code == 200

@@ -31,8 +31,9 @@ async def test_embedded_default_serves_dp_and_pd_and_says_how(tmp_path):
     port, log = _free_port(), tmp_path / "serve.log"
     env = dict(os.environ, PD_GATEWAY_HUGEPAGES="0")
     with log.open("w") as out:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "pdcli", "serve", "--port", str(port),
-                                                    env=env, stdout=out, stderr=out)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pdcli", "serve", "--port", str(port), env=env, stdout=out, stderr=out
+        )
     try:
         await wait_until(lambda: any("data-parallel request" in line for line in _lines(log)), timeout_s=30)
         first = _lines(log)[:4]

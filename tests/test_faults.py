@@ -163,8 +163,11 @@ async def test_consecutive_failures_eject_then_health_checks_restore(sim, gatewa
 
 async def test_ejection_never_takes_more_than_the_max_share(gateway, client):
     workers = [await FaultyWorker("garbage-json").start() for _ in range(2)]
-    gw = await gateway([{"name": "dp", "workers": [w.url for w in workers]}],
-                       outlier={"consecutive_failures": 1, "max_ejection_percent": 50}, retries={"attempts": 0})
+    gw = await gateway(
+        [{"name": "dp", "workers": [w.url for w in workers]}],
+        outlier={"consecutive_failures": 1, "max_ejection_percent": 50},
+        retries={"attempts": 0},
+    )
     for _ in range(6):
         assert (await client.post(f"{gw.url}/v1/completions", json=BODY)).status_code == 502
     assert sum(1 for e in gw.gateway.pools[0].endpoints if e.ejections) == 1
@@ -174,8 +177,9 @@ async def test_ejection_never_takes_more_than_the_max_share(gateway, client):
 
 async def test_over_the_limit_requests_queue_then_get_429(sim, gateway, client):
     a = await sim(itl_ms=100)
-    gw = await gateway([{"name": "dp", "workers": [a.url]}],
-                       limits={"max_inflight": 2, "queue": 1, "queue_timeout_s": 0.3})
+    gw = await gateway(
+        [{"name": "dp", "workers": [a.url]}], limits={"max_inflight": 2, "queue": 1, "queue_timeout_s": 0.3}
+    )
     slow = {**BODY, "max_tokens": 6}
     results = await asyncio.gather(*(client.post(f"{gw.url}/v1/completions", json=slow) for _ in range(4)))
     statuses = sorted(r.status_code for r in results)
@@ -204,8 +208,10 @@ async def test_body_size_limit_is_413(sim, gateway, client):
 
 async def test_api_keys_and_worker_key(sim, gateway, client, caplog):
     a = await sim()
-    gw = await gateway([{"name": "dp", "workers": [a.url], "api_key": "worker-secret"}],
-                       auth={"api_keys": ["client-secret"], "admin_keys": ["admin-secret"]})
+    gw = await gateway(
+        [{"name": "dp", "workers": [a.url], "api_key": "worker-secret"}],
+        auth={"api_keys": ["client-secret"], "admin_keys": ["admin-secret"]},
+    )
     url = f"{gw.url}/v1/completions"
     assert (await client.post(url, json=BODY)).status_code == 401
     wrong = await client.post(url, json=BODY, headers={"authorization": "Bearer nope"})

@@ -18,10 +18,15 @@ from gateway.server import RunningGateway, start_gateway
 from workers.sim import start_sim
 
 scalars = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=8)
-values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
-                      max_leaves=6)
-messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "x"]) | values},
-                                          optional={"content": st.text(max_size=20) | values}), max_size=3)
+values = st.recursive(
+    scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=6
+)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "x"]) | values}, optional={"content": st.text(max_size=20) | values}
+    ),
+    max_size=3,
+)
 bodies = st.fixed_dictionaries(
     {},
     optional={
@@ -39,6 +44,7 @@ bodies = st.fixed_dictionaries(
     },
 )
 
+
 def _nested(depth: int) -> bytes:
     return b'{"model":"sim-model","prompt":"x","x":' + b"[" * depth + b"]" * depth + b"}"
 
@@ -51,12 +57,14 @@ def _with(field: str, value: bytes) -> bytes:
 # any integer type, long strings, lone surrogates, duplicate keys.
 hostile = (
     st.integers(1, 5000).map(_nested)
-    | st.tuples(st.sampled_from(["max_tokens", "n", "best_of", "temperature", "top_k", "seed"]),
-                st.sampled_from([b"1" + b"0" * 400, b"-1e400", b"1e400", b"NaN", b"Infinity", b"-0", b"1.5"]))
-    .map(lambda fv: _with(*fv))
+    | st.tuples(
+        st.sampled_from(["max_tokens", "n", "best_of", "temperature", "top_k", "seed"]),
+        st.sampled_from([b"1" + b"0" * 400, b"-1e400", b"1e400", b"NaN", b"Infinity", b"-0", b"1.5"]),
+    ).map(lambda fv: _with(*fv))
     | st.integers(1, 300_000).map(lambda n: _with("prompt", b'"' + b"a " * n + b'"'))
-    | st.sampled_from([b'"\\ud800"', b'"a\\udfff"', b'"\\ud83d\\ude00"', b'["\\udc00"]'])
-    .map(lambda v: _with("prompt", v.replace(b"\\\\", b"\\")))
+    | st.sampled_from([b'"\\ud800"', b'"a\\udfff"', b'"\\ud83d\\ude00"', b'["\\udc00"]']).map(
+        lambda v: _with("prompt", v.replace(b"\\\\", b"\\"))
+    )
     | st.just(b'{"model":"sim-model","model":"other","prompt":"a","prompt":[1,2],"max_tokens":2,"max_tokens":-1}')
 )
 payloads = bodies.map(lambda b: json.dumps(b).encode()) | st.binary(max_size=64) | hostile
@@ -76,8 +84,13 @@ class Background:
 
     async def _start(self) -> RunningGateway:
         self.sim = await start_sim({"max_model_len": 100_000})
-        config = parse_config({"listen": {"port": 0}, "limits": {"max_tokens": 40, "max_n": 3},
-                               "pools": [{"name": "dp", "workers": [self.sim.url]}]})
+        config = parse_config(
+            {
+                "listen": {"port": 0},
+                "limits": {"max_tokens": 40, "max_n": 3},
+                "pools": [{"name": "dp", "workers": [self.sim.url]}],
+            }
+        )
         return await start_gateway(config)
 
     async def _stop(self) -> None:

@@ -34,8 +34,10 @@ async def test_stream_is_relayed_event_for_event(sim, gateway, client):
 
 async def test_streaming_text_equals_non_streaming_text(sim, gateway, client):
     _, _, gw = await _two_replicas(sim, gateway)
-    for route, extra in (("completions", {"prompt": "a tornado is a"}),
-                         ("chat/completions", {"messages": [{"role": "user", "content": "hello"}]})):
+    for route, extra in (
+        ("completions", {"prompt": "a tornado is a"}),
+        ("chat/completions", {"messages": [{"role": "user", "content": "hello"}]}),
+    ):
         body = {"model": "sim-model", "max_tokens": 12, **extra}
         plain = (await client.post(f"{gw.url}/v1/{route}", json=body)).json()
         streamed = await client.post(f"{gw.url}/v1/{route}", json={**body, "stream": True})
@@ -234,8 +236,11 @@ async def test_openai_client_streams_chat_with_one_usage_chunk(sim, gateway):
     _, _, gw = await _two_replicas(sim, gateway)
     oai = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="unused")
     stream = await oai.chat.completions.create(
-        model="sim-model", messages=[{"role": "user", "content": "hello"}], max_tokens=6,
-        stream=True, stream_options={"include_usage": True},
+        model="sim-model",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = [c async for c in stream]
     usage = [c.usage for c in chunks if c.usage is not None]

@@ -15,8 +15,13 @@ from tests.conftest import wait_until
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "pd-gateway.json"
 # Grafana's variables, replaced by something PromQL accepts before parsing.
 VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
-_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
-             "gauge": ("",), "summary": ("_sum", "_count", "_created"), "info": ("_info",)}
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "gauge": ("",),
+    "summary": ("_sum", "_count", "_created"),
+    "info": ("_info",),
+}
 
 
 def _queries(dashboard: dict) -> list[str]:
@@ -75,17 +80,30 @@ async def test_every_metric_the_dashboard_uses_is_exported(sim, gateway, client)
     replica = await sim()
     p = await sim(model="sim-pd-model", role="prefill", kv_protocol="nixl")
     d = await sim(model="sim-pd-model", role="decode", kv_protocol="nixl")
-    gw = await gateway([{"name": "dp", "workers": [replica.url]},
-                        {"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}])
+    gw = await gateway(
+        [
+            {"name": "dp", "workers": [replica.url]},
+            {"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]},
+        ]
+    )
     for model in ("sim-model", "sim-pd-model"):
-        body = {"model": model, "prompt": "hi", "max_tokens": 3, "stream": True,
-                "stream_options": {"include_usage": True}}
+        body = {
+            "model": model,
+            "prompt": "hi",
+            "max_tokens": 3,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         assert (await client.post(f"{gw.url}/v1/completions", json=body)).status_code == 200
     await wait_until(lambda: sum(gw.gateway.telemetry.outcomes.values()) >= 2)
     available = exported((await client.get(f"{gw.url}/metrics")).text)
     used = set().union(*(metric_names(q) for q in _queries(json.loads(DASHBOARD.read_text()))))
     assert used - available == set()
     # and the dashboard covers the families an operator alerts on
-    for family in ("pd_gateway_ttft_seconds_bucket", "pd_gateway_pd_handoff_seconds_bucket",
-                   "pd_gateway_upstream_failures_total", "pd_gateway_endpoint_healthy"):
+    for family in (
+        "pd_gateway_ttft_seconds_bucket",
+        "pd_gateway_pd_handoff_seconds_bucket",
+        "pd_gateway_upstream_failures_total",
+        "pd_gateway_endpoint_healthy",
+    ):
         assert family in used

@@ -15,10 +15,16 @@ from tests.conftest import sse_payloads, wait_until
 COMPLETION = {"model": "sim-model", "prompt": "hi", "max_tokens": 3}
 
 
-def _raw_request(body: bytes, extra: bytes = b"", version: bytes = b"HTTP/1.1",
-                 path: bytes = b"/v1/completions") -> bytes:
-    return (b"POST %s %s\r\nhost: x\r\ncontent-type: application/json\r\n%scontent-length: %d\r\n\r\n%s"
-            % (path, version, extra, len(body), body))
+def _raw_request(
+    body: bytes, extra: bytes = b"", version: bytes = b"HTTP/1.1", path: bytes = b"/v1/completions"
+) -> bytes:
+    return b"POST %s %s\r\nhost: x\r\ncontent-type: application/json\r\n%scontent-length: %d\r\n\r\n%s" % (
+        path,
+        version,
+        extra,
+        len(body),
+        body,
+    )
 
 
 async def _exchange(port: int, request: bytes) -> bytes:
@@ -68,8 +74,9 @@ async def test_client_values_in_log_lines_are_escaped(sim, gateway, client, capl
     a = await sim()
     gw = await gateway([{"name": "dp", "workers": [a.url]}])
     with caplog.at_level(logging.INFO):
-        resp = await client.post(f"{gw.url}/v1/completions",
-                                 json={"model": "x\r\n2026-12-02 00:00:00 INFO forged line", "prompt": "hi"})
+        resp = await client.post(
+            f"{gw.url}/v1/completions", json={"model": "x\r\n2026-12-02 00:00:00 INFO forged line", "prompt": "hi"}
+        )
     assert resp.status_code == 404
     logged = [r.getMessage() for r in caplog.records if r.name.startswith("pd_gateway")]
     assert any("forged line" in line for line in logged), logged
@@ -79,8 +86,9 @@ async def test_client_values_in_log_lines_are_escaped(sim, gateway, client, capl
 async def test_a_client_that_gives_up_in_the_admission_queue_never_reaches_a_worker(sim, gateway, client):
     a = await sim(itl_ms=20)
     gw = await gateway([{"name": "dp", "workers": [a.url]}], limits={"max_inflight": 1, "queue": 4})
-    first = asyncio.create_task(client.post(f"{gw.url}/v1/completions",
-                                            json={**COMPLETION, "max_tokens": 30, "stream": True}))
+    first = asyncio.create_task(
+        client.post(f"{gw.url}/v1/completions", json={**COMPLETION, "max_tokens": 30, "stream": True})
+    )
     await wait_until(lambda: a.stats.in_flight == 1)
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     writer.write(_raw_request(json.dumps(COMPLETION).encode()))
@@ -103,8 +111,9 @@ async def test_request_ids_are_bounded_and_printable_ascii_with_one_rule_for_bot
     assert ok.headers["x-request-id"] == "trace-42.a:b_c"
     for given in ("x" * 300, "with space", "caf\xe9"):
         for stream in (False, True):
-            resp = await client.post(url, json={**COMPLETION, "stream": stream},
-                                     headers=[(b"x-request-id", given.encode("latin-1"))])
+            resp = await client.post(
+                url, json={**COMPLETION, "stream": stream}, headers=[(b"x-request-id", given.encode("latin-1"))]
+            )
             assert resp.status_code == 200
             rid = resp.headers["x-request-id"]
             assert rid != given and len(rid) == 32 and rid.isalnum(), (given, stream, rid)

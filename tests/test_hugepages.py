@@ -48,8 +48,13 @@ def _serve_check(tmp_path: Path, config: str) -> list[str]:
     path.write_text(config)
     probe = "import os, sys; from pdcli.main import main; print(os.environ.get('PYTHONMALLOC')); sys.exit(main())"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONMALLOC", "GLIBC_TUNABLES", "PD_GATEWAY_HUGEPAGES")}
-    out = subprocess.run([sys.executable, "-c", probe, "serve", "--config", str(path), "--check-config"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", probe, "serve", "--config", str(path), "--check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.split("{", 1)[0].split()
 

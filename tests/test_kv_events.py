@@ -23,14 +23,29 @@ def batch(*events: dict, seq_ts: float = 1.0) -> bytes:
 
 
 def stored(hashes: list[int], tokens: list[int], parent: int | None = None, size: int = 4) -> dict:
-    return {"type": "BlockStored", "block_hashes": hashes, "parent_block_hash": parent, "token_ids": tokens,
-            "block_size": size, "lora_id": None, "medium": "GPU", "lora_name": None, "extra_keys": [None] * len(hashes),
-            "group_idx": 0, "kv_cache_spec_kind": "full_attention"}
+    return {
+        "type": "BlockStored",
+        "block_hashes": hashes,
+        "parent_block_hash": parent,
+        "token_ids": tokens,
+        "block_size": size,
+        "lora_id": None,
+        "medium": "GPU",
+        "lora_name": None,
+        "extra_keys": [None] * len(hashes),
+        "group_idx": 0,
+        "kv_cache_spec_kind": "full_attention",
+    }
 
 
 def test_batches_parse_into_events() -> None:
-    events = parse_batch(batch(stored([1, 2], list(range(8))), {"type": "BlockRemoved", "block_hashes": [2],
-                                                                 "medium": "GPU"}, {"type": "AllBlocksCleared"}))
+    events = parse_batch(
+        batch(
+            stored([1, 2], list(range(8))),
+            {"type": "BlockRemoved", "block_hashes": [2], "medium": "GPU"},
+            {"type": "AllBlocksCleared"},
+        )
+    )
     assert events == [Stored([1, 2], None, list(range(8)), 4), Removed([2]), Cleared()]
 
 
@@ -48,10 +63,16 @@ async def test_precise_view_follows_published_events(gateway) -> None:
     pub = ctx.socket(zmq.PUB)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
     try:
-        policy_config = {"name": "precise_prefix", "tokenizer": str(MODEL_DIR), "topic": "kv",
-                         "events": {"http://127.0.0.1:9": f"tcp://127.0.0.1:{port}"}}
-        gw = await gateway([{"name": "p", "workers": ["http://127.0.0.1:9"], "policy": policy_config}],
-                           worker_metrics={"enabled": False})
+        policy_config = {
+            "name": "precise_prefix",
+            "tokenizer": str(MODEL_DIR),
+            "topic": "kv",
+            "events": {"http://127.0.0.1:9": f"tcp://127.0.0.1:{port}"},
+        }
+        gw = await gateway(
+            [{"name": "p", "workers": ["http://127.0.0.1:9"], "policy": policy_config}],
+            worker_metrics={"enabled": False},
+        )
         policy = gw.gateway.pools[0].policies["replica"]
         sub = policy.subscribers["http://127.0.0.1:9"]
         hasher = BlockHasher("sha256", 4)

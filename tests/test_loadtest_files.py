@@ -16,9 +16,17 @@ from loadtest.stats import request_metrics, summarize
 from loadtest.tokens import HFTokenizer, WordCounter
 from loadtest.workloads import Shape, bodies, make_workload
 
-LLMPERF_ROW_KEYS = {"error_code", "error_msg", "inter_token_latency_s", "ttft_s", "end_to_end_latency_s",
-                    "request_output_throughput_token_per_s", "number_total_tokens", "number_output_tokens",
-                    "number_input_tokens"}
+LLMPERF_ROW_KEYS = {
+    "error_code",
+    "error_msg",
+    "inter_token_latency_s",
+    "ttft_s",
+    "end_to_end_latency_s",
+    "request_output_throughput_token_per_s",
+    "number_total_tokens",
+    "number_output_tokens",
+    "number_input_tokens",
+}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -56,13 +64,19 @@ def test_workloads_hit_the_drawn_token_counts(tokenizer_dir: Path, workload: str
 def test_multi_turn_conversations_grow_and_shared_prefix_repeats(tokenizer_dir: Path) -> None:
     tok = HFTokenizer(tokenizer_dir)
     turns: dict[str, list[int]] = {}
-    for req in (r for r, _ in zip(make_workload("multi-turn", Shape(20, 5, 10, 2), tok, turns=3, sessions=2),
-                                  range(30), strict=False)):
+    for req in (
+        r
+        for r, _ in zip(
+            make_workload("multi-turn", Shape(20, 5, 10, 2), tok, turns=3, sessions=2), range(30), strict=False
+        )
+    ):
         turns.setdefault(req.session, []).append(len(req.messages))
     assert all(t == [1, 3, 5][: len(t)] for t in turns.values()), turns  # user, +assistant+user, ...
     assert any(len(t) == 3 for t in turns.values())
-    systems = {r.messages[0]["content"] for r, _ in zip(make_workload("shared-prefix", Shape(), tok,
-                                                                      system_tokens=200), range(5), strict=False)}
+    systems = {
+        r.messages[0]["content"]
+        for r, _ in zip(make_workload("shared-prefix", Shape(), tok, system_tokens=200), range(5), strict=False)
+    }
     assert len(systems) == 1 and tok.count(systems.pop()) == 200
 
 
@@ -76,8 +90,18 @@ def _rows() -> list[dict]:
     recs = []
     for i in range(5):
         t = [i + 0.2 + 0.01 * k for k in range(10)]
-        recs.append(Record(url="u", start=float(i), input_tokens=9, end=t[-1] + 0.01, token_times=t, chunks=11,
-                           text_parts=[" x"] * 10, done=True))
+        recs.append(
+            Record(
+                url="u",
+                start=float(i),
+                input_tokens=9,
+                end=t[-1] + 0.01,
+                token_times=t,
+                chunks=11,
+                text_parts=[" x"] * 10,
+                done=True,
+            )
+        )
     recs.append(Record(url="u", start=0.0, input_tokens=9, end=0.1, error_code=404, error_msg="no such model"))
     return [request_metrics(r, WordCounter(), 0.0) for r in recs]
 
@@ -114,8 +138,9 @@ def test_plots_and_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert data.startswith(PNG) and len(data) > 1000
 
 
-def test_bad_tokenizer_directory_is_a_message_not_a_traceback(tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_tokenizer_directory_is_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["--base-url", "http://127.0.0.1:1/v1", "--model", "m", "--tokenizer", str(tmp_path)]) == 2
     assert "pd-gateway loadtest:" in capsys.readouterr().err
 
@@ -127,6 +152,8 @@ def test_progress_prints_plain_lines_when_not_a_terminal() -> None:
     progress.update(Snapshot(done=3, errors=1, total=10, tokens_per_s=123.4, ttft_p50_s=0.0456))
     progress.close(Snapshot(done=9, errors=1, total=10, tokens_per_s=100.0, ttft_p50_s=0.05))
     lines = out.getvalue().splitlines()
-    assert lines == ["loadtest: done 3/10 errors 1 throughput 123.4 tok/s TTFT p50 46 ms",
-                     "loadtest: finished: done 9/10 errors 1 throughput 100.0 tok/s TTFT p50 50 ms"]
+    assert lines == [
+        "loadtest: done 3/10 errors 1 throughput 123.4 tok/s TTFT p50 46 ms",
+        "loadtest: finished: done 9/10 errors 1 throughput 100.0 tok/s TTFT p50 50 ms",
+    ]
     assert "\x1b" not in out.getvalue()  # no terminal escapes in logs

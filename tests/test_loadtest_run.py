@@ -28,8 +28,9 @@ def workload() -> object:
 
 
 def max_overlap(records: list[Record]) -> int:
-    edges = sorted(itertools.chain(((r.start, 1) for r in records), ((r.end, -1) for r in records)),
-                   key=lambda e: (e[0], e[1]))
+    edges = sorted(
+        itertools.chain(((r.start, 1) for r in records), ((r.end, -1) for r in records)), key=lambda e: (e[0], e[1])
+    )
     live = best = 0
     for _, step in edges:
         live += step
@@ -39,8 +40,13 @@ def max_overlap(records: list[Record]) -> int:
 
 async def test_closed_loop_runs_n_streams_and_counts_every_token(sim) -> None:
     server = await sim(itl_ms=5)
-    spec = LoadSpec(urls=[f"{server.url}/v1/chat/completions"], model="sim-model", concurrency=3, max_requests=12,
-                    extra={"stream_options": {"include_usage": True}})
+    spec = LoadSpec(
+        urls=[f"{server.url}/v1/chat/completions"],
+        model="sim-model",
+        concurrency=3,
+        max_requests=12,
+        extra={"stream_options": {"include_usage": True}},
+    )
     result = await run_load(spec, workload())
     assert len(result.records) == 12 and all(r.ok for r in result.records)
     assert max_overlap(result.records) == 3
@@ -52,8 +58,14 @@ async def test_closed_loop_runs_n_streams_and_counts_every_token(sim) -> None:
 
 async def test_rate_mode_is_open_loop(sim) -> None:
     server = await sim(itl_ms=20)  # 12 tokens: ~0.24 s a request, arrivals every ~10 ms
-    spec = LoadSpec(urls=[f"{server.url}/v1/completions"], model="sim-model", api="completions", rate=100.0,
-                    concurrency=None, max_requests=15)
+    spec = LoadSpec(
+        urls=[f"{server.url}/v1/completions"],
+        model="sim-model",
+        api="completions",
+        rate=100.0,
+        concurrency=None,
+        max_requests=15,
+    )
     result = await run_load(spec, workload())
     assert len(result.records) == 15 and all(r.ok for r in result.records)
     assert max_overlap(result.records) > 3  # arrivals do not wait for answers
@@ -62,24 +74,27 @@ async def test_rate_mode_is_open_loop(sim) -> None:
 
 async def test_warmup_is_sent_but_not_recorded(sim) -> None:
     server = await sim()
-    spec = LoadSpec(urls=[f"{server.url}/v1/chat/completions"], model="sim-model", concurrency=2, max_requests=4,
-                    warmup=3)
+    spec = LoadSpec(
+        urls=[f"{server.url}/v1/chat/completions"], model="sim-model", concurrency=2, max_requests=4, warmup=3
+    )
     result = await run_load(spec, workload())
     assert len(result.records) == 4 and server.stats.requests_total == 7
 
 
 async def test_duration_limit_ends_an_unbounded_run(sim) -> None:
     server = await sim(itl_ms=2)
-    spec = LoadSpec(urls=[f"{server.url}/v1/chat/completions"], model="sim-model", concurrency=2,
-                    max_requests=None, duration_s=0.3)
+    spec = LoadSpec(
+        urls=[f"{server.url}/v1/chat/completions"], model="sim-model", concurrency=2, max_requests=None, duration_s=0.3
+    )
     result = await run_load(spec, workload())
     assert result.records and all(r.ok for r in result.records)
 
 
 async def test_round_robin_over_base_urls(sim) -> None:
     servers = [await sim(), await sim()]
-    spec = LoadSpec(urls=[f"{s.url}/v1/chat/completions" for s in servers], model="sim-model", concurrency=4,
-                    max_requests=10)
+    spec = LoadSpec(
+        urls=[f"{s.url}/v1/chat/completions" for s in servers], model="sim-model", concurrency=4, max_requests=10
+    )
     result = await run_load(spec, workload())
     assert [s.stats.requests_total for s in servers] == [5, 5]
     assert Counter(r.url for r in result.records) == {u: 5 for u in spec.urls}
@@ -101,20 +116,39 @@ async def test_errors_are_counted_and_the_first_printed_with_the_servers_message
     assert "The model `no-such-model` does not exist." in errors.getvalue()
 
 
-async def test_cli_writes_llmperf_results_plots_and_a_table(sim, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+async def test_cli_writes_llmperf_results_plots_and_a_table(
+    sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     server = await sim(itl_ms=1)
-    argv = ["--base-url", f"{server.url}/v1;{server.url}/v1", "--model", "sim-model",
-            "--max-requests", "8", "--concurrency", "2", "--mean-input-tokens", "40", "--mean-output-tokens", "10",
-            "--stddev-output-tokens", "2", "--results-dir", str(tmp_path), "--workload", "multi-turn"]
+    argv = [
+        "--base-url",
+        f"{server.url}/v1;{server.url}/v1",
+        "--model",
+        "sim-model",
+        "--max-requests",
+        "8",
+        "--concurrency",
+        "2",
+        "--mean-input-tokens",
+        "40",
+        "--mean-output-tokens",
+        "10",
+        "--stddev-output-tokens",
+        "2",
+        "--results-dir",
+        str(tmp_path),
+        "--workload",
+        "multi-turn",
+    ]
     assert await asyncio.to_thread(loadtest_main, argv) == 0
     out = capsys.readouterr().out
     assert "TTFT (s)" in out and "loadtest: finished: done 8/8 errors 0" in out  # stdout is not a tty here
     summary = json.loads((tmp_path / "sim-model_40_10_summary.json").read_text())
     assert summary["results_num_completed_requests"] == 8 and summary["results_ttft_s_quantiles_p50"] > 0
     rows = json.loads((tmp_path / "sim-model_40_10_individual_responses.json").read_text())
-    assert [r["number_output_tokens"] for r in rows] == [r["usage_completion_tokens"] or r["number_output_tokens"]
-                                                         for r in rows]
+    assert [r["number_output_tokens"] for r in rows] == [
+        r["usage_completion_tokens"] or r["number_output_tokens"] for r in rows
+    ]
     assert (tmp_path / "sim-model_40_10_over_time.png").read_bytes().startswith(b"\x89PNG")
     assert server.stats.last_request_body["user"].startswith("session-")
 
@@ -122,9 +156,27 @@ async def test_cli_writes_llmperf_results_plots_and_a_table(sim, tmp_path: Path,
 async def test_ctrl_c_ends_the_run_and_keeps_the_results(sim, tmp_path: Path) -> None:
     server = await sim(itl_ms=5)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "loadtest", "--base-url", f"{server.url}/v1", "--model", "sim-model",
-        "--max-requests", "0", "--timeout", "120", "--concurrency", "2", "--mean-output-tokens", "20",
-        "--results-dir", str(tmp_path), "--no-plots", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "loadtest",
+        "--base-url",
+        f"{server.url}/v1",
+        "--model",
+        "sim-model",
+        "--max-requests",
+        "0",
+        "--timeout",
+        "120",
+        "--concurrency",
+        "2",
+        "--mean-output-tokens",
+        "20",
+        "--results-dir",
+        str(tmp_path),
+        "--no-plots",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     await wait_until(lambda: server.stats.completed >= 4, timeout_s=30)
     proc.send_signal(signal.SIGINT)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
@@ -144,8 +196,7 @@ async def test_a_server_without_ignore_eos_gets_requests_without_it() -> None:
         body = await request.json()
         seen.append("ignore_eos" in body)
         if "ignore_eos" in body:
-            return web.json_response({"error": {"message": "Unrecognized request argument: ignore_eos"}},
-                                     status=400)
+            return web.json_response({"error": {"message": "Unrecognized request argument: ignore_eos"}}, status=400)
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(b'data: {"choices":[{"index":0,"delta":{"content":" hi"}}]}\n\ndata: [DONE]\n\n')
@@ -160,8 +211,7 @@ async def test_a_server_without_ignore_eos_gets_requests_without_it() -> None:
     port = runner.addresses[0][1]
     try:
         errors = io.StringIO()
-        spec = LoadSpec(urls=[f"http://127.0.0.1:{port}/v1/chat/completions"], model="m", concurrency=1,
-                        max_requests=3)
+        spec = LoadSpec(urls=[f"http://127.0.0.1:{port}/v1/chat/completions"], model="m", concurrency=1, max_requests=3)
         result = await run_load(spec, workload(), errors=errors)
     finally:
         await runner.cleanup()

@@ -19,8 +19,15 @@ def crafted(start: float, ttft: float, gaps: list[float], chunks_extra: int = 2,
     times = [start + ttft]
     for g in gaps:
         times.append(times[-1] + g)
-    rec = Record(url="u", start=start, input_tokens=7, token_times=times, chunks=len(times) + chunks_extra,
-                 text_parts=[" w"] * len(times), done=True)
+    rec = Record(
+        url="u",
+        start=start,
+        input_tokens=7,
+        token_times=times,
+        chunks=len(times) + chunks_extra,
+        text_parts=[" w"] * len(times),
+        done=True,
+    )
     rec.end = times[-1] + tail
     return rec
 
@@ -34,15 +41,23 @@ def llmperf_reference(rec: Record, tokens: int) -> dict[str, float]:
         time_to_next_token.append(t - recent)
         recent = t
     e2e = rec.end - rec.start
-    return {"ttft_s": time_to_next_token[0], "inter_token_latency_s": sum(time_to_next_token) / rec.chunks,
-            "end_to_end_latency_s": e2e, "request_output_throughput_token_per_s": tokens / e2e}
+    return {
+        "ttft_s": time_to_next_token[0],
+        "inter_token_latency_s": sum(time_to_next_token) / rec.chunks,
+        "end_to_end_latency_s": e2e,
+        "request_output_throughput_token_per_s": tokens / e2e,
+    }
 
 
 def test_request_metrics_match_llmperf_definitions() -> None:
     rng = random.Random(3)
     for _ in range(50):
-        rec = crafted(rng.uniform(0, 100), rng.uniform(0.01, 2), [rng.uniform(0.001, 0.1) for _ in range(30)],
-                      chunks_extra=rng.randrange(3))
+        rec = crafted(
+            rng.uniform(0, 100),
+            rng.uniform(0.01, 2),
+            [rng.uniform(0.001, 0.1) for _ in range(30)],
+            chunks_extra=rng.randrange(3),
+        )
         got = request_metrics(rec, WordCounter(), t0=0.0)
         assert got["number_output_tokens"] == 31
         for key, want in llmperf_reference(rec, 31).items():
@@ -54,8 +69,12 @@ def test_request_metrics_match_llmperf_definitions() -> None:
 def test_failed_request_has_zero_latencies_and_its_error() -> None:
     rec = Record(url="u", start=1.0, input_tokens=5, error_code=503, error_msg="overloaded", end=1.5)
     got = request_metrics(rec, WordCounter(), t0=0.0)
-    assert (got["error_code"], got["error_msg"], got["ttft_s"], got["number_output_tokens"]) == (503, "overloaded",
-                                                                                              0.0, 0)
+    assert (got["error_code"], got["error_msg"], got["ttft_s"], got["number_output_tokens"]) == (
+        503,
+        "overloaded",
+        0.0,
+        0,
+    )
 
 
 @pytest.mark.parametrize("q", [0.25, 0.5, 0.75, 0.9, 0.95, 0.99])
@@ -85,10 +104,16 @@ def test_summary_excludes_errors_and_divides_safely() -> None:
 def test_flattened_names_are_llmperfs() -> None:
     rows = [request_metrics(crafted(0.0, 0.1, [0.01] * 4), WordCounter(), 0.0)]
     flat = flatten({"results": summarize(rows, 1.0)})
-    for key in ("results_ttft_s_quantiles_p50", "results_inter_token_latency_s_mean",
-                "results_end_to_end_latency_s_quantiles_p99", "results_number_output_tokens_stddev",
-                "results_request_output_throughput_token_per_s_max", "results_mean_output_throughput_token_per_s",
-                "results_num_completed_requests_per_min", "results_number_input_tokens_min"):
+    for key in (
+        "results_ttft_s_quantiles_p50",
+        "results_inter_token_latency_s_mean",
+        "results_end_to_end_latency_s_quantiles_p99",
+        "results_number_output_tokens_stddev",
+        "results_request_output_throughput_token_per_s_max",
+        "results_mean_output_throughput_token_per_s",
+        "results_num_completed_requests_per_min",
+        "results_number_input_tokens_min",
+    ):
         assert key in flat, key
 
 

@@ -329,8 +329,10 @@ def test_nixl_cpu_workers_get_the_progress_thread_fix_and_it_works(tmp_path: Pat
     (fake / "_bindings.py").write_text(
         "class nixlAgent:\n    def __init__(self, name, config):\n        self.config = config\n"
     )
-    probe = ("import types, nixl_cu12._bindings as b\n"
-             "print(b.nixlAgent('a', types.SimpleNamespace(pthrDelay=0, useProgThread=True)).config.pthrDelay)")
+    probe = (
+        "import types, nixl_cu12._bindings as b\n"
+        "print(b.nixlAgent('a', types.SimpleNamespace(pthrDelay=0, useProgThread=True)).config.pthrDelay)"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*site, str(tmp_path)])}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "1000", out.stderr

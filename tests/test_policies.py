@@ -185,10 +185,21 @@ def test_rendezvous_moves_only_the_removed_or_added_workers_sessions() -> None:
 
 
 def test_config_picks_a_policy_per_pd_role_with_its_options() -> None:
-    config = parse_config({"pools": [{
-        "name": "pd", "kind": "pd", "protocol": "nixl", "prefill": ["http://p"], "decode": ["http://d"],
-        "prefill_policy": {"name": "prefix_aware", "match_threshold": 0.25}, "decode_policy": "least_outstanding",
-    }]})
+    config = parse_config(
+        {
+            "pools": [
+                {
+                    "name": "pd",
+                    "kind": "pd",
+                    "protocol": "nixl",
+                    "prefill": ["http://p"],
+                    "decode": ["http://d"],
+                    "prefill_policy": {"name": "prefix_aware", "match_threshold": 0.25},
+                    "decode_policy": "least_outstanding",
+                }
+            ]
+        }
+    )
     pool = Pool(config.pools[0])
     assert pool.policies["prefill"].name == "prefix_aware"
     assert pool.policies["prefill"].threshold == 0.25

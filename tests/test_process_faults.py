@@ -28,8 +28,16 @@ async def _spawn(tmp_path: Path, workers: list[str], **sections: object) -> tupl
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pdcli", "serve", "--config", str(path), "--log-level", "warning",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "pdcli",
+        "serve",
+        "--config",
+        str(path),
+        "--log-level",
+        "warning",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient() as c:
@@ -91,8 +99,10 @@ async def test_slow_clients_that_read_nothing_keep_gateway_memory_bounded(sim, t
     before = _rss_kib(proc.pid)
     port = int(url.rsplit(":", 1)[1])
     body = b'{"model":"sim-model","prompt":"hi","max_tokens":100000,"stream":true}'
-    request = (b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-               b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    request = (
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
     sockets = []
     for _ in range(5):
         s = socket.create_connection(("127.0.0.1", port))

@@ -15,8 +15,13 @@ PLAIN = json.dumps({"model": "sim-model", "prompt": "a b c", "max_tokens": 3}).e
 
 
 def _post(body: bytes, path: str = "/v1/completions", extra: bytes = b"", version: bytes = b"1.1") -> bytes:
-    return (b"POST %s HTTP/%s\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
-            % (path.encode(), version, len(body), extra, body))
+    return b"POST %s HTTP/%s\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (
+        path.encode(),
+        version,
+        len(body),
+        extra,
+        body,
+    )
 
 
 async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -42,8 +47,9 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, byte
 async def gw(request, sim, gateway):
     """Each test runs on the gateway's own HTTP protocol and on plain uvicorn (its fallback)."""
     worker = await sim()
-    return await gateway([{"name": "dp", "workers": [worker.url]}],
-                         listen={"host": "127.0.0.1", "port": 0, "http": request.param})
+    return await gateway(
+        [{"name": "dp", "workers": [worker.url]}], listen={"host": "127.0.0.1", "port": 0, "http": request.param}
+    )
 
 
 async def _connect(gw) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -76,8 +82,9 @@ async def test_connection_close_is_honoured(gw):
 async def test_pipelined_requests_are_answered_in_order(gw):
     reader, writer = await _connect(gw)
     ids = (b"first", b"second", b"third")
-    writer.write(b"".join(_post(BODY if i != 1 else PLAIN, extra=b"x-request-id: %s\r\n" % rid)
-                          for i, rid in enumerate(ids)))
+    writer.write(
+        b"".join(_post(BODY if i != 1 else PLAIN, extra=b"x-request-id: %s\r\n" % rid) for i, rid in enumerate(ids))
+    )
     for rid in ids:
         status, headers, _ = await _response(reader)
         assert status == 200 and headers[b"x-request-id"] == rid
@@ -87,12 +94,15 @@ async def test_pipelined_requests_are_answered_in_order(gw):
 async def test_chunked_request_body_and_expect_continue_are_served(gw):
     reader, writer = await _connect(gw)
     half = len(BODY) // 2
-    writer.write(b"POST /v1/completions HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n"
-                 b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (half, BODY[:half], len(BODY) - half, BODY[half:]))
+    writer.write(
+        b"POST /v1/completions HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (half, BODY[:half], len(BODY) - half, BODY[half:])
+    )
     status, _, payload = await _response(reader)
     assert status == 200 and payload.endswith(b"data: [DONE]\n\n")
-    writer.write(b"POST /v1/completions HTTP/1.1\r\nhost: gw\r\nexpect: 100-continue\r\n"
-                 b"content-length: %d\r\n\r\n" % len(PLAIN))
+    writer.write(
+        b"POST /v1/completions HTTP/1.1\r\nhost: gw\r\nexpect: 100-continue\r\ncontent-length: %d\r\n\r\n" % len(PLAIN)
+    )
     assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
     writer.write(PLAIN)
     status, _, payload = await _response(reader)
@@ -144,4 +154,3 @@ async def test_oversized_body_is_refused_before_it_is_read(sim, gateway):
     status, _, payload = await _response(reader)
     assert status == 413 and json.loads(payload)["error"]["code"] == "body_too_large"
     writer.close()
-

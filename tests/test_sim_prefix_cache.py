@@ -22,6 +22,7 @@ def words(n: int, tag: str = "w") -> list[str]:
 
 # -- the cache as a pure data structure ---------------------------------------
 
+
 def test_block_hashes_are_a_chain_of_full_blocks() -> None:
     a = block_hashes(words(40), 16)
     assert len(a) == 2  # the trailing 8 tokens are a partial block: never cached
@@ -72,6 +73,7 @@ def test_bad_sizes_are_refused() -> None:
 
 # -- the server ------------------------------------------------------------------
 
+
 def scrape(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """name -> {sorted labels -> value}, through prometheus_client's own parser."""
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
@@ -91,8 +93,7 @@ async def completion(c: httpx.AsyncClient, s: SimServer, prompt: str, **extra: A
     return r.json()
 
 
-async def test_repeated_prefix_is_charged_only_its_uncached_suffix(
-        sim: StartSim, client: httpx.AsyncClient) -> None:
+async def test_repeated_prefix_is_charged_only_its_uncached_suffix(sim: StartSim, client: httpx.AsyncClient) -> None:
     s = await sim(prefill_ms_per_token=0.01, enable_prompt_tokens_details=True)
     system = " ".join(words(64, "sys"))
     first = await completion(client, s, system + " question one")
@@ -109,8 +110,7 @@ async def test_repeated_prefix_is_charged_only_its_uncached_suffix(
     assert one(m, "vllm:prompt_tokens_by_source_total", source="local_compute") == 68
 
 
-async def test_prompt_tokens_details_off_by_default_as_in_vllm(
-        sim: StartSim, client: httpx.AsyncClient) -> None:
+async def test_prompt_tokens_details_off_by_default_as_in_vllm(sim: StartSim, client: httpx.AsyncClient) -> None:
     s = await sim()
     body = await completion(client, s, "a b c")
     assert body["usage"]["prompt_tokens_details"] is None
@@ -136,8 +136,7 @@ async def test_no_prefix_caching_flag(sim: StartSim, client: httpx.AsyncClient) 
 
 async def test_chat_history_is_a_prefix_of_the_next_turn(sim: StartSim, client: httpx.AsyncClient) -> None:
     s = await sim(block_size=4)
-    history = [{"role": "system", "content": " ".join(words(30))},
-               {"role": "user", "content": "first question"}]
+    history = [{"role": "system", "content": " ".join(words(30))}, {"role": "user", "content": "first question"}]
     url = s.url + "/v1/chat/completions"
     reply = (await client.post(url, json={"messages": history, "max_tokens": 3})).json()
     history += [reply["choices"][0]["message"], {"role": "user", "content": "next"}]
@@ -150,9 +149,13 @@ async def test_metrics_have_vllm_names_types_and_labels(sim: StartSim, client: h
     r = await client.get(s.url + "/metrics")
     assert r.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
-    expect = {"vllm:num_requests_running": "gauge", "vllm:num_requests_waiting": "gauge",
-              "vllm:kv_cache_usage_perc": "gauge", "vllm:prefix_cache_queries": "counter",
-              "vllm:prefix_cache_hits": "counter"}
+    expect = {
+        "vllm:num_requests_running": "gauge",
+        "vllm:num_requests_waiting": "gauge",
+        "vllm:kv_cache_usage_perc": "gauge",
+        "vllm:prefix_cache_queries": "counter",
+        "vllm:prefix_cache_hits": "counter",
+    }
     assert {name: families[name].type for name in expect} == expect
     for name in expect:
         assert {smp.labels["model_name"] for smp in families[name].samples} == {"m-7"}

@@ -29,11 +29,12 @@ def sse_events(raw: str) -> list[str]:
     assert parts[-1] == ""
     for p in parts[:-1]:
         assert p.startswith("data: ") and "\n" not in p, repr(p)
-    return [p[len("data: "):] for p in parts[:-1]]
+    return [p[len("data: ") :] for p in parts[:-1]]
 
 
-async def stream_raw(c: httpx.AsyncClient, url: str, body: dict[str, Any],
-                     headers: dict[str, str] | None = None) -> tuple[httpx.Response, str]:
+async def stream_raw(
+    c: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[httpx.Response, str]:
     async with c.stream("POST", url, json=body, headers=headers) as r:
         raw = b"".join([b async for b in r.aiter_raw()])
     return r, raw.decode()
@@ -59,6 +60,7 @@ async def wait_for(pred: Callable[[], bool], timeout_s: float) -> bool:
 
 # -- basic API ---------------------------------------------------------------
 
+
 async def test_health_models_and_unknown_paths(sim: StartSim, client: httpx.AsyncClient) -> None:
     s = await sim(model="m1", max_model_len=1234)
     r = await client.get(f"{s.url}/health")
@@ -78,8 +80,7 @@ async def test_stream_equals_non_stream(sim: StartSim, client: httpx.AsyncClient
     path = "/v1/chat/completions" if chat else "/v1/completions"
     body: dict[str, Any] = {"model": "sim-model", "max_tokens": 7, "n": 2}
     if chat:
-        body["messages"] = [{"role": "system", "content": "be brief"},
-                            {"role": "user", "content": "tell me a story"}]
+        body["messages"] = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "tell me a story"}]
         prompts = [render_chat(body["messages"])]
     else:
         body["prompt"] = prompts = ["one two three", "four five"]
@@ -108,9 +109,15 @@ async def test_completion_chunk_shape_and_usage(sim: StartSim, client: httpx.Asy
     events = [json.loads(e) for e in sse_events(raw)[:-1]]
     assert len(events) == 3 and all("usage" not in e for e in events)
     assert set(events[0]) == {"id", "object", "created", "model", "choices"}
-    assert events[0]["choices"][0] == {"index": 0, "text": events[0]["choices"][0]["text"],
-                                       "logprobs": None, "finish_reason": None, "stop_reason": None,
-                                       "prompt_token_ids": None, "token_ids": None}
+    assert events[0]["choices"][0] == {
+        "index": 0,
+        "text": events[0]["choices"][0]["text"],
+        "logprobs": None,
+        "finish_reason": None,
+        "stop_reason": None,
+        "prompt_token_ids": None,
+        "token_ids": None,
+    }
     assert [e["choices"][0]["finish_reason"] for e in events] == [None, None, "length"]
     assert events[-1]["system_fingerprint"] == s.system_fingerprint
 
@@ -125,34 +132,42 @@ async def test_completion_chunk_shape_and_usage(sim: StartSim, client: httpx.Asy
 
 async def test_chat_stream_role_chunk_first(sim: StartSim, client: httpx.AsyncClient) -> None:
     s = await sim()
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 2,
-            "stream": True, "stream_options": {"include_usage": True}}
-    r, raw = await stream_raw(client, s.url + "/v1/chat/completions", body,
-                              headers={"X-Request-Id": "req-42"})
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_completion_tokens": 2,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    r, raw = await stream_raw(client, s.url + "/v1/chat/completions", body, headers={"X-Request-Id": "req-42"})
     assert r.headers["x-request-id"] == "req-42"
     events = [json.loads(e) for e in sse_events(raw)[:-1]]
-    assert all(e["id"] == "chatcmpl-req-42" and e["object"] == "chat.completion.chunk"
-               for e in events)
-    assert events[0]["choices"][0] == {"index": 0, "delta": {"role": "assistant", "content": ""},
-                                       "logprobs": None, "finish_reason": None}
+    assert all(e["id"] == "chatcmpl-req-42" and e["object"] == "chat.completion.chunk" for e in events)
+    assert events[0]["choices"][0] == {
+        "index": 0,
+        "delta": {"role": "assistant", "content": ""},
+        "logprobs": None,
+        "finish_reason": None,
+    }
     assert (events[0]["prompt_token_ids"], events[0]["prompt_text"]) == (None, None)
     assert [e["choices"][0]["finish_reason"] for e in events[1:3]] == [None, "length"]
     assert events[3]["usage"]["completion_tokens"] == 2
     assert s.stats.request_ids == ["req-42"]
 
 
-@pytest.mark.parametrize("path,body,status,etype", [
-    ("/v1/completions", b"{not json", 400, "Bad Request"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "BadRequestError"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": "five"}, 400, "Bad Request"),
-    ("/v1/completions", {"max_tokens": 3}, 400, "BadRequestError"),
-    ("/v1/completions", {"prompt": 5}, 400, "Bad Request"),
-    ("/v1/chat/completions", {"max_tokens": 3}, 400, "Bad Request"),
-    ("/v1/completions", {"prompt": "x", "model": "other"}, 404, "NotFoundError"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": 5000}, 400, "BadRequestError"),
-])
-async def test_errors(sim: StartSim, client: httpx.AsyncClient, path: str, body: Any,
-                      status: int, etype: str) -> None:
+@pytest.mark.parametrize(
+    "path,body,status,etype",
+    [
+        ("/v1/completions", b"{not json", 400, "Bad Request"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "BadRequestError"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": "five"}, 400, "Bad Request"),
+        ("/v1/completions", {"max_tokens": 3}, 400, "BadRequestError"),
+        ("/v1/completions", {"prompt": 5}, 400, "Bad Request"),
+        ("/v1/chat/completions", {"max_tokens": 3}, 400, "Bad Request"),
+        ("/v1/completions", {"prompt": "x", "model": "other"}, 404, "NotFoundError"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 5000}, 400, "BadRequestError"),
+    ],
+)
+async def test_errors(sim: StartSim, client: httpx.AsyncClient, path: str, body: Any, status: int, etype: str) -> None:
     s = await sim()
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     r = await client.post(s.url + path, content=content)
@@ -180,10 +195,13 @@ async def test_last_request_body_reset_and_metrics(sim: StartSim, client: httpx.
 
 # -- connection handling ------------------------------------------------------
 
+
 def _raw_request(path: str, body: dict[str, Any], extra: str = "") -> bytes:
     data = json.dumps(body).encode()
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n{extra}\r\n").encode() + data
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n{extra}\r\n"
+    ).encode() + data
 
 
 async def test_keep_alive_and_connection_close(sim: StartSim) -> None:
@@ -195,8 +213,7 @@ async def test_keep_alive_and_connection_close(sim: StartSim) -> None:
     while data.count(b'"object":"text_completion"') < 2:
         data += await asyncio.wait_for(reader.read(65536), 2)
     assert data.count(b"HTTP/1.1 200 OK") == 2
-    writer.write(_raw_request("/v1/completions", {"prompt": "a", "max_tokens": 2},
-                              "Connection: close\r\n"))
+    writer.write(_raw_request("/v1/completions", {"prompt": "a", "max_tokens": 2}, "Connection: close\r\n"))
     rest = await asyncio.wait_for(reader.read(), 2)  # read() to EOF: server must close
     assert rest.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in rest.lower()
     writer.close()
@@ -205,8 +222,7 @@ async def test_keep_alive_and_connection_close(sim: StartSim) -> None:
 async def test_disconnect_mid_stream_cancels(sim: StartSim) -> None:
     s = await sim(itl_ms=20)
     reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
-    writer.write(_raw_request("/v1/completions", {"prompt": "a", "max_tokens": 1000,
-                                                  "stream": True}))
+    writer.write(_raw_request("/v1/completions", {"prompt": "a", "max_tokens": 1000, "stream": True}))
     assert b"data: " in await asyncio.wait_for(reader.read(4096), 2)
     assert s.stats.in_flight == 1
     writer.close()
@@ -232,6 +248,7 @@ async def test_fail_after_tokens_aborts(sim: StartSim, client: httpx.AsyncClient
 
 # -- nixl (read mode) ----------------------------------------------------------
 
+
 async def _nixl_prefill(c: httpx.AsyncClient, p: SimServer, body: dict[str, Any]) -> dict[str, Any]:
     pre = body | {"stream": False, "max_tokens": 1, "kv_transfer_params": {"do_remote_decode": True}}
     r = await c.post(p.url + "/v1/completions", json=pre, headers={"X-Request-Id": "r1"})
@@ -253,8 +270,7 @@ async def test_nixl_round_trip(sim: StartSim, client: httpx.AsyncClient) -> None
     assert pre["usage"]["completion_tokens"] == 1
     first = pre["choices"][0]["text"]
 
-    r, raw = await stream_raw(client, d.url + "/v1/completions",
-                              body | {"stream": True, "kv_transfer_params": kv})
+    r, raw = await stream_raw(client, d.url + "/v1/completions", body | {"stream": True, "kv_transfer_params": kv})
     decoded = stream_texts(sse_events(raw), chat=False)[0]
     colocated = (await client.post(both.url + "/v1/completions", json=body)).json()
     assert decoded == colocated["choices"][0]["text"] == completion_text(body["prompt"], 0, 6)
@@ -276,15 +292,14 @@ async def test_nixl_validation_and_mismatch(sim: StartSim, client: httpx.AsyncCl
     d = await sim(role="decode")
     url = p.url + "/v1/completions"
     remote = {"do_remote_decode": True}
-    bad_stream = await client.post(url, json={"prompt": "a", "max_tokens": 1, "stream": True,
-                                              "kv_transfer_params": remote})
+    bad_stream = await client.post(
+        url, json={"prompt": "a", "max_tokens": 1, "stream": True, "kv_transfer_params": remote}
+    )
     assert bad_stream.status_code == 400
-    bad_len = await client.post(url, json={"prompt": "a", "max_tokens": 4,
-                                           "kv_transfer_params": remote})
+    bad_len = await client.post(url, json={"prompt": "a", "max_tokens": 4, "kv_transfer_params": remote})
     assert bad_len.status_code == 400
     kv = (await _nixl_prefill(client, p, {"prompt": "alpha beta"}))["kv_transfer_params"]
-    r = await client.post(d.url + "/v1/completions",
-                          json={"prompt": "something else", "kv_transfer_params": kv})
+    r = await client.post(d.url + "/v1/completions", json={"prompt": "something else", "kv_transfer_params": kv})
     assert r.status_code == 400 and r.json()["error"]["type"] == "BadRequestError"
 
 
@@ -300,6 +315,7 @@ async def test_nixl_kv_expires(sim: StartSim, client: httpx.AsyncClient) -> None
 
 # -- neuron-legacy (immediate first token) ---------------------------------------
 
+
 async def _legacy_pair(sim: StartSim, **dkw: Any) -> tuple[SimServer, SimServer]:
     p = await sim(role="prefill", kv_protocol="neuron-legacy", ttft_ms=30)
     d = await sim(role="decode", kv_protocol="neuron-legacy", kv_peers=[p.url], itl_ms=2, **dkw)
@@ -307,12 +323,10 @@ async def _legacy_pair(sim: StartSim, **dkw: Any) -> tuple[SimServer, SimServer]
 
 
 @pytest.mark.parametrize("chat", [False, True])
-async def test_legacy_decode_waits_and_reemits(sim: StartSim, client: httpx.AsyncClient,
-                                               chat: bool) -> None:
+async def test_legacy_decode_waits_and_reemits(sim: StartSim, client: httpx.AsyncClient, chat: bool) -> None:
     p, d = await _legacy_pair(sim)
     path = "/v1/chat/completions" if chat else "/v1/completions"
-    body: dict[str, Any] = {"max_tokens": 5, "stream": True,
-                            "stream_options": {"include_usage": True}}
+    body: dict[str, Any] = {"max_tokens": 5, "stream": True, "stream_options": {"include_usage": True}}
     if chat:
         body["messages"] = [{"role": "user", "content": "why is the sky blue"}]
     else:
@@ -338,8 +352,7 @@ async def test_legacy_decode_waits_and_reemits(sim: StartSim, client: httpx.Asyn
     assert d_json[-1]["usage"]["completion_tokens"] == 5
     assert d_json[-1]["usage"]["prompt_tokens"] == count_tokens(prompt)
     assert (d.stats.external_prefill_tokens, d.stats.local_prefill_tokens) == (count_tokens(prompt), 0)
-    assert (p.stats.kv_sent, d.stats.kv_received, p.stats.local_prefill_tokens) == \
-        (1, 1, count_tokens(prompt))
+    assert (p.stats.kv_sent, d.stats.kv_received, p.stats.local_prefill_tokens) == (1, 1, count_tokens(prompt))
 
 
 async def test_legacy_decode_non_stream_after_prefill(sim: StartSim, client: httpx.AsyncClient) -> None:
@@ -354,8 +367,9 @@ async def test_legacy_decode_non_stream_after_prefill(sim: StartSim, client: htt
 async def test_legacy_decode_times_out(sim: StartSim, client: httpx.AsyncClient) -> None:
     _, d = await _legacy_pair(sim, kv_wait_s=0.3)
     t0 = time.monotonic()
-    r = await client.post(d.url + "/v1/completions", json={"prompt": "a", "stream": True},
-                          headers={"X-Request-Id": "never"})
+    r = await client.post(
+        d.url + "/v1/completions", json={"prompt": "a", "stream": True}, headers={"X-Request-Id": "never"}
+    )
     assert 0.3 <= time.monotonic() - t0 < 2
     assert r.status_code == 503
     assert r.json()["error"]["message"] == "KV for request never not received"
@@ -369,12 +383,12 @@ async def test_legacy_decode_dead_peer_times_out(sim: StartSim, client: httpx.As
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
     d = await sim(role="decode", kv_protocol="neuron-legacy", kv_peers=[dead], kv_wait_s=0.2)
-    r = await client.post(d.url + "/v1/completions", json={"prompt": "a"},
-                          headers={"X-Request-Id": "x"})
+    r = await client.post(d.url + "/v1/completions", json={"prompt": "a"}, headers={"X-Request-Id": "x"})
     assert r.status_code == 503
 
 
 # -- CLI + throughput sanity (printed, not asserted) ------------------------------
+
 
 class _Sink(asyncio.Protocol):
     def __init__(self, done: asyncio.Future[int]) -> None:
@@ -401,8 +415,11 @@ async def test_cli_throughput_sanity() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "workers.sim", "--port", str(port),
-                             "--itl-ms", str(itl_ms)], cwd=ROOT, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.sim", "--port", str(port), "--itl-ms", str(itl_ms)],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         async with httpx.AsyncClient() as c:
             for _ in range(200):
@@ -412,8 +429,7 @@ async def test_cli_throughput_sanity() -> None:
                 except httpx.HTTPError:
                     await asyncio.sleep(0.05)
         loop = asyncio.get_running_loop()
-        req = _raw_request("/v1/completions", {"prompt": "bench", "max_tokens": tokens,
-                                               "stream": True})
+        req = _raw_request("/v1/completions", {"prompt": "bench", "max_tokens": tokens, "stream": True})
         futs: list[asyncio.Future[int]] = []
         cpu0, t0 = _cpu_s(proc.pid), time.monotonic()
         for _ in range(streams):
@@ -424,9 +440,11 @@ async def test_cli_throughput_sanity() -> None:
         counts = await asyncio.wait_for(asyncio.gather(*futs), 120)
         wall, cpu = time.monotonic() - t0, _cpu_s(proc.pid) - cpu0
         chunks = sum(counts)
-        print(f"\nsim throughput: {streams} streams x {tokens} tok @ {itl_ms} ms: {chunks} chunks "
-              f"in {wall:.2f}s (ideal {tokens * itl_ms / 1000:.2f}s) = {chunks / wall:,.0f} chunks/s;"
-              f" server CPU {cpu:.2f}s = {cpu / chunks * 1e6:.1f} us/chunk")
+        print(
+            f"\nsim throughput: {streams} streams x {tokens} tok @ {itl_ms} ms: {chunks} chunks "
+            f"in {wall:.2f}s (ideal {tokens * itl_ms / 1000:.2f}s) = {chunks / wall:,.0f} chunks/s;"
+            f" server CPU {cpu:.2f}s = {cpu / chunks * 1e6:.1f} us/chunk"
+        )
         assert chunks == streams * tokens
     finally:
         proc.terminate()
@@ -445,9 +463,9 @@ async def test_prefill_advertises_the_address_it_is_given_for_kv_pickup(sim, cli
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_a_simulator_bug_answers_instead_of_hanging(sim: StartSim, client: httpx.AsyncClient,
-                                                          monkeypatch: pytest.MonkeyPatch,
-                                                          stream: bool) -> None:
+async def test_a_simulator_bug_answers_instead_of_hanging(
+    sim: StartSim, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
     import workers.sim.server as server_module
 
     def broken(*_: Any) -> None:

@@ -26,8 +26,9 @@ class Scrape:
 
     def value(self, name: str, **labels: str) -> float:
         """The sum of `name`'s samples whose labels include `labels` (0 when none)."""
-        return sum(s.value for s in self.samples
-                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+        return sum(
+            s.value for s in self.samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
 
 async def scrape(client: httpx.AsyncClient, gw) -> Scrape:
@@ -166,8 +167,9 @@ async def test_stream_failing_before_its_first_event_is_an_upstream_error(gatewa
 
 async def test_per_request_telemetry_can_be_turned_off(sim, gateway, client):
     a = await sim()
-    gw = await gateway([{"name": "dp", "workers": [a.url]}],
-                       observability={"request_metrics": False, "access_log": False})
+    gw = await gateway(
+        [{"name": "dp", "workers": [a.url]}], observability={"request_metrics": False, "access_log": False}
+    )
     assert (await client.post(f"{gw.url}/v1/completions", json={"model": "sim-model", **STREAM})).status_code == 200
     m = await scrape(client, gw)
     assert m.value("pd_gateway_requests_total") == 0 and m.value("pd_gateway_e2e_seconds_count") == 0
@@ -203,10 +205,12 @@ async def test_access_log_json_line(sim, gateway, client, caplog):
     caplog.set_level(logging.INFO, logger="pd_gateway.access")
     p = await sim(role="prefill", kv_protocol="nixl")
     d = await sim(role="decode", kv_protocol="nixl")
-    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}],
-                       log_format="json")
-    resp = await client.post(f"{gw.url}/v1/completions", json={"model": "sim-model", **STREAM},
-                             headers={"x-request-id": "trace-7"})
+    gw = await gateway(
+        [{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}], log_format="json"
+    )
+    resp = await client.post(
+        f"{gw.url}/v1/completions", json={"model": "sim-model", **STREAM}, headers={"x-request-id": "trace-7"}
+    )
     assert resp.status_code == 200
     await settled(gw, 1)
     [line] = _access_lines(caplog)

@@ -42,8 +42,9 @@ async def test_another_clients_requests_raise_the_load_the_gateway_sees(sim, gat
     """A stream sent to the worker around the gateway (as another gateway replica would)
     shows up as foreign load, and least_outstanding then prefers the other worker."""
     busy, idle = await sim(itl_ms=50.0), await sim()
-    gw = await gateway([{"name": "p", "workers": [busy.url, idle.url]}],
-                       worker_metrics={"interval_s": 0.05, "timeout_s": 1.0})
+    gw = await gateway(
+        [{"name": "p", "workers": [busy.url, idle.url]}], worker_metrics={"interval_s": 0.05, "timeout_s": 1.0}
+    )
     router = gw.gateway
     ep_busy, ep_idle = router.pools[0].endpoints
     body = {"model": "sim-model", "prompt": "hi", "max_tokens": 200, "stream": True}

@@ -151,8 +151,10 @@ class PDPool(_PoolBase):
         if self.cores is not None:
             raise ValueError("cores: set cores on 'prefill' and 'decode', not on the pd pool")
         if self.connector == "neuron-legacy" and self.engine == "vllm-neuron":
-            raise ValueError("connector: neuron-legacy (NeuronConnector) exists only in the neuron-legacy engine; "
-                             "use connector: nixl with engine: vllm-neuron")
+            raise ValueError(
+                "connector: neuron-legacy (NeuronConnector) exists only in the neuron-legacy engine; "
+                "use connector: nixl with engine: vllm-neuron"
+            )
         return self
 
 

@@ -32,8 +32,9 @@ def merge_usage(decode: dict | None, prefill: dict | None) -> dict | None:
     return decode
 
 
-def merged_response(d_raw: bytes, d_answer: dict, p_usage: dict | None, status: int, content_type: str,
-                    request_id: str) -> Response:
+def merged_response(
+    d_raw: bytes, d_answer: dict, p_usage: dict | None, status: int, content_type: str, request_id: str
+) -> Response:
     """Decode's non-streaming answer, with prefill's usage details merged in when it has some."""
     headers = {"x-request-id": request_id}
     if not with_prefill_usage(p_usage):

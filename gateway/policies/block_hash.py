@@ -51,7 +51,7 @@ class BlockHasher:
         h = parent or self.none_hash
         size = self.block_size
         for start in range(0, len(token_ids) - size + 1, size):
-            h = self.fn((h, tuple(token_ids[start:start + size]), None))
+            h = self.fn((h, tuple(token_ids[start : start + size]), None))
             out.append(h)
         return out
 

@@ -20,7 +20,7 @@ def chain_hashes(text: str, chunk: int) -> list[int]:
     out: list[int] = []
     h = 0
     for start in range(0, len(text) - chunk + 1, chunk):
-        h = hash((h, text[start:start + chunk]))
+        h = hash((h, text[start : start + chunk]))
         out.append(h)
     return out
 

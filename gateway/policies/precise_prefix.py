@@ -34,10 +34,20 @@ UNBOUNDED = 1 << 62  # the workers' own caches bound the view: their evictions r
 class PrecisePrefix(Policy):
     name = "precise_prefix"
 
-    def __init__(self, role: str, tokenizer: str, block_size: int | None = None, hash_algo: str = "sha256",
-                 hash_seed: str | None = None, events_port: int = 5557, events: dict[str, str] | None = None,
-                 topic: str = "", match_threshold: float = 0.1, balance_abs_threshold: int = 8,
-                 balance_rel_threshold: float = 1.5) -> None:
+    def __init__(
+        self,
+        role: str,
+        tokenizer: str,
+        block_size: int | None = None,
+        hash_algo: str = "sha256",
+        hash_seed: str | None = None,
+        events_port: int = 5557,
+        events: dict[str, str] | None = None,
+        topic: str = "",
+        match_threshold: float = 0.1,
+        balance_abs_threshold: int = 8,
+        balance_rel_threshold: float = 1.5,
+    ) -> None:
         super().__init__(role)
         self.tokenize = PromptTokenizer(tokenizer)
         self.hasher = BlockHasher(hash_algo, block_size or 0, hash_seed)  # 0: learnt from the first event
@@ -87,10 +97,13 @@ class PrecisePrefix(Policy):
         ours = [external(h) for h in self.hasher.chain(event.token_ids)]
         theirs = [h if isinstance(h, int) else external(h) for h in event.hashes]
         self.checked += len(theirs)
-        if ours != theirs[:len(ours)] or len(ours) != len(theirs):
+        if ours != theirs[: len(ours)] or len(ours) != len(theirs):
             if not self.mismatched:
-                log.warning("block hashes differ from the engine's: check tokenizer, hash_algo, hash_seed, "
-                            "block_size (events say %d)", event.block_size)
+                log.warning(
+                    "block hashes differ from the engine's: check tokenizer, hash_algo, hash_seed, "
+                    "block_size (events say %d)",
+                    event.block_size,
+                )
             self.mismatched += len(theirs)
 
     # -- choosing --------------------------------------------------------------------------

@@ -26,8 +26,13 @@ def overloaded(loads: Sequence[int], abs_threshold: int, rel_threshold: float) -
     return [load - low > abs_threshold and load > low * rel_threshold for load in loads]
 
 
-def pick(candidates: Sequence[Endpoint], depths: Sequence[int], loads: Sequence[int],
-         abs_threshold: int, rel_threshold: float) -> tuple[int, list[Endpoint]]:
+def pick(
+    candidates: Sequence[Endpoint],
+    depths: Sequence[int],
+    loads: Sequence[int],
+    abs_threshold: int,
+    rel_threshold: float,
+) -> tuple[int, list[Endpoint]]:
     """The deepest match among the workers the guard allows, and the workers that have it."""
     over = overloaded(loads, abs_threshold, rel_threshold)
     best = max((d for d, o in zip(depths, over, strict=True) if not o), default=0)
@@ -39,9 +44,15 @@ class PrefixAware(Policy):
 
     name = "prefix_aware"
 
-    def __init__(self, role: str, chunk_chars: int = 64, max_blocks: int = 65536,
-                 match_threshold: float = 0.5, balance_abs_threshold: int = 8,
-                 balance_rel_threshold: float = 1.5) -> None:
+    def __init__(
+        self,
+        role: str,
+        chunk_chars: int = 64,
+        max_blocks: int = 65536,
+        match_threshold: float = 0.5,
+        balance_abs_threshold: int = 8,
+        balance_rel_threshold: float = 1.5,
+    ) -> None:
         super().__init__(role)
         self.chunk = chunk_chars
         self.tree = ChunkTree(max_blocks)

@@ -17,8 +17,9 @@ class PromptTokenizer:
 
     def __call__(self, route: str, body: dict[str, Any]) -> list[int]:
         if route == "chat":
-            text = self.tokenizer.apply_chat_template(body.get("messages") or [], add_generation_prompt=True,
-                                                      tokenize=False)
+            text = self.tokenizer.apply_chat_template(
+                body.get("messages") or [], add_generation_prompt=True, tokenize=False
+            )
             return list(self.tokenizer.encode(text, add_special_tokens=False))
         prompt = body.get("prompt")
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):

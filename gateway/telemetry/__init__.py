@@ -46,8 +46,13 @@ def outcome_of(status: int) -> str:
 
 
 class Telemetry:
-    def __init__(self, pools: Sequence[Pool], admission: Admission, request_metrics: bool = True,
-                 access_log: object | None = None) -> None:
+    def __init__(
+        self,
+        pools: Sequence[Pool],
+        admission: Admission,
+        request_metrics: bool = True,
+        access_log: object | None = None,
+    ) -> None:
         """`access_log`: something with `write(trace, total_s)` (gateway.access_log.AccessLog), or None."""
         self.registry = CollectorRegistry()
         self.families = Families(self.registry)

@@ -8,8 +8,27 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
-                   1.0, 2.0, 5.0, 10.0, 20.0, 60.0, 120.0, 300.0, 600.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    20.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
 REQUEST_LABELS = ("pool", "model", "route")
 ENDPOINT_LABELS = ("pool", "role", "endpoint")
 
@@ -25,29 +44,53 @@ class Families:
             return Counter(name, doc, labels, registry=registry)
 
         p = "pd_gateway_"
-        self.ttft = hist(p + "ttft_seconds", "Request arrival to the first event sent to the client (streams).",
-                         REQUEST_LABELS)
-        self.itl = hist(p + "itl_seconds", "Mean gap between a stream's tokens, one observation per stream: "
-                        "(end - first event) / (tokens - 1).", REQUEST_LABELS)
+        self.ttft = hist(
+            p + "ttft_seconds", "Request arrival to the first event sent to the client (streams).", REQUEST_LABELS
+        )
+        self.itl = hist(
+            p + "itl_seconds",
+            "Mean gap between a stream's tokens, one observation per stream: (end - first event) / (tokens - 1).",
+            REQUEST_LABELS,
+        )
         self.e2e = hist(p + "e2e_seconds", "Request arrival to the last byte of the response.", REQUEST_LABELS)
-        self.queue = hist(p + "queue_seconds",
-                          "Time a request waited in the admission queue (0 when admitted at once).", ("route",))
-        self.prefill = hist(p + "pd_prefill_seconds", "PD pools: the prefill leg, request sent to prefill done.",
-                            ("pool", "model", "endpoint"))
-        self.handoff = hist(p + "pd_handoff_seconds",
-                            "PD pools: prefill done to the decode worker's first event (KV hand-off gap).",
-                            ("pool", "model", "endpoint"))
-        self.requests = count(p + "requests", "Requests by final outcome; a stream that ends with an error event "
-                              "is outcome=stream_error, not success.", (*REQUEST_LABELS, "status", "outcome"))
+        self.queue = hist(
+            p + "queue_seconds", "Time a request waited in the admission queue (0 when admitted at once).", ("route",)
+        )
+        self.prefill = hist(
+            p + "pd_prefill_seconds",
+            "PD pools: the prefill leg, request sent to prefill done.",
+            ("pool", "model", "endpoint"),
+        )
+        self.handoff = hist(
+            p + "pd_handoff_seconds",
+            "PD pools: prefill done to the decode worker's first event (KV hand-off gap).",
+            ("pool", "model", "endpoint"),
+        )
+        self.requests = count(
+            p + "requests",
+            "Requests by final outcome; a stream that ends with an error event is outcome=stream_error, not success.",
+            (*REQUEST_LABELS, "status", "outcome"),
+        )
         self.prompt_tokens = count(p + "prompt_tokens", "Prompt tokens, from the workers' usage.", ("pool", "model"))
-        self.completion_tokens = count(p + "completion_tokens", "Completion tokens, from the workers' usage.",
-                                       ("pool", "model"))
-        self.retries = count(p + "retries", "Requests sent again to another worker after a failure before any answer.",
-                             ("pool", "role"))
-        self.replays = count(p + "replays", "Streams replayed on another replica after a worker broke off "
-                             "before the first event.", ("pool",))
+        self.completion_tokens = count(
+            p + "completion_tokens", "Completion tokens, from the workers' usage.", ("pool", "model")
+        )
+        self.retries = count(
+            p + "retries", "Requests sent again to another worker after a failure before any answer.", ("pool", "role")
+        )
+        self.replays = count(
+            p + "replays",
+            "Streams replayed on another replica after a worker broke off before the first event.",
+            ("pool",),
+        )
         self.ejections = count(p + "ejections", "Outlier ejections of a worker.", ENDPOINT_LABELS)
-        self.upstream_failures = count(p + "upstream_failures", "Failed upstream calls by kind: connect, timeout, "
-                                       "5xx, broken_stream, invalid (garbage).", (*ENDPOINT_LABELS, "kind"))
-        self.disconnects = count(p + "client_disconnects", "Clients that went away before their response ended, "
-                                 "by phase: before_response or streaming.", ("route", "phase"))
+        self.upstream_failures = count(
+            p + "upstream_failures",
+            "Failed upstream calls by kind: connect, timeout, 5xx, broken_stream, invalid (garbage).",
+            (*ENDPOINT_LABELS, "kind"),
+        )
+        self.disconnects = count(
+            p + "client_disconnects",
+            "Clients that went away before their response ended, by phase: before_response or streaming.",
+            ("route", "phase"),
+        )

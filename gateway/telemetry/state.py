@@ -15,14 +15,23 @@ _P = "pd_gateway_"
 _LABELS = ["pool", "role", "endpoint"]
 # (name, help, value of an endpoint at time `now` on the loop clock)
 _ENDPOINT_GAUGES: list[tuple[str, str, Callable[[Endpoint, float], float]]] = [
-    ("endpoint_healthy", "1 when the worker passes its health checks and is not ejected.",
-     lambda e, now: float(e.healthy)),
-    ("endpoint_ejected", "1 while the worker is ejected for consecutive failures.",
-     lambda e, now: float(e.ejected_until > now)),
+    (
+        "endpoint_healthy",
+        "1 when the worker passes its health checks and is not ejected.",
+        lambda e, now: float(e.healthy),
+    ),
+    (
+        "endpoint_ejected",
+        "1 while the worker is ejected for consecutive failures.",
+        lambda e, now: float(e.ejected_until > now),
+    ),
     ("endpoint_draining", "1 while an admin has the worker draining.", lambda e, now: float(e.draining)),
     ("endpoint_outstanding_requests", "Requests in flight on the worker.", lambda e, now: float(e.outstanding)),
-    ("endpoint_outstanding_prompt_tokens", "Estimated prompt tokens in flight on the worker (prefill load).",
-     lambda e, now: float(e.outstanding_tokens)),
+    (
+        "endpoint_outstanding_prompt_tokens",
+        "Estimated prompt tokens in flight on the worker (prefill load).",
+        lambda e, now: float(e.outstanding_tokens),
+    ),
 ]
 
 
@@ -38,8 +47,9 @@ class PoolStateCollector(Collector):
         queued = GaugeMetricFamily(_P + "queued_requests", "Requests waiting in the admission queue.")
         queued.add_metric([], self.admission.queued)
         yield queued
-        ready = GaugeMetricFamily(_P + "pool_ready", "1 while every role of the pool has a healthy worker.",
-                                  labels=["pool"])
+        ready = GaugeMetricFamily(
+            _P + "pool_ready", "1 while every role of the pool has a healthy worker.", labels=["pool"]
+        )
         for pool in self.pools:
             ready.add_metric([pool.name], float(pool.ready))
         yield ready

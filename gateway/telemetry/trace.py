@@ -16,9 +16,28 @@ _now = time.monotonic
 class Trace:
     """What the access log line and the per-request metrics of one request are made of."""
 
-    __slots__ = ("request_id", "route", "model", "pool", "start", "admitted_at", "endpoints", "prefill_sent",
-                 "prefill_done", "first_event", "decode_first", "end", "gaps", "prompt_tokens",
-                 "completion_tokens", "retries", "replays", "status", "outcome", "stream")
+    __slots__ = (
+        "request_id",
+        "route",
+        "model",
+        "pool",
+        "start",
+        "admitted_at",
+        "endpoints",
+        "prefill_sent",
+        "prefill_done",
+        "first_event",
+        "decode_first",
+        "end",
+        "gaps",
+        "prompt_tokens",
+        "completion_tokens",
+        "retries",
+        "replays",
+        "status",
+        "outcome",
+        "stream",
+    )
 
     def __init__(self, request_id: str, route: str) -> None:
         self.request_id = request_id

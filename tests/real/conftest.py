@@ -289,8 +289,7 @@ def vllm_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def vllm_replicas(vllm_stack, vllm_logs: Path):
     servers = [
-        VllmServer(f"replica-{i}", port, vllm_logs / f"replica-{i}.log")
-        for i, port in enumerate(distinct_ports(2))
+        VllmServer(f"replica-{i}", port, vllm_logs / f"replica-{i}.log") for i, port in enumerate(distinct_ports(2))
     ]
     start_servers(servers)
     yield servers

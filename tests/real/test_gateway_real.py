@@ -45,8 +45,9 @@ async def test_greedy_streaming_text_equals_non_streaming(dp_gateway, route, ext
 
 async def test_openai_client_chat_stream_has_exactly_one_usage_chunk(dp_gateway):
     oai = openai.AsyncOpenAI(base_url=f"{dp_gateway.url}/v1", api_key="unused", timeout=120)
-    stream = await oai.chat.completions.create(model=MODEL, messages=CHAT, stream=True, temperature=0, max_tokens=12,
-                                               stream_options={"include_usage": True})
+    stream = await oai.chat.completions.create(
+        model=MODEL, messages=CHAT, stream=True, temperature=0, max_tokens=12, stream_options={"include_usage": True}
+    )
     chunks = [c async for c in stream]
     usage = [c.usage for c in chunks if c.usage is not None]
     assert len(usage) == 1
@@ -86,8 +87,9 @@ async def test_worker_4xx_passes_through(dp_gateway, vllm_replicas):
 async def _generated(url: str) -> float:
     async with httpx.AsyncClient(timeout=10) as c:
         text = (await c.get(f"{url}/metrics")).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("vllm:generation_tokens_total"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:generation_tokens_total")
+    )
 
 
 async def _settled_generated(urls: list[str]) -> float:

@@ -11,8 +11,10 @@ import pytest
 from tests.conftest import sse_payloads, stream_text
 
 MODEL = "tiny"
-PROMPTS = ["The old man watches the long road at night, and the river follows a small bird",
-           "a robot paints the blue door while the children sing"]
+PROMPTS = [
+    "The old man watches the long road at night, and the river follows a small bird",
+    "a robot paints the blue door while the children sing",
+]
 CHAT = [{"role": "user", "content": "Tell me a story about the quiet song near the sea."}]
 GREEDY = {"temperature": 0, "max_tokens": 16}
 EXTERNAL, LOCAL = "external_kv_transfer", "local_compute"
@@ -20,8 +22,17 @@ EXTERNAL, LOCAL = "external_kv_transfer", "local_compute"
 
 @pytest.fixture
 async def pd_gateway(real_gateway, vllm_pd_pair):
-    return await real_gateway([{"name": "pd", "kind": "pd", "protocol": "nixl",
-                           "prefill": [vllm_pd_pair.prefill.url], "decode": [vllm_pd_pair.decode.url]}])
+    return await real_gateway(
+        [
+            {
+                "name": "pd",
+                "kind": "pd",
+                "protocol": "nixl",
+                "prefill": [vllm_pd_pair.prefill.url],
+                "decode": [vllm_pd_pair.decode.url],
+            }
+        ]
+    )
 
 
 def _text(answer: dict) -> str:
@@ -40,9 +51,14 @@ async def _prompt_tokens_by_source(url: str) -> dict[str, float]:
     return out
 
 
-@pytest.mark.parametrize(("route", "extra"), [("completions", {"prompt": PROMPTS[0]}),
-                                              ("completions", {"prompt": PROMPTS[1]}),
-                                              ("chat/completions", {"messages": CHAT})])
+@pytest.mark.parametrize(
+    ("route", "extra"),
+    [
+        ("completions", {"prompt": PROMPTS[0]}),
+        ("completions", {"prompt": PROMPTS[1]}),
+        ("chat/completions", {"messages": CHAT}),
+    ],
+)
 async def test_disaggregated_output_equals_colocated(pd_gateway, vllm_colocated, route, extra):
     body = {"model": MODEL, **GREEDY, **extra}
     async with httpx.AsyncClient(timeout=120) as c:

@@ -20,9 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import wait_until
 from tests.real.conftest import MODEL_DIR, MODEL_NAME, VllmServer, distinct_ports, start_servers, stop_servers
 
-WORDS = ("the a small large red blue green old new good bad day night water fire stone tree river city "
-         "house road king queen child man woman dog cat bird fish book door window hand eye light dark "
-         "run walk see make take give find think tell come go").split()
+WORDS = (
+    "the a small large red blue green old new good bad day night water fire stone tree river city "
+    "house road king queen child man woman dog cat bird fish book door window hand eye light dark "
+    "run walk see make take give find think tell come go"
+).split()
 KV_BYTES = "2M"  # 2048 tokens of this model's KV: 16 blocks of 128, so conversations compete for it
 
 
@@ -32,11 +34,19 @@ def event_replicas(vllm_stack, vllm_logs: Path):
     ports = distinct_ports(4)
     servers = []
     for i in range(2):
-        events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{ports[2 + i]}",
-                  "topic": "kv"}
-        server = VllmServer(f"events-{i}", ports[i], vllm_logs / f"events-{i}.log",
-                            extra_args=["--kv-events-config", json.dumps(events), "--kv-cache-memory-bytes", KV_BYTES],
-                            extra_env={"VLLM_SERVER_DEV_MODE": "1"})
+        events = {
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": f"tcp://*:{ports[2 + i]}",
+            "topic": "kv",
+        }
+        server = VllmServer(
+            f"events-{i}",
+            ports[i],
+            vllm_logs / f"events-{i}.log",
+            extra_args=["--kv-events-config", json.dumps(events), "--kv-cache-memory-bytes", KV_BYTES],
+            extra_env={"VLLM_SERVER_DEV_MODE": "1"},
+        )
         server.events = f"tcp://127.0.0.1:{ports[2 + i]}"  # type: ignore[attr-defined]
         servers.append(server)
     start_servers(servers)
@@ -45,8 +55,12 @@ def event_replicas(vllm_stack, vllm_logs: Path):
 
 
 def _precise(servers: list[VllmServer]) -> dict:
-    return {"name": "precise_prefix", "tokenizer": str(MODEL_DIR), "topic": "kv",
-            "events": {s.url: s.events for s in servers}}  # type: ignore[attr-defined]
+    return {
+        "name": "precise_prefix",
+        "tokenizer": str(MODEL_DIR),
+        "topic": "kv",
+        "events": {s.url: s.events for s in servers},
+    }  # type: ignore[attr-defined]
 
 
 def _conversations(n: int = 6, turns: int = 4, seed: int = 5) -> list[list[list[dict]]]:
@@ -136,8 +150,9 @@ async def test_cache_aware_policies_raise_the_workers_prefix_hit_rate(real_gatew
 
 async def test_precise_view_follows_a_workers_stored_then_evicted_blocks(real_gateway, event_replicas) -> None:
     worker = event_replicas[0]
-    gw = await real_gateway([{"name": "dp", "workers": [s.url for s in event_replicas],
-                              "policy": _precise(event_replicas)}])
+    gw = await real_gateway(
+        [{"name": "dp", "workers": [s.url for s in event_replicas], "policy": _precise(event_replicas)}]
+    )
     policy = gw.gateway.pools[0].policies["replica"]
     async with httpx.AsyncClient(timeout=120) as client:
         (await client.post(worker.url + "/reset_prefix_cache")).raise_for_status()

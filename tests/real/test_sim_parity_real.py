@@ -44,8 +44,7 @@ async def test_sim_metrics_match_vllm_families(vllm_colocated: VllmServer) -> No
             ours = _families((await client.get(f"{sim.url}/metrics")).text)
         finally:
             await sim.close()
-    assert {"vllm:num_requests_running", "vllm:kv_cache_usage_perc",
-            "vllm:prefix_cache_hits"} <= set(ours)
+    assert {"vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:prefix_cache_hits"} <= set(ours)
     for name, (mtype, labels) in ours.items():
         assert name in real, f"{name} is not a vLLM metric"
         assert (mtype, labels) == real[name], name

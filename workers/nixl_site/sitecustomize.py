@@ -18,6 +18,7 @@ it holds a KV lease, i.e. until the decode has read the blocks, and the decode o
 same core then got no CPU until the lease expired: the 30 s first-transfer stalls of
 docs/real-vllm.md. That call is skipped unless PD_NIXL_KEEP_PIN=1.
 """
+
 from __future__ import annotations
 
 import importlib.abc

@@ -12,6 +12,14 @@ from .engine import VOCAB, completion_text, count_tokens, render_chat, token_tex
 from .server import SimServer, start_sim
 
 __all__ = [
-    "SimConfig", "SimServer", "start_sim", "build_parser", "config_from_args",
-    "VOCAB", "completion_text", "count_tokens", "render_chat", "token_text",
+    "SimConfig",
+    "SimServer",
+    "start_sim",
+    "build_parser",
+    "config_from_args",
+    "VOCAB",
+    "completion_text",
+    "count_tokens",
+    "render_chat",
+    "token_text",
 ]

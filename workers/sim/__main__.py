@@ -29,8 +29,9 @@ def _claim(config: SimConfig) -> CoreClaim | None:
 async def _serve(config: SimConfig) -> None:
     server = await start_sim(config)
     cfg = server.config
-    log.info("sim worker %s role=%s kv=%s model=%s on %s", cfg.engine_id, cfg.role,
-             cfg.kv_protocol, cfg.model, server.url)
+    log.info(
+        "sim worker %s role=%s kv=%s model=%s on %s", cfg.engine_id, cfg.role, cfg.kv_protocol, cfg.model, server.url
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -40,8 +41,7 @@ async def _serve(config: SimConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     config = config_from_args(argv)
     claim = _claim(config)  # before binding the port: vLLM, too, takes the cores first
     try:

@@ -10,8 +10,17 @@ from .protocol import ApiError
 from .request import GenRequest, parse_body, parse_request
 from .sampling import Choices, chat_logprobs, completion_logprobs
 
-__all__ = ["ApiError", "GenRequest", "parse_body", "parse_request", "fingerprint",
-           "full_response", "usage", "SseFormat", "prompt_token_ids"]
+__all__ = [
+    "ApiError",
+    "GenRequest",
+    "parse_body",
+    "parse_request",
+    "fingerprint",
+    "full_response",
+    "usage",
+    "SseFormat",
+    "prompt_token_ids",
+]
 VLLM_VERSION = "0.32.0"
 
 
@@ -23,15 +32,18 @@ def fingerprint(model: str, max_model_len: int) -> str:
 
 def prompt_token_ids(prompt: str) -> list[int]:
     """Stand-in token ids of a prompt (one per word), as echo's first chunk carries them."""
-    return [int.from_bytes(hashlib.blake2b(w.encode(), digest_size=2).digest(), "little")
-            for w in prompt.split()] or [0]
+    return [int.from_bytes(hashlib.blake2b(w.encode(), digest_size=2).digest(), "little") for w in prompt.split()] or [
+        0
+    ]
 
 
 def usage(g: GenRequest, completion_tokens: int, in_stream: bool = False) -> dict[str, Any]:
     prompt_tokens = g.total_prompt_tokens
-    out: dict[str, Any] = {"prompt_tokens": prompt_tokens,
-                           "total_tokens": prompt_tokens + completion_tokens,
-                           "completion_tokens": completion_tokens}
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "completion_tokens": completion_tokens,
+    }
     details = {"cached_tokens": g.cached_tokens} if g.report_cached else None
     if details is not None or not in_stream:
         out["prompt_tokens_details"] = details
@@ -46,32 +58,56 @@ def _completion_choice(g: GenRequest, choices: Choices, c: int) -> dict[str, Any
     logprobs = None
     if g.logprobs is not None:
         logprobs = completion_logprobs(choices, c, range(plan.count), len(prefix), g.logprobs)
-    return {"index": c, "text": prefix + choices.text(c), "logprobs": logprobs,
-            "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason,
-            "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None,
-            "routed_experts": None}
+    return {
+        "index": c,
+        "text": prefix + choices.text(c),
+        "logprobs": logprobs,
+        "finish_reason": plan.finish_reason,
+        "stop_reason": plan.stop_reason,
+        "token_ids": None,
+        "prompt_logprobs": None,
+        "prompt_token_ids": None,
+        "routed_experts": None,
+    }
 
 
 def _chat_choice(g: GenRequest, choices: Choices, c: int) -> dict[str, Any]:
     plan = choices.plans[c]
     logprobs = None if g.logprobs is None else chat_logprobs(choices, c, range(plan.count), g.logprobs)
-    message = {"role": "assistant", "content": choices.text(c), "refusal": None,
-               "annotations": None, "audio": None, "function_call": None, "reasoning": None}
-    return {"index": c, "message": message, "logprobs": logprobs,
-            "finish_reason": plan.finish_reason, "stop_reason": plan.stop_reason,
-            "token_ids": None, "routed_experts": None}
+    message = {
+        "role": "assistant",
+        "content": choices.text(c),
+        "refusal": None,
+        "annotations": None,
+        "audio": None,
+        "function_call": None,
+        "reasoning": None,
+    }
+    return {
+        "index": c,
+        "message": message,
+        "logprobs": logprobs,
+        "finish_reason": plan.finish_reason,
+        "stop_reason": plan.stop_reason,
+        "token_ids": None,
+        "routed_experts": None,
+    }
 
 
-def full_response(g: GenRequest, created: int, choices: Choices, kv_params: dict[str, Any] | None,
-                  system_fingerprint: str) -> dict[str, Any]:
+def full_response(
+    g: GenRequest, created: int, choices: Choices, kv_params: dict[str, Any] | None, system_fingerprint: str
+) -> dict[str, Any]:
     """Non-streaming completion / chat.completion object, keys in vLLM's order."""
     make = _chat_choice if g.chat else _completion_choice
     completion_tokens = sum(p.count for p in choices.plans)
     body: dict[str, Any] = {
-        "id": g.response_id, "object": "chat.completion" if g.chat else "text_completion",
-        "created": created, "model": g.model,
+        "id": g.response_id,
+        "object": "chat.completion" if g.chat else "text_completion",
+        "created": created,
+        "model": g.model,
         "choices": [make(g, choices, c) for c in range(g.num_choices)],
-        "service_tier": None, "system_fingerprint": system_fingerprint,
+        "service_tier": None,
+        "system_fingerprint": system_fingerprint,
         "usage": usage(g, completion_tokens),
     }
     if g.chat:
@@ -92,10 +128,13 @@ class SseFormat:
         self._choices = choices
         obj = b"chat.completion.chunk" if g.chat else b"text_completion"
         self._head = b'data: {"id":%s,"object":"%s","created":%d,"model":%s' % (
-            _dumps(g.response_id), obj, created, _dumps(g.model))
+            _dumps(g.response_id),
+            obj,
+            created,
+            _dumps(g.model),
+        )
         field = b'"delta":{"content":' if g.chat else b'"text":'
-        self._pre = [self._head + b',"choices":[{"index":%d,%s' % (i, field)
-                     for i in range(g.num_choices)]
+        self._pre = [self._head + b',"choices":[{"index":%d,%s' % (i, field) for i in range(g.num_choices)]
         self._close = b"}" if g.chat else b""
         self._fingerprint = b',"system_fingerprint":%s' % _dumps(system_fingerprint)
         self._offsets = [len(g.prompt_of(c)) if g.echo else 0 for c in range(g.num_choices)]
@@ -107,8 +146,9 @@ class SseFormat:
         usage = self._usage_field(0)
         return b"".join(
             self._head + b',"choices":[{"index":%d,"delta":{"role":"assistant","content":""},'
-            b'"logprobs":null,"finish_reason":null}]%s,"prompt_token_ids":null,"prompt_text":null}\n\n'
-            % (i, usage) for i in range(self._g.num_choices))
+            b'"logprobs":null,"finish_reason":null}]%s,"prompt_token_ids":null,"prompt_text":null}\n\n' % (i, usage)
+            for i in range(self._g.num_choices)
+        )
 
     def _usage_field(self, completion_tokens: int) -> bytes:
         if not self._g.continuous_usage:
@@ -135,8 +175,7 @@ class SseFormat:
             prompt_ids = _dumps(prompt_token_ids(g.prompt_of(choice)))
         self._sent[choice] = k + 1
         if last:
-            ends = b',"finish_reason":"%s","stop_reason":%s' % (plan.finish_reason.encode(),
-                                                             _dumps(plan.stop_reason))
+            ends = b',"finish_reason":"%s","stop_reason":%s' % (plan.finish_reason.encode(), _dumps(plan.stop_reason))
         else:
             ends = b',"finish_reason":null' + (b"" if g.chat else b',"stop_reason":null')
         ids = b',"token_ids":null' if g.chat else b',"prompt_token_ids":%s,"token_ids":null' % prompt_ids
@@ -144,12 +183,27 @@ class SseFormat:
         # vLLM puts the fingerprint on a choice's last chunk, unless usage follows (then
         # on the usage chunk only) or every chunk carries usage.
         trailer = self._fingerprint if last and not usage and not g.include_usage else b""
-        return (self._pre[choice] + text_json + self._close + b',"logprobs":' + self._logprobs(choice, k)
-                + ends + ids + b"}]" + usage + trailer + b"}\n\n")
+        return (
+            self._pre[choice]
+            + text_json
+            + self._close
+            + b',"logprobs":'
+            + self._logprobs(choice, k)
+            + ends
+            + ids
+            + b"}]"
+            + usage
+            + trailer
+            + b"}\n\n"
+        )
 
     def tail(self, completion_tokens: int) -> bytes:
         out = b""
         if self._g.include_usage:
-            out = (self._head + b',"choices":[],"usage":%s' % _dumps(usage(self._g, completion_tokens, True))
-                   + self._fingerprint + b"}\n\n")
+            out = (
+                self._head
+                + b',"choices":[],"usage":%s' % _dumps(usage(self._g, completion_tokens, True))
+                + self._fingerprint
+                + b"}\n\n"
+            )
         return out + b"data: [DONE]\n\n"

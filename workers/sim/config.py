@@ -63,41 +63,60 @@ def _split_peers(value: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m workers.sim",
-                                description="Simulated vLLM OpenAI worker (PD-aware).")
+    p = argparse.ArgumentParser(prog="python -m workers.sim", description="Simulated vLLM OpenAI worker (PD-aware).")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", default="sim-model", help="served model name")
     p.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
-    p.add_argument("--prefill-ms-per-token", type=float, default=0.0,
-                   help="extra prefill time per prompt token")
-    p.add_argument("--prefill-concurrency", type=int, default=0,
-                   help="prefills computed at once; later ones queue (0: unlimited)")
+    p.add_argument("--prefill-ms-per-token", type=float, default=0.0, help="extra prefill time per prompt token")
+    p.add_argument(
+        "--prefill-concurrency", type=int, default=0, help="prefills computed at once; later ones queue (0: unlimited)"
+    )
     p.add_argument("--itl-ms", type=float, default=0.0, help="inter-token latency")
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--role", choices=["both", "prefill", "decode"], default="both")
     p.add_argument("--kv-protocol", choices=["nixl", "neuron-legacy"], default="nixl")
-    p.add_argument("--kv-peers", default="", help="comma list of prefill peer URLs "
-                   "(neuron-legacy decode)")
-    p.add_argument("--kv-hold-s", type=float, default=30.0,
-                   help="how long a prefill keeps KV waiting for pickup")
-    p.add_argument("--kv-wait-s", type=float, default=10.0,
-                   help="how long a legacy decode waits for KV")
-    p.add_argument("--fail-after-tokens", type=int, default=None,
-                   help="abort the connection after N token chunks (fault injection)")
-    p.add_argument("--neuron-cores", default=None, help="cores to claim exclusively, e.g. 0-15 "
-                   "(lock files under $PD_SIM_CORE_DIR, default /tmp/pd-sim-cores)")
-    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
-                   default=True, help="model vLLM's automatic prefix caching (default on)")
-    p.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE,
-                   help="tokens per KV block (prefix-cache granularity)")
-    p.add_argument("--prefix-cache-blocks", type=int, default=DEFAULT_CAPACITY_BLOCKS,
-                   help="prefix-cache capacity in blocks (LRU beyond it)")
-    p.add_argument("--enable-prompt-tokens-details", action="store_true",
-                   help="report usage.prompt_tokens_details.cached_tokens (as vLLM's flag)")
+    p.add_argument("--kv-peers", default="", help="comma list of prefill peer URLs (neuron-legacy decode)")
+    p.add_argument("--kv-hold-s", type=float, default=30.0, help="how long a prefill keeps KV waiting for pickup")
+    p.add_argument("--kv-wait-s", type=float, default=10.0, help="how long a legacy decode waits for KV")
+    p.add_argument(
+        "--fail-after-tokens",
+        type=int,
+        default=None,
+        help="abort the connection after N token chunks (fault injection)",
+    )
+    p.add_argument(
+        "--neuron-cores",
+        default=None,
+        help="cores to claim exclusively, e.g. 0-15 (lock files under $PD_SIM_CORE_DIR, default /tmp/pd-sim-cores)",
+    )
+    p.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="model vLLM's automatic prefix caching (default on)",
+    )
+    p.add_argument(
+        "--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="tokens per KV block (prefix-cache granularity)"
+    )
+    p.add_argument(
+        "--prefix-cache-blocks",
+        type=int,
+        default=DEFAULT_CAPACITY_BLOCKS,
+        help="prefix-cache capacity in blocks (LRU beyond it)",
+    )
+    p.add_argument(
+        "--enable-prompt-tokens-details",
+        action="store_true",
+        help="report usage.prompt_tokens_details.cached_tokens (as vLLM's flag)",
+    )
     p.add_argument("--engine-id", default=None, help="KV engine id (default: random uuid)")
-    p.add_argument("--advertise-host", default=None, help="address the decode worker reaches this "
-                   "prefill worker at (in Kubernetes: the pod IP); default: --host, or 127.0.0.1 for 0.0.0.0")
+    p.add_argument(
+        "--advertise-host",
+        default=None,
+        help="address the decode worker reaches this "
+        "prefill worker at (in Kubernetes: the pod IP); default: --host, or 127.0.0.1 for 0.0.0.0",
+    )
     return p
 
 

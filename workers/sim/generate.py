@@ -22,8 +22,16 @@ Outcome = Callable[[str, int], None]  # (outcome, tokens emitted): completed|can
 
 
 class TokenStream:
-    def __init__(self, conn: HttpConnection, g: GenRequest, choices: Choices, itl_s: float,
-                 fail_after: int | None, on_end: Outcome, system_fingerprint: str) -> None:
+    def __init__(
+        self,
+        conn: HttpConnection,
+        g: GenRequest,
+        choices: Choices,
+        itl_s: float,
+        fail_after: int | None,
+        on_end: Outcome,
+        system_fingerprint: str,
+    ) -> None:
         self._conn = conn
         self._g = g
         self._choices = choices
@@ -92,10 +100,17 @@ class TokenStream:
         self._on_end("cancelled", self._emitted())
 
 
-async def respond_full(conn: HttpConnection, g: GenRequest, choices: Choices, itl_s: float,
-                       fail_after: int | None, headers: list[tuple[str, str]],
-                       kv_params: dict[str, Any] | None, on_end: Outcome,
-                       system_fingerprint: str) -> None:
+async def respond_full(
+    conn: HttpConnection,
+    g: GenRequest,
+    choices: Choices,
+    itl_s: float,
+    fail_after: int | None,
+    headers: list[tuple[str, str]],
+    kv_params: dict[str, Any] | None,
+    on_end: Outcome,
+    system_fingerprint: str,
+) -> None:
     """Non-streaming: wait for the decode time of the remaining tokens, then send one body."""
     tokens = max(p.count for p in choices.plans)
     if fail_after is not None and fail_after < tokens:

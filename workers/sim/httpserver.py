@@ -18,8 +18,13 @@ from typing import Any, Protocol, cast
 import httptools
 
 REASONS: dict[int, str] = {
-    100: "Continue", 200: "OK", 400: "Bad Request", 404: "Not Found",
-    405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error",
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 MAX_BODY = 64 * 1024 * 1024
@@ -146,8 +151,13 @@ class HttpConnection(asyncio.Protocol):
             out += b"connection: close\r\n"
         return out
 
-    def send(self, status: int, body: bytes, content_type: str = "application/json",
-             headers: list[tuple[str, str]] | None = None) -> None:
+    def send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
         if self.closed or self._transport is None:
             return
         hdrs = [("content-type", content_type), ("content-length", str(len(body)))]
@@ -160,8 +170,9 @@ class HttpConnection(asyncio.Protocol):
     def send_json(self, status: int, obj: Any, headers: list[tuple[str, str]] | None = None) -> None:
         self.send(status, json.dumps(obj, separators=(",", ":")).encode(), headers=headers)
 
-    def start_stream(self, status: int, content_type: str,
-                     headers: list[tuple[str, str]] | None = None, first: bytes = b"") -> None:
+    def start_stream(
+        self, status: int, content_type: str, headers: list[tuple[str, str]] | None = None, first: bytes = b""
+    ) -> None:
         if self.closed or self._transport is None:
             return
         hdrs = [("content-type", content_type), ("transfer-encoding", "chunked")]
@@ -194,8 +205,9 @@ class HttpConnection(asyncio.Protocol):
     def _fatal(self, status: int, message: str) -> None:
         if self._transport is None or self.closed:
             return
-        body = json.dumps({"error": {"message": message, "type": "BadRequestError",
-                                     "param": None, "code": status}}).encode()
+        body = json.dumps(
+            {"error": {"message": message, "type": "BadRequestError", "param": None, "code": status}}
+        ).encode()
         self._keep_alive = False
         self._queue.clear()
         if not self._busy:

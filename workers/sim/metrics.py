@@ -40,33 +40,35 @@ class SimCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s, cache = self._server.stats, self._server.prefix_cache
         labels = self._labels()
-        yield self._gauge("vllm:num_requests_running",
-                          "Number of requests in model execution batches.", s.in_flight)
-        yield self._gauge("vllm:num_requests_waiting",
-                          "Number of requests waiting to be processed.", 0)
+        yield self._gauge("vllm:num_requests_running", "Number of requests in model execution batches.", s.in_flight)
+        yield self._gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", 0)
         usage = min(1.0, s.kv_blocks_in_use / cache.capacity_blocks) if cache.capacity_blocks else 0.0
-        yield self._gauge("vllm:kv_cache_usage_perc",
-                          "KV-cache usage. 1 means 100 percent usage.", usage)
-        yield self._counter("vllm:prefix_cache_queries",
-                            "Prefix cache queries, in terms of number of queried tokens.",
-                            cache.stats.queries)
-        yield self._counter("vllm:prefix_cache_hits",
-                            "Prefix cache hits, in terms of number of cached tokens.", cache.stats.hits)
-        by_source = CounterMetricFamily("vllm:prompt_tokens_by_source",
-                                        "Number of prompt tokens by source.",
-                                        labels=[*LABELS, "source"])
-        for source, value in (("local_compute", s.local_prefill_tokens),
-                              ("local_cache_hit", s.local_cache_hit_tokens),
-                              ("external_kv_transfer", s.external_prefill_tokens)):
+        yield self._gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", usage)
+        yield self._counter(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.",
+            cache.stats.queries,
+        )
+        yield self._counter(
+            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", cache.stats.hits
+        )
+        by_source = CounterMetricFamily(
+            "vllm:prompt_tokens_by_source", "Number of prompt tokens by source.", labels=[*LABELS, "source"]
+        )
+        for source, value in (
+            ("local_compute", s.local_prefill_tokens),
+            ("local_cache_hit", s.local_cache_hit_tokens),
+            ("external_kv_transfer", s.external_prefill_tokens),
+        ):
             by_source.add_metric([*labels, source], value, created=s.started_at)
         yield by_source
-        yield self._counter("vllm:prompt_tokens", "Number of prefill tokens processed.",
-                            s.prompt_tokens_total)
-        yield self._counter("vllm:generation_tokens", "Number of generation tokens processed.",
-                            s.generation_tokens_total)
-        success = CounterMetricFamily("vllm:request_success",
-                                      "Count of successfully processed requests.",
-                                      labels=[*LABELS, "finished_reason"])
+        yield self._counter("vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens_total)
+        yield self._counter(
+            "vllm:generation_tokens", "Number of generation tokens processed.", s.generation_tokens_total
+        )
+        success = CounterMetricFamily(
+            "vllm:request_success", "Count of successfully processed requests.", labels=[*LABELS, "finished_reason"]
+        )
         for reason, value in s.finished.items():
             success.add_metric([*labels, reason], value, created=s.started_at)
         yield success

@@ -34,8 +34,7 @@ async def http_get(host: str, port: int, path: str, timeout_s: float) -> tuple[i
 async def _get(host: str, port: int, path: str) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                     "Connection: close\r\n\r\n".encode())
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
         resp = _Response()
         parser = httptools.HttpResponseParser(resp)
         while not resp.complete:
@@ -91,8 +90,7 @@ async def wait_legacy(peers: list[str], request_id: str, wait_s: float) -> KVEnt
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while peers and (left := deadline - loop.time()) > 0:
-        tasks = [asyncio.ensure_future(_poll_peer(p, request_id, min(LONG_POLL_S, left)))
-                 for p in peers]
+        tasks = [asyncio.ensure_future(_poll_peer(p, request_id, min(LONG_POLL_S, left))) for p in peers]
         try:
             for fut in asyncio.as_completed(tasks):
                 entry = await fut

@@ -38,7 +38,7 @@ def block_hashes(tokens: Sequence[str], block_size: int) -> list[bytes]:
     out: list[bytes] = []
     parent = _ROOT_HASH
     for start in range(0, len(tokens) - block_size + 1, block_size):
-        block = "\x00".join(tokens[start:start + block_size]).encode()
+        block = "\x00".join(tokens[start : start + block_size]).encode()
         parent = hashlib.blake2b(parent + block, digest_size=16).digest()
         out.append(parent)
     return out
@@ -67,8 +67,9 @@ class CacheStats:
 class PrefixCache:
     """LRU set of block hashes with vLLM's hit accounting."""
 
-    def __init__(self, capacity_blocks: int = DEFAULT_CAPACITY_BLOCKS,
-                 block_size: int = DEFAULT_BLOCK_SIZE, enabled: bool = True) -> None:
+    def __init__(
+        self, capacity_blocks: int = DEFAULT_CAPACITY_BLOCKS, block_size: int = DEFAULT_BLOCK_SIZE, enabled: bool = True
+    ) -> None:
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         if capacity_blocks < 0:

@@ -19,14 +19,38 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_REPORTED_ERRORS = 10
 MAX_INPUT_CHARS = 200
 _BRACKETED = re.compile(r"[\[\]{}()]")
-_INTERNAL_LOC = frozenset({
-    "function-wrap", "function-after", "function-before", "function-plain", "json-or-python",
-    "lax-or-strict", "chain", "default", "nullable", "tagged-union", "union", "str", "int",
-    "float", "bool", "bytes", "list", "tuple", "dict", "set", "none", "nonetype",
-})
+_INTERNAL_LOC = frozenset(
+    {
+        "function-wrap",
+        "function-after",
+        "function-before",
+        "function-plain",
+        "json-or-python",
+        "lax-or-strict",
+        "chain",
+        "default",
+        "nullable",
+        "tagged-union",
+        "union",
+        "str",
+        "int",
+        "float",
+        "bool",
+        "bytes",
+        "list",
+        "tuple",
+        "dict",
+        "set",
+        "none",
+        "nonetype",
+    }
+)
 ERROR_TYPES: dict[int, str] = {
-    400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowedError",
-    500: "InternalServerError", 503: "ServiceUnavailableError",
+    400: "BadRequestError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
 }
 
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -36,8 +60,7 @@ StopParam = str | list[str] | None
 class ApiError(Exception):
     """An error answered as {"error": {message, type, param, code}}."""
 
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 err_type: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, err_type: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -45,8 +68,7 @@ class ApiError(Exception):
         self.err_type = err_type or ERROR_TYPES.get(status, "InternalServerError")
 
     def to_json(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.err_type,
-                          "param": self.param, "code": self.status}}
+        return {"error": {"message": self.message, "type": self.err_type, "param": self.param, "code": self.status}}
 
 
 def invalid(message: str, param: str | None = None, value: Any = None) -> ApiError:
@@ -111,8 +133,7 @@ class ChatBody(_Sampling):
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc
-             if not (_BRACKETED.search(str(p)) or str(p).lower() in _INTERNAL_LOC)]
+    parts = [str(p) for p in loc if not (_BRACKETED.search(str(p)) or str(p).lower() in _INTERNAL_LOC)]
     return ".".join(parts or [str(p) for p in loc])
 
 
@@ -134,8 +155,7 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
             shown["input"] = _summary(shown["input"])
         shown["loc"] = _clean_loc(tuple(shown["loc"]))
         if "ctx" in shown:
-            shown["ctx"] = {k: (str(v) if isinstance(v, Exception) else v)
-                            for k, v in shown["ctx"].items()}
+            shown["ctx"] = {k: (str(v) if isinstance(v, Exception) else v) for k, v in shown["ctx"].items()}
         lines.append(f"  {shown}\n")
     count = len(errors)
     label = "error" if count == 1 else "errors"

@@ -66,13 +66,29 @@ def parse_body(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise validation_error([{"type": "json_invalid", "loc": ("body", exc.pos),
-                                 "msg": "JSON decode error", "input": {},
-                                 "ctx": {"error": exc.msg}}]) from None
+        raise validation_error(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", exc.pos),
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": exc.msg},
+                }
+            ]
+        ) from None
     except UnicodeDecodeError as exc:
-        raise validation_error([{"type": "json_invalid", "loc": ("body", exc.start),
-                                 "msg": "JSON decode error", "input": {},
-                                 "ctx": {"error": exc.reason}}]) from None
+        raise validation_error(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", exc.start),
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": exc.reason},
+                }
+            ]
+        ) from None
 
 
 def _before_validators(body: dict[str, Any], chat: bool) -> None:
@@ -111,8 +127,7 @@ def _token_prompt(ids: list[int]) -> str:
 
 def _chat_prompt(req: ChatBody) -> str:
     if not req.messages:
-        raise ApiError(400, "Cannot apply chat template to an empty conversation. "
-                       "Provide at least one message.")
+        raise ApiError(400, "Cannot apply chat template to an empty conversation. Provide at least one message.")
     return render_chat([m.model_dump() for m in req.messages])
 
 
@@ -122,14 +137,18 @@ def _check_encodable(prompts: list[str]) -> None:
         try:
             p.encode("utf-8")
         except UnicodeEncodeError:
-            raise ApiError(400, "TextEncodeInput must be Union[TextInputSequence, "
-                           "Tuple[InputSequence, InputSequence]]") from None
+            raise ApiError(
+                400, "TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, InputSequence]]"
+            ) from None
 
 
 def _check_max_tokens(name: str, value: int | None, max_model_len: int) -> None:
     if value is not None and value > max_model_len:
-        raise invalid(f"{name}={value} cannot be greater than max_model_len={max_model_len}. "
-                      "Please request fewer output tokens.", name, value)
+        raise invalid(
+            f"{name}={value} cannot be greater than max_model_len={max_model_len}. Please request fewer output tokens.",
+            name,
+            value,
+        )
 
 
 def _check_prompt_len(prompt_tokens: list[int], max_model_len: int) -> None:
@@ -137,10 +156,14 @@ def _check_prompt_len(prompt_tokens: list[int], max_model_len: int) -> None:
         if count > max_model_len:
             shown = min(count, max_model_len + 1)  # vLLM's tokenizer truncates to max+1
             qualifier = "at least " if shown == max_model_len + 1 else ""
-            raise invalid(f"This model's maximum context length is {max_model_len} tokens. "
-                          f"However, your prompt contains {qualifier}{shown} input tokens, which "
-                          "exceeds this limit even without any output tokens. Please reduce "
-                          "the length of the input prompt.", "input_tokens", shown)
+            raise invalid(
+                f"This model's maximum context length is {max_model_len} tokens. "
+                f"However, your prompt contains {qualifier}{shown} input tokens, which "
+                "exceeds this limit even without any output tokens. Please reduce "
+                "the length of the input prompt.",
+                "input_tokens",
+                shown,
+            )
 
 
 def _check_sampling(req: CompletionBody | ChatBody, max_tokens: int, logprobs: int | None) -> None:
@@ -161,14 +184,11 @@ def _check_sampling(req: CompletionBody | ChatBody, max_tokens: int, logprobs: i
     if not math.isfinite(repetition) or repetition <= 0.0:
         raise ApiError(400, f"repetition_penalty must be greater than zero, got {repetition}.")
     if not math.isfinite(temperature):
-        raise invalid(f"temperature must be a finite number, got {temperature}.", "temperature",
-                      temperature)
+        raise invalid(f"temperature must be a finite number, got {temperature}.", "temperature", temperature)
     if temperature < 0.0:
-        raise invalid(f"temperature must be non-negative, got {temperature}.", "temperature",
-                      temperature)
+        raise invalid(f"temperature must be non-negative, got {temperature}.", "temperature", temperature)
     if temperature > 2.0:
-        raise invalid(f"temperature must be in [0, 2], got {temperature}.", "temperature",
-                      temperature)
+        raise invalid(f"temperature must be in [0, 2], got {temperature}.", "temperature", temperature)
     if not 0.0 < top_p <= 1.0:
         raise invalid(f"top_p must be in (0, 1], got {top_p}.", "top_p", top_p)
     if top_k < -1:
@@ -180,15 +200,17 @@ def _check_sampling(req: CompletionBody | ChatBody, max_tokens: int, logprobs: i
     if req.min_tokens < 0:
         raise ApiError(400, f"min_tokens must be greater than or equal to 0, got {req.min_tokens}.")
     if req.min_tokens > max_tokens:
-        raise ApiError(400, f"min_tokens must be less than or equal to max_tokens={max_tokens}, "
-                       f"got {req.min_tokens}.")
+        raise ApiError(400, f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {req.min_tokens}.")
     if any(not s for s in _stops(req.stop)):
         raise ApiError(400, "stop cannot contain an empty string.")
     if temperature < 1e-5 and req.n > 1:
         raise invalid(f"n must be 1 when using greedy sampling, got {req.n}.")
     if logprobs is not None and logprobs > MAX_LOGPROBS:
-        raise invalid(f"Requested sample logprobs of {logprobs}, which is greater than max "
-                      f"allowed: {MAX_LOGPROBS}", "logprobs", logprobs)
+        raise invalid(
+            f"Requested sample logprobs of {logprobs}, which is greater than max allowed: {MAX_LOGPROBS}",
+            "logprobs",
+            logprobs,
+        )
 
 
 def _stops(stop: str | list[str] | None) -> list[str]:
@@ -203,17 +225,22 @@ def _kv_params(kv: dict[str, Any] | None) -> dict[str, Any] | None:
     return kv
 
 
-def parse_request(body: Any, chat: bool, id_header: str | None,
-                  served_model: str, max_model_len: int) -> GenRequest:
+def parse_request(body: Any, chat: bool, id_header: str | None, served_model: str, max_model_len: int) -> GenRequest:
     if not isinstance(body, dict):  # FastAPI reads the body model from attributes
-        raise validation_error([{"type": "model_attributes_type", "loc": ("body",),
-                                 "msg": "Input should be a valid dictionary or object to extract "
-                                 "fields from", "input": body}])
+        raise validation_error(
+            [
+                {
+                    "type": "model_attributes_type",
+                    "loc": ("body",),
+                    "msg": "Input should be a valid dictionary or object to extract fields from",
+                    "input": body,
+                }
+            ]
+        )
     _before_validators(body, chat)
     req = parse_model(ChatBody if chat else CompletionBody, body)
     if req.model and req.model != served_model:
-        raise ApiError(404, f"The model `{req.model}` does not exist. Valid aliases: "
-                       f"{served_model}.", "model")
+        raise ApiError(404, f"The model `{req.model}` does not exist. Valid aliases: {served_model}.", "model")
     prompts = [_chat_prompt(req)] if isinstance(req, ChatBody) else _prompts(req)
     if isinstance(req, ChatBody):
         name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -231,12 +258,20 @@ def parse_request(body: Any, chat: bool, id_header: str | None,
     _check_sampling(req, max_tokens if requested is None or requested >= 1 else requested, logprobs)
     opts = req.stream_options
     return GenRequest(
-        chat=chat, base_id=id_header or uuid.uuid4().hex[:16], id_header=id_header,
-        model=served_model, prompts=prompts, prompt_tokens=prompt_tokens, n=req.n,
-        max_tokens=max_tokens, stream=bool(req.stream),
+        chat=chat,
+        base_id=id_header or uuid.uuid4().hex[:16],
+        id_header=id_header,
+        model=served_model,
+        prompts=prompts,
+        prompt_tokens=prompt_tokens,
+        n=req.n,
+        max_tokens=max_tokens,
+        stream=bool(req.stream),
         include_usage=bool(opts and opts.include_usage),
         continuous_usage=bool(opts and opts.include_usage and opts.continuous_usage_stats),
-        kv_params=_kv_params(req.kv_transfer_params), stop=_stops(req.stop),
-        include_stop=req.include_stop_str_in_output, logprobs=logprobs,
+        kv_params=_kv_params(req.kv_transfer_params),
+        stop=_stops(req.stop),
+        include_stop=req.include_stop_str_in_output,
+        logprobs=logprobs,
         echo=bool(getattr(req, "echo", False)) and not chat,
     )

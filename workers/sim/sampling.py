@@ -88,6 +88,7 @@ def _find_stop(text: str, start: int, stops: list[str]) -> tuple[int, str] | Non
 
 # -- logprobs ------------------------------------------------------------------------
 
+
 def _logprob(tid: int, k: int) -> float:
     return -round(0.25 + ((tid * 31 + k * 17) % 97) / 16, 4)
 
@@ -96,8 +97,7 @@ def _alternatives(tid: int, n: int) -> list[tuple[str, float]]:
     return [(" " + VOCAB[(tid + 1 + j) % len(VOCAB)], -round(0.05 * (j + 1), 4)) for j in range(n)]
 
 
-def completion_logprobs(choices: Choices, choice: int, ks: range, offset: int,
-                        top: int) -> dict[str, Any]:
+def completion_logprobs(choices: Choices, choice: int, ks: range, offset: int, top: int) -> dict[str, Any]:
     """Completions' logprobs object for tokens ks, text offsets counted from `offset`."""
     tokens, lps, tops, offsets = [], [], [], []
     for k in ks:

@@ -22,9 +22,15 @@ from .sampling import Choices
 log = logging.getLogger("workers.sim")
 NOT_FOUND = b'{"detail":"Not Found"}'
 ROUTES: dict[str, set[str]] = {
-    "/health": {"GET"}, "/ping": {"GET", "POST"}, "/version": {"GET"},
-    "/v1/models": {"GET"}, "/metrics": {"GET"}, "/sim/stats": {"GET"}, "/sim/reset": {"POST"},
-    "/v1/completions": {"POST"}, "/v1/chat/completions": {"POST"},
+    "/health": {"GET"},
+    "/ping": {"GET", "POST"},
+    "/version": {"GET"},
+    "/v1/models": {"GET"},
+    "/metrics": {"GET"},
+    "/sim/stats": {"GET"},
+    "/sim/reset": {"POST"},
+    "/v1/completions": {"POST"},
+    "/v1/chat/completions": {"POST"},
 }
 
 
@@ -75,8 +81,7 @@ class SimServer:
         self._next_block = 0
         slots = config.prefill_concurrency
         self._prefill_slots = asyncio.Semaphore(slots) if slots > 0 else None
-        self.prefix_cache = PrefixCache(config.prefix_cache_blocks, config.block_size,
-                                        config.enable_prefix_caching)
+        self.prefix_cache = PrefixCache(config.prefix_cache_blocks, config.block_size, config.enable_prefix_caching)
         self.metrics = new_registry(self)
         self.system_fingerprint = fingerprint(config.model, config.max_model_len)
 
@@ -84,8 +89,12 @@ class SimServer:
     async def start(self) -> SimServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: HttpConnection(self, self._conns), self.config.host, self.config.port,
-            backlog=4096, reuse_address=True)
+            lambda: HttpConnection(self, self._conns),
+            self.config.host,
+            self.config.port,
+            backlog=4096,
+            reuse_address=True,
+        )
         return self
 
     @property
@@ -161,10 +170,10 @@ class SimServer:
             conn.send_json(200, {"ok": True})
 
     async def _kv_endpoint(self, conn: HttpConnection, req: Request) -> None:
-        rest = req.path[len("/sim/kv/"):]
+        rest = req.path[len("/sim/kv/") :]
         if rest.startswith("by-request/"):
             wait_ms = parse_qs(req.query).get("wait_ms", ["0"])[0]
-            key = unquote(rest[len("by-request/"):])
+            key = unquote(rest[len("by-request/") :])
             entry = await self.kv_by_request.wait_take(key, max(0.0, float(wait_ms) / 1000))
         else:
             entry = self.kv_by_id.take(unquote(rest))
@@ -199,21 +208,24 @@ class SimServer:
         started = False
         try:
             first_tokens, kv_out = await self._prefill(g)
-            life.hold_blocks(sum(self.prefix_cache.blocks_for(g.prompt_tokens[c // g.n] + g.max_tokens)
-                                 for c in range(g.num_choices)))
+            life.hold_blocks(
+                sum(
+                    self.prefix_cache.blocks_for(g.prompt_tokens[c // g.n] + g.max_tokens) for c in range(g.num_choices)
+                )
+            )
             self.stats.prompt_tokens_total += g.total_prompt_tokens
             choices = Choices(g, first_tokens)
             life.finish_reason = choices.plans[0].finish_reason
             headers = _id_headers(g.id_header)
             fail_after = cfg.fail_after_tokens
             if g.stream:
-                stream = TokenStream(conn, g, choices, cfg.itl_ms / 1000, fail_after, life.end,
-                                     self.system_fingerprint)
+                stream = TokenStream(conn, g, choices, cfg.itl_ms / 1000, fail_after, life.end, self.system_fingerprint)
                 started = True
                 stream.start(headers)
             else:
-                await respond_full(conn, g, choices, cfg.itl_ms / 1000, fail_after, headers,
-                                   kv_out, life.end, self.system_fingerprint)
+                await respond_full(
+                    conn, g, choices, cfg.itl_ms / 1000, fail_after, headers, kv_out, life.end, self.system_fingerprint
+                )
         except ApiError as exc:
             life.end("error")
             self._send_error(conn, exc, g.id_header)
@@ -225,16 +237,14 @@ class SimServer:
             if started:
                 conn.abort()
             else:
-                self._send_error(conn, ApiError(500, "Internal error in the simulated worker."),
-                                 g.id_header)
+                self._send_error(conn, ApiError(500, "Internal error in the simulated worker."), g.id_header)
 
     async def _prefill(self, g: GenRequest) -> tuple[list[str] | None, dict[str, Any] | None]:
         """Run (or fetch) the prefill.  Returns (k=0 tokens taken from KV, kv_transfer_params
         for the response)."""
         cfg, kv = self.config, g.kv_params
         if kv is not None and cfg.kv_protocol != "nixl":
-            raise ApiError(400, "kv_transfer_params requires a worker with --kv-protocol nixl.",
-                           "kv_transfer_params")
+            raise ApiError(400, "kv_transfer_params requires a worker with --kv-protocol nixl.", "kv_transfer_params")
         if kv is not None and kv.get("do_remote_decode"):
             return None, await self._nixl_prefill(g)
         if kv is not None and kv.get("do_remote_prefill"):
@@ -276,30 +286,41 @@ class SimServer:
         firsts = [token_text(g.prompt_of(c), g.sample_index(c), 0) for c in range(g.num_choices)]
         blocks = block_ids(g.total_prompt_tokens, self._next_block)
         self._next_block += len(blocks)
-        return KVEntry(key=key, engine_id=self.config.engine_id, prompts=g.prompts,
-                       first_tokens=firsts, prompt_tokens=g.total_prompt_tokens, block_ids=blocks)
+        return KVEntry(
+            key=key,
+            engine_id=self.config.engine_id,
+            prompts=g.prompts,
+            first_tokens=firsts,
+            prompt_tokens=g.total_prompt_tokens,
+            block_ids=blocks,
+        )
 
     async def _nixl_prefill(self, g: GenRequest) -> dict[str, Any]:
         if self.config.role == "decode":
-            raise ApiError(400, "do_remote_decode sent to a decode-only worker.",
-                           "kv_transfer_params")
+            raise ApiError(400, "do_remote_decode sent to a decode-only worker.", "kv_transfer_params")
         if g.stream:
             raise ApiError(400, "Prefill requests with do_remote_decode must not stream.", "stream")
         if g.max_tokens != 1 or len(g.prompts) != 1:
-            raise ApiError(400, "Prefill requests with do_remote_decode need max_tokens=1 and "
-                           "a single prompt.", "max_tokens")
+            raise ApiError(
+                400, "Prefill requests with do_remote_decode need max_tokens=1 and a single prompt.", "max_tokens"
+            )
         await self._local_prefill(g)
         entry = self._kv_entry(g, f"{g.base_id}-{uuid.uuid4().hex[:12]}")
         self.kv_by_id.put(entry)
-        return {"do_remote_prefill": True, "do_remote_decode": False,
-                "remote_engine_id": self.config.engine_id, "remote_block_ids": entry.block_ids,
-                "remote_host": self._advertised_host(), "remote_port": self.port,
-                "remote_request_id": entry.key, "tp_size": 1}
+        return {
+            "do_remote_prefill": True,
+            "do_remote_decode": False,
+            "remote_engine_id": self.config.engine_id,
+            "remote_block_ids": entry.block_ids,
+            "remote_host": self._advertised_host(),
+            "remote_port": self.port,
+            "remote_request_id": entry.key,
+            "tp_size": 1,
+        }
 
     async def _nixl_decode(self, g: GenRequest, kv: dict[str, Any]) -> list[str] | None:
         if self.config.role == "prefill":
-            raise ApiError(400, "do_remote_prefill sent to a prefill-only worker.",
-                           "kv_transfer_params")
+            raise ApiError(400, "do_remote_prefill sent to a prefill-only worker.", "kv_transfer_params")
         entry = await pull_nixl(kv, self.config.kv_wait_s)
         if entry is None:
             # vLLM falls back to recomputing the prefill locally when the KV read fails.
@@ -322,8 +343,12 @@ class SimServer:
 
     def _check_prompts(self, g: GenRequest, entry: KVEntry) -> None:
         if entry.prompts != g.prompts:
-            raise ApiError(400, f"KV transfer mismatch: prompt of request {entry.key} differs "
-                           "from the prompt the prefill worker computed.", "kv_transfer_params")
+            raise ApiError(
+                400,
+                f"KV transfer mismatch: prompt of request {entry.key} differs "
+                "from the prompt the prefill worker computed.",
+                "kv_transfer_params",
+            )
 
     def _received(self, g: GenRequest, entry: KVEntry) -> list[str]:
         self.stats.kv_received += 1
