@@ -7,9 +7,11 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from tests.conftest import sse_payloads, wait_until
@@ -19,6 +21,23 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[tuple[asyncio.subprocess.Process, str]]]]:
+    """Starts `pd-gateway serve` processes; any still running when the test ends is killed."""
+    started: list[asyncio.subprocess.Process] = []
+
+    async def start(workers: list[str], **sections: object) -> tuple[asyncio.subprocess.Process, str]:
+        proc, url = await _spawn(tmp_path, workers, **sections)
+        started.append(proc)
+        return proc, url
+
+    yield start
+    for proc in started:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def _spawn(tmp_path: Path, workers: list[str], **sections: object) -> tuple[asyncio.subprocess.Process, str]:
@@ -59,9 +78,9 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def test_sigterm_during_50_streams_lets_all_50_complete(sim, tmp_path):
+async def test_sigterm_during_50_streams_lets_all_50_complete(sim, spawn):
     a = await sim(itl_ms=20)
-    proc, url = await _spawn(tmp_path, [a.url], drain_s=10)
+    proc, url = await spawn([a.url], drain_s=10)
     body = {"model": "sim-model", "prompt": "hi", "max_tokens": 100, "stream": True}
     async with httpx.AsyncClient(timeout=20, limits=httpx.Limits(max_connections=60)) as c:
         streams = [asyncio.create_task(c.post(f"{url}/v1/completions", json=body)) for _ in range(50)]
@@ -79,9 +98,9 @@ async def test_sigterm_during_50_streams_lets_all_50_complete(sim, tmp_path):
     assert await asyncio.wait_for(proc.wait(), 10) == 0
 
 
-async def test_streams_past_the_drain_deadline_end_with_an_error_event(sim, tmp_path):
+async def test_streams_past_the_drain_deadline_end_with_an_error_event(sim, spawn):
     a = await sim(itl_ms=50)
-    proc, url = await _spawn(tmp_path, [a.url], drain_s=0.5)
+    proc, url = await spawn([a.url], drain_s=0.5)
     body = {"model": "sim-model", "prompt": "hi", "max_tokens": 200, "stream": True}
     async with httpx.AsyncClient(timeout=20) as c:
         stream = asyncio.create_task(c.post(f"{url}/v1/completions", json=body))
@@ -92,10 +111,10 @@ async def test_streams_past_the_drain_deadline_end_with_an_error_event(sim, tmp_
     assert await asyncio.wait_for(proc.wait(), 10) == 0
 
 
-async def test_slow_clients_that_read_nothing_keep_gateway_memory_bounded(sim, tmp_path):
+async def test_slow_clients_that_read_nothing_keep_gateway_memory_bounded(sim, spawn):
     # Each stream carries ~20 MB; without backpressure the gateway would hold all of it.
     a = await sim(itl_ms=0, max_model_len=1_000_000)
-    proc, url = await _spawn(tmp_path, [a.url], limits={"max_tokens": 200_000})
+    proc, url = await spawn([a.url], limits={"max_tokens": 200_000})
     before = _rss_kib(proc.pid)
     port = int(url.rsplit(":", 1)[1])
     body = b'{"model":"sim-model","prompt":"hi","max_tokens":100000,"stream":true}'
