@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from workers.http_client import request
 from workers.plan import WorkerSpec
 
 WARMUP_PROMPT = "warm-up {n}: the quick brown fox jumps over the lazy dog while"
@@ -67,35 +68,9 @@ def pd_pairs(workers: Sequence[WorkerSpec], nixl_pools: Collection[str]) -> list
     return pairs
 
 
-class _Response:
-    def __init__(self) -> None:
-        self.body: list[bytes] = []
-        self.complete = False
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-
 async def _post(url: str, payload: bytes) -> tuple[int, bytes]:
     parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        head = (f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n")  # fmt: skip
-        writer.write(head.encode() + payload)
-        resp = _Response()
-        parser = httptools.HttpResponseParser(resp)
-        while not resp.complete and (data := await reader.read(65536)):
-            parser.feed_data(data)
-        if not resp.complete:
-            raise ConnectionError("the connection closed before the response ended")
-        return parser.get_status_code(), b"".join(resp.body)
-    finally:
-        writer.close()
+    return await request(parts.hostname or "127.0.0.1", parts.port or 80, "POST", parts.path or "/", payload)
 
 
 async def post_json(url: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:

@@ -11,16 +11,16 @@ subscribed to the same workers sees the same state, and evictions are known, not
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Hashable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..kv_events import Cleared, Event, Removed, Stored, Subscriber
-from .base import Policy, RoutingRequest, requests_load
+from .base import RoutingRequest
 from .block_hash import BlockHasher, external
 from .chunk_tree import ChunkTree
-from .prefix_aware import pick
+from .prefix_match import PrefixPolicy
 from .prompt_tokens import PromptTokenizer
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ log = logging.getLogger("pd_gateway.precise_prefix")
 UNBOUNDED = 1 << 62  # the workers' own caches bound the view: their evictions remove blocks
 
 
-class PrecisePrefix(Policy):
+class PrecisePrefix(PrefixPolicy):
     name = "precise_prefix"
 
     def __init__(
@@ -48,21 +48,16 @@ class PrecisePrefix(Policy):
         balance_abs_threshold: int = 8,
         balance_rel_threshold: float = 1.5,
     ) -> None:
-        super().__init__(role)
+        # The view: worker URL -> the block hashes it holds.
+        super().__init__(role, ChunkTree(UNBOUNDED), match_threshold, balance_abs_threshold, balance_rel_threshold)
         self.tokenize = PromptTokenizer(tokenizer)
         self.hasher = BlockHasher(hash_algo, block_size or 0, hash_seed)  # 0: learnt from the first event
-        self.view = ChunkTree(UNBOUNDED)  # worker URL -> the block hashes it holds
         self.events_port = events_port
         self.events = dict(events or {})
         self.topic = topic
-        self.threshold = match_threshold
-        self.abs_threshold = balance_abs_threshold
-        self.rel_threshold = balance_rel_threshold
         self.subscribers: dict[str, Subscriber] = {}
         self.checked = 0  # stored blocks whose hash the gateway recomputed ...
         self.mismatched = 0  # ... and got differently (wrong tokenizer, algorithm, seed or block size)
-        self._turn = 0
-        self._last: tuple[RoutingRequest | None, list[int]] = (None, [])
 
     # -- the workers' events ---------------------------------------------------------------
 
@@ -108,30 +103,10 @@ class PrecisePrefix(Policy):
 
     # -- choosing --------------------------------------------------------------------------
 
-    def hashes(self, request: RoutingRequest) -> list[int]:
-        last, hashes = self._last
-        if last is not request:
-            if not self.hasher.block_size:  # no event yet: nothing is known to be cached
-                return []
-            tokens = self.tokenize(request.route, request.body)
-            hashes = self.hasher.external_chain(tokens)
-            self._last = (request, hashes)
-        return hashes
+    def names(self, request: RoutingRequest) -> list[Hashable]:
+        if not self.hasher.block_size:  # no event yet: nothing is known to be cached
+            return []
+        return list(self.hasher.external_chain(self.tokenize(request.route, request.body)))
 
-    def choose(self, request: RoutingRequest, candidates: Sequence[Endpoint]) -> Endpoint:
-        self._turn += 1
-        hashes = self.hashes(request)
-        if hashes:
-            depths = self.view.match(hashes, [e.url for e in candidates])
-            loads = [requests_load(e) for e in candidates]
-            best, holders = pick(candidates, depths, loads, self.abs_threshold, self.rel_threshold)
-            if best and best >= self.threshold * len(hashes):
-                return self.score.least(holders, self._turn)
-        return self.score.least(candidates, self._turn)
-
-    def routed(self, request: RoutingRequest, endpoint: Endpoint) -> None:
-        super().routed(request, endpoint)
-        self._last = (None, [])
-
-    def forget(self, endpoint: Endpoint) -> None:
-        self.view.forget(endpoint.url)
+    def enough(self, depth: int, request: RoutingRequest, names: list[Hashable]) -> bool:
+        return depth > 0 and depth >= self.threshold * len(names)

@@ -9,44 +9,15 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 
+from ..http_client import request
 from .engine import KVEntry
 
 LONG_POLL_S = 0.5  # one by-request long-poll round; the decode repeats until kv-wait-s
 
 
-class _Response:
-    def __init__(self) -> None:
-        self.body: list[bytes] = []
-        self.complete = False
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = True
-
-
 async def http_get(host: str, port: int, path: str, timeout_s: float) -> tuple[int, bytes]:
     """One GET over a fresh connection (Connection: close); raises OSError/TimeoutError."""
-    return await asyncio.wait_for(_get(host, port, path), timeout_s)
-
-
-async def _get(host: str, port: int, path: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
-        resp = _Response()
-        parser = httptools.HttpResponseParser(resp)
-        while not resp.complete:
-            data = await reader.read(65536)
-            if not data:
-                break
-            parser.feed_data(data)
-        if not resp.complete:
-            raise ConnectionError("incomplete response")
-        return parser.get_status_code(), b"".join(resp.body)
-    finally:
-        writer.close()
+    return await asyncio.wait_for(request(host, port, "GET", path), timeout_s)
 
 
 def _entry(status: int, body: bytes) -> KVEntry | None:
