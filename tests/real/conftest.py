@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +32,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workers.launch import ProcessGroupHandle, free_port, start_group, wait_healthy
+from workers.launch import ProcessGroupHandle, start_group, wait_healthy
 from workers.plan.launch import NIXL_CPU_SITE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,12 +176,24 @@ _PAIRS: list[PDPair] = []
 
 
 def distinct_ports(n: int) -> list[int]:
+    """`n` free ports below the kernel's ephemeral range (32768-60999 here): a port freed by a
+    server's restart must not be taken meanwhile by a bind(0), as vLLM's own internal sockets do
+    (a restarted prefill once found its NIXL side-channel port taken)."""
     ports: list[int] = []
     while len(ports) < n:
-        port = free_port()
-        if port not in ports:
+        port = random.randrange(20000, 32000)
+        if port not in ports and _bindable(port):
             ports.append(port)
     return ports
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def start_servers(servers: list[VllmServer], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
