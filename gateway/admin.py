@@ -8,7 +8,7 @@ import json
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from .auth import check_key
+from .auth import authorization_of, check_key
 from .errors import GatewayError, render
 from .gateway import Gateway
 from .pool import Endpoint
@@ -20,7 +20,7 @@ def admin_routes(gateway: Gateway) -> APIRouter:
     def authorize(request: Request) -> None:
         if not gateway.config.auth.admin_keys:
             raise GatewayError(404, "admin endpoints are disabled (no auth.admin_keys configured)", "not_found")
-        check_key(request.headers.get("authorization"), gateway.config.auth.admin_keys, "admin key")
+        check_key(authorization_of(request.scope["headers"]), gateway.config.auth.admin_keys, "admin key")
 
     @api.get("/workers")
     async def workers(request: Request) -> Response:

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from .admin import admin_routes
-from .auth import HeaderList, authorization, check_access, check_key
+from .auth import authorization_of, check_access, check_key
 from .config import GatewayConfig
 from .dashboard import dashboard_routes
 from .discovery.runner import Discovery
@@ -56,15 +56,11 @@ class FastPath:
                 return
             if path in DOCS_PATHS:
                 try:
-                    check_access(self.config.auth.docs, self.config.auth, _authorization(scope["headers"]), "docs")
+                    check_access(self.config.auth.docs, self.config.auth, authorization_of(scope["headers"]), "docs")
                 except GatewayError as err:
                     await render(err)(scope, receive, send)
                     return
         await self.app(scope, receive, send)
-
-
-def _authorization(header_list: HeaderList) -> str:
-    return authorization(dict(header_list), header_list)
 
 
 def create_app(config: GatewayConfig) -> FastPath:
@@ -107,7 +103,7 @@ def _add_status_routes(app: FastAPI, gateway: Gateway) -> None:
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         try:
-            check_key(_authorization(request.scope["headers"]), auth.api_keys)
+            check_key(authorization_of(request.scope["headers"]), auth.api_keys)
         except GatewayError as err:
             return render(err)
         return JSONResponse({"object": "list", "data": gateway.model_cards()})
@@ -126,7 +122,7 @@ def _add_status_routes(app: FastAPI, gateway: Gateway) -> None:
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         try:
-            check_access(auth.metrics, auth, _authorization(request.scope["headers"]), "metrics")
+            check_access(auth.metrics, auth, authorization_of(request.scope["headers"]), "metrics")
         except GatewayError as err:
             return render(err)
         return Response(gateway.telemetry.exposition(), media_type=CONTENT_TYPE_LATEST)

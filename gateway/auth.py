@@ -25,6 +25,11 @@ def authorization(headers: Mapping[bytes, bytes], header_list: HeaderList) -> st
     return headers.get(b"authorization", b"").decode("latin-1")
 
 
+def authorization_of(header_list: HeaderList) -> str:
+    """`authorization` for a route that has only the header list (the FastAPI routes)."""
+    return authorization(dict(header_list), header_list)
+
+
 def check_key(header: str | None, keys: list[str], what: str = "API key") -> None:
     """Raise 401 unless the header carries one of `keys` (no keys configured: open)."""
     if not keys:

@@ -13,7 +13,7 @@ from importlib import resources
 from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from ..auth import check_key
+from ..auth import authorization_of, check_key
 from ..errors import GatewayError, render
 from ..gateway import Gateway
 from ..pool import Endpoint, Pool
@@ -30,7 +30,7 @@ def dashboard_routes(gateway: Gateway) -> APIRouter:
     @api.get("/dashboard/status")
     async def status(request: Request) -> Response:
         try:
-            check_key(request.headers.get("authorization"), gateway.config.auth.admin_keys, "admin key")
+            check_key(authorization_of(request.scope["headers"]), gateway.config.auth.admin_keys, "admin key")
         except GatewayError as err:
             return render(err)
         return JSONResponse(snapshot(gateway), headers={"cache-control": "no-store"})
