@@ -119,7 +119,8 @@ async def _wait_subscribed(client: httpx.AsyncClient, policy, servers: list[Vllm
         for i in range(40):
             if sub.received:
                 break
-            words = " ".join(random.Random(i).choice(WORDS) for _ in range(130))  # ~290 tokens: 2 full blocks
+            rng = random.Random(i)
+            words = " ".join(rng.choice(WORDS) for _ in range(130))  # 280-340 tokens: 2 full blocks
             body = {"model": MODEL_NAME, "prompt": f"warm up {i} {words}", "max_tokens": 1}
             (await client.post(s.url + "/v1/completions", json=body)).raise_for_status()
             await asyncio.sleep(0.1)
