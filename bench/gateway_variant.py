@@ -2,6 +2,7 @@
 
     python -m bench.gateway_variant --telemetry off --listen 9000 --upstream 8000
     python -m bench.gateway_variant --telemetry logged --listen 9000 --upstream 8000
+    python -m bench.gateway_variant --telemetry baseline --checkout DIR --listen 9000 --upstream 8000
 
 `off`: no per-request metrics and no access log (`observability: {request_metrics: false,
 access_log: false}`), what the gateway costs without them. `logged`: per-request metrics and
@@ -9,7 +10,9 @@ an access line per request actually written (log level info; the measured gatewa
 warning, which skips the line). Both replace this process with `pd-gateway serve` (same PID,
 heap on huge pages as usual), on a `replicas` pool in front of the upstream worker, with the
 benchmark's own limits; the relay benchmark runs the same load through them as through the
-gateway, so that the telemetry's cost per chunk is read off one run.
+gateway, so that the telemetry's cost per chunk is read off one run. `baseline`: the gateway
+of another checkout of this project (DIR, e.g. a `git worktree` of an older commit) with its
+own defaults, so that a change's before and after are read off one run.
 """
 
 from __future__ import annotations
@@ -27,18 +30,31 @@ MODEL = "sim-relay"  # bench.relay.RELAY_MODEL
 TELEMETRY = {
     "off": ({"request_metrics": False, "access_log": False}, "warning"),
     "logged": ({"request_metrics": True, "access_log": True}, "info"),
+    "baseline": ({}, "warning"),
 }
 
 
 def config(listen: int, upstream: int, telemetry: str) -> dict:
     observability, level = TELEMETRY[telemetry]
-    return {
+    out = {
         "listen": {"host": HOST, "port": listen},
         "log_level": level,
-        "observability": observability,
         "limits": {"max_inflight": 4096, "max_inflight_per_worker": 4096},
         "pools": [{"name": "relay", "kind": "replicas", "models": [MODEL], "workers": [f"http://{HOST}:{upstream}"]}],
     }
+    if observability:  # a baseline checkout may predate the section
+        out["observability"] = observability
+    return out
+
+
+def _serve_argv(checkout: str | None) -> list[str]:
+    """This checkout's `pd-gateway serve`, or the baseline's (older trees had it in gateway.cli)."""
+    if checkout is None:
+        return [sys.executable, "-m", "pdcli", "serve"]
+    os.chdir(checkout)
+    os.environ["PYTHONPATH"] = checkout
+    module = "pdcli" if os.path.isdir(os.path.join(checkout, "pdcli")) else "gateway.cli"
+    return [sys.executable, "-m", module, "serve"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -46,11 +62,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--telemetry", choices=sorted(TELEMETRY), required=True)
     p.add_argument("--listen", type=int, required=True)
     p.add_argument("--upstream", type=int, required=True)
+    p.add_argument("--checkout", help="with --telemetry baseline: the other checkout's directory")
     args = p.parse_args(argv)
+    if (args.telemetry == "baseline") != (args.checkout is not None):
+        p.error("--checkout goes with --telemetry baseline, and only with it")
     fd, path = tempfile.mkstemp(prefix="pd-gateway-variant-", suffix=".yaml")
     os.write(fd, (json.dumps(config(args.listen, args.upstream, args.telemetry)) + "\n").encode())
     os.close(fd)
-    os.execv(sys.executable, [sys.executable, "-m", "pdcli", "serve", "--config", path])
+    argv = _serve_argv(args.checkout)
+    os.execv(argv[0], [*argv, "--config", path])
 
 
 if __name__ == "__main__":

@@ -95,6 +95,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         + "; ".join(f"{k}: {what}, {why}" for k, (_, what, why) in REFERENCES.items())
         + " (default: all; '' for none)",
     )
+    p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run the gateway of another checkout of this project (e.g. `git worktree add DIR OLD`) "
+        "as reference 'base', with the same pools and limits",
+    )
     p.add_argument("--gateway-cpu", type=int, default=0, help="core the gateway is pinned to (default 0)")
     p.add_argument(
         "--client-cpu", type=int, default=1, help="core of the sim workers and the load generator (default 1)"
@@ -157,6 +163,7 @@ class Settings:
     timeout_s: float | None
     keep_logs: bool
     tuning: bool = False
+    baseline: str | None = None
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> Settings:
@@ -169,12 +176,13 @@ class Settings:
             seq_tokens=a.seq_tokens,
             pd_streams=[] if a.skip_pd else _int_list(a.pd_streams),
             pd_client=not a.no_pd_client,
-            refs=_refs(a.refs),
+            refs=_refs(a.refs, a.baseline),
             gateway_cpu=a.gateway_cpu,
             client_cpu=a.client_cpu,
             timeout_s=a.timeout_s,
             keep_logs=a.keep_logs,
             tuning=a.tuning,
+            baseline=a.baseline and str(Path(a.baseline).resolve()),
         )
 
     def shape(self, streams: int) -> tuple[int, int]:
@@ -184,11 +192,15 @@ class Settings:
         return self.rounds or max(3, math.ceil(128 / streams)), self.tokens
 
 
-def _refs(text: str) -> list[str]:
-    out = [x.strip() for x in text.split(",") if x.strip()]
+def _refs(text: str, baseline: str | None = None) -> list[str]:
+    out = [x.strip() for x in text.split(",") if x.strip() and x.strip() != "base"]
     unknown = sorted(set(out) - set(REFERENCES))
     if unknown:
         raise SystemExit(f"--refs: unknown {unknown}; choose from {list(REFERENCES)}")
+    if baseline:
+        if not (Path(baseline) / "gateway").is_dir():
+            raise SystemExit(f"--baseline: {baseline} is not a checkout of this project (no gateway/)")
+        out.append("base")
     return out
 
 
@@ -318,6 +330,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
                     str(port),
                     "--upstream",
                     str(relay_port),
+                    *(["--checkout", s.baseline] if name == "base" and s.baseline else []),
                 ],
                 gw_cpu,
                 log_dir,

@@ -31,6 +31,11 @@ REFERENCES = {
         "the gateway writing its access log",
         "what writing the access lines costs",
     ),
+    "base": (
+        "bench.gateway_variant --telemetry baseline",
+        "the gateway of another checkout (--baseline DIR)",
+        "the same run's before, for a change's before/after",
+    ),
 }
 TELEMETRY_FACTOR = 1.1  # the gateway's CPU per chunk with its metrics, vs without (gw-off)
 

@@ -33,6 +33,8 @@ def test_bench_relay_tiny_run(tmp_path: Path) -> None:
         "1,4",
         "--json",
         str(out),
+        "--baseline",  # another checkout's gateway as a reference: this one's, for the plumbing
+        str(ROOT),
     ]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -45,6 +47,7 @@ def test_bench_relay_tiny_run(tmp_path: Path) -> None:
         "AIOHTTP-DIRECT",
         "GW-OFF-DIRECT",
         "GW-LOG-DIRECT",
+        "BASE-DIRECT",
         "TARGET",
         "relay 1x8tok",
         "relay 4x8tok",
@@ -68,7 +71,7 @@ def test_bench_relay_tiny_run(tmp_path: Path) -> None:
     kinds = [(sc["kind"], sc["streams"]) for sc in report["scenarios"]]
     assert kinds == [("relay", 1), ("relay", 4), ("pd", 1), ("pd", 4)]
     for sc in report["scenarios"]:
-        refs = ["pipe", "aiohttp", "gw-off", "gw-log"]
+        refs = ["pipe", "aiohttp", "gw-off", "gw-log", "base"]
         phases = ["direct", "via"] + (refs if sc["kind"] == "relay" else ["client_pd"])
         for phase in phases:
             ph = sc[phase]
