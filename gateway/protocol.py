@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -50,20 +49,33 @@ class GatewayProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.gateway = self.app if isinstance(self.app, FastPath) else None
         self.limits = self.gateway.config.limits if self.gateway is not None else None
+        # One timer per connection, re-armed only when it fires early: each phase of a request
+        # moves `_deadline` (an attribute write) instead of cancelling and creating a timer.
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
         self._in_head = False
         self._head_bytes = 0
         self._refused = False
 
     # Bounds on the request head and body --------------------------------------------
 
-    def _arm(self, timeout_s: float | None, then: Callable[[], object] | None = None) -> None:
-        if self._timer is not None:
+    def _wait(self, timeout_s: float) -> None:
+        """The next read must come within `timeout_s` (`_deadline = None`: nothing is awaited)."""
+        self._deadline = deadline = self.loop.time() + timeout_s
+        if self._timer is not None and self._timer.when() > deadline:  # only ever re-armed later
             self._timer.cancel()
-        self._timer = None if timeout_s is None else self.loop.call_later(timeout_s, then or self._timed_out)
+            self._timer = None
+        if self._timer is None:
+            self._timer = self.loop.call_at(deadline, self._check)
 
-    def _timed_out(self) -> None:
+    def _check(self) -> None:
         self._timer = None
+        if self._deadline is None:
+            return
+        if self.loop.time() < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._check)
+            return
+        self._deadline = None
         cycle = self.cycle
         if cycle is not None and cycle.response_started and not cycle.response_complete:
             return  # a response is on its way (the late part is a pipelined request): let it finish
@@ -87,16 +99,17 @@ class GatewayProtocol(HttpToolsProtocol):
         # A lingering close: closed at once with unread input, the socket would send a reset that
         # can destroy the answer before the client reads it. So: send it and our end of the
         # stream, discard what still comes, and close when the client does or after a while.
+        self._deadline = None
         if self.transport.can_write_eof():
             self.transport.write_eof()
-            self._arm(_LINGER_S, self.transport.close)
+            self.loop.call_later(_LINGER_S, self.transport.close)
         else:
             self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if self.limits is not None:
-            self._arm(self.limits.header_timeout_s)  # a connection that never sends a byte
+            self._wait(self.limits.header_timeout_s)  # a connection that never sends a byte
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -119,20 +132,18 @@ class GatewayProtocol(HttpToolsProtocol):
         super().on_message_begin()
         if self.limits is not None and not self._refused:
             self._in_head, self._head_bytes = True, 0
-            self._arm(self.limits.header_timeout_s)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
-        if self.limits is not None and len(self.headers) > self.limits.max_headers:
-            self._refuse(431, f"the request has more than {self.limits.max_headers} headers", "too_many_headers")
-            raise _HeadRefused
+            self._wait(self.limits.header_timeout_s)
 
     # The short path -------------------------------------------------------------------
 
     def on_headers_complete(self) -> None:
         if self.limits is not None:
+            # The head's bytes are bounded as they arrive (data_received), its count here.
+            if len(self.headers) > self.limits.max_headers:
+                self._refuse(431, f"the request has more than {self.limits.max_headers} headers", "too_many_headers")
+                raise _HeadRefused
             self._in_head = False
-            self._arm(self.limits.body_timeout_s)
+            self._wait(self.limits.body_timeout_s)
         short = self._short_route()
         if short is None:
             super().on_headers_complete()
@@ -159,14 +170,14 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         if self.limits is not None:
-            self._arm(self.limits.body_timeout_s)
+            self._wait(self.limits.body_timeout_s)
         if isinstance(self.cycle, Exchange):
             self.cycle.parts.append(body)
         else:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._arm(None)
+        self._deadline = None
         exchange = self.cycle
         if not isinstance(exchange, Exchange):
             super().on_message_complete()
@@ -177,7 +188,10 @@ class GatewayProtocol(HttpToolsProtocol):
         self.tasks.add(task)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._arm(None)
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if isinstance(self.cycle, Exchange):
             exchange, self.cycle = self.cycle, None
             exchange.lost()

@@ -188,6 +188,32 @@ async def test_slow_and_oversized_request_heads_are_cut_off(sim, gateway, client
     assert huge_value.startswith(b"HTTP/1.1 431"), huge_value[:100]
     many = b"".join(b"x-h%d: v\r\n" % i for i in range(100_000))
     assert (await _exchange(gw.port, _raw_request(b"{}", extra=many))).startswith(b"HTTP/1.1 431")
+    few_bytes_many_headers = b"".join(b"x%d: v\r\n" % i for i in range(300))  # 2.5 KB, over the 256 allowed
+    refused = await _exchange(gw.port, _raw_request(b"{}", extra=few_bytes_many_headers))
+    assert refused.startswith(b"HTTP/1.1 431") and b"more than 256 headers" in refused, refused[:300]
+
+
+async def test_a_stalled_body_gets_408_and_a_slow_steady_one_is_served(sim, gateway):
+    """`body_timeout_s` bounds the wait between two reads of the body, not the whole body."""
+    a = await sim()
+    gw = await gateway([{"name": "dp", "workers": [a.url]}], limits={"body_timeout_s": 0.5})
+    body = json.dumps(COMPLETION).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(_raw_request(body)[: -len(body) + 5])  # the head and 5 bytes, then nothing
+    stalled = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    assert stalled.startswith(b"HTTP/1.1 408") and b"request_timeout" in stalled, stalled[:300]
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    request = _raw_request(body)
+    head = len(request) - len(body)
+    writer.write(request[:head])
+    for i in range(0, len(body), len(body) // 4 + 1):  # the body in 4 parts, 0.3 s apart: 0.9 s in all
+        await asyncio.sleep(0.3)
+        writer.write(body[i : i + len(body) // 4 + 1])
+    status = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 200"), status
 
 
 async def test_duplicate_authorization_headers_are_refused_on_every_route(sim, gateway, client):
