@@ -105,7 +105,7 @@ class Launch:
 
 def run_up(args: argparse.Namespace) -> int:
     try:
-        topology = load_topology(args.topology)
+        topology = local_python(load_topology(args.topology))
         result = plan(topology, inherited_env(os.environ))
         engine = args.engine or default_engine(topology)
         launch = prepare(topology, result, engine, args.gateway_config)
@@ -127,6 +127,14 @@ def run_up(args: argparse.Namespace) -> int:
 
 def default_engine(topology: Topology) -> str:
     return "sim" if all(h.accelerator == "sim" for h in topology.all_hosts) else "vllm"
+
+
+def local_python(topology: Topology) -> Topology:
+    """Workers that `up` starts here run on this interpreter unless the topology names one:
+    the planner's default, `python3` from PATH, is often not the environment vLLM is in."""
+    if "python" in topology.model_fields_set:
+        return topology
+    return topology.model_copy(update={"python": sys.executable})
 
 
 def prepare(topology: Topology, result: Plan, engine: str, gateway_file: str | None) -> Launch:

@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from pdcli.up import UpError, engine_specs, is_local
+from pdcli.up import UpError, engine_specs, is_local, local_python
 from pdcli.up_progress import Progress
 from tests.conftest import sse_payloads, stream_text
 from workers.launch import group_members
@@ -405,6 +405,16 @@ def test_engine_sim_rewrites_vllm_argv_and_engine_vllm_refuses_sim_hosts() -> No
     assert engine_specs(sim, planned, "sim")[0].argv[1:] == planned.workers[0].argv[1:]  # the planner's sim argv
     with pytest.raises(UpError, match="accelerator: sim"):
         engine_specs(sim, planned, "vllm")
+
+
+def test_up_runs_vllm_on_its_own_interpreter_unless_the_topology_names_one(tmp_path: Path) -> None:
+    cpu = load_topology(TOPOLOGIES / "nixl-1p1d-cpu.yaml")
+    assert "python" not in cpu.model_fields_set
+    assert plan(cpu).workers[0].argv[0] == "python3"  # what `pd-gateway plan` writes for any host
+    assert all(w.argv[0] == sys.executable for w in plan(local_python(cpu)).workers)
+    named = tmp_path / "named.yaml"
+    named.write_text((TOPOLOGIES / "nixl-1p1d-cpu.yaml").read_text() + "python: /opt/venv/bin/python\n")
+    assert all(w.argv[0] == "/opt/venv/bin/python" for w in plan(local_python(load_topology(named))).workers)
 
 
 def test_is_local() -> None:
