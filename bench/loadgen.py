@@ -252,6 +252,21 @@ class Phase:
     first_error: str | None = None
     core_s: dict[str, float] = field(default_factory=dict)  # busy seconds per core, all processes
 
+    def merge(self, other: Phase) -> Phase:
+        """This phase and a later slice of the same target's load, as one."""
+        self.requests += other.requests
+        self.ok += other.ok
+        self.errors.update(other.errors)
+        self.ttft += other.ttft
+        self.gaps.extend(other.gaps)
+        self.events += other.events
+        self.wall_s += other.wall_s
+        for mine, theirs in ((self.cpu_s, other.cpu_s), (self.core_s, other.core_s)):
+            for k, v in theirs.items():
+                mine[k] = mine.get(k, 0.0) + v
+        self.first_error = self.first_error or other.first_error
+        return self
+
     def summary(self) -> dict[str, Any]:
         ttft = sorted(self.ttft)
         gaps = sorted(self.gaps)

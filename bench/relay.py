@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import json
 import math
 import os
@@ -51,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from .coldmem import cold_read_us
-from .loadgen import Client, run_interleaved, run_phase
+from .loadgen import Client, Phase, run_interleaved, run_phase
 from .procs import HOST, Proc, _code_version, _free_port, _huge_page_kib, _machine, _raise_nofile, _wait_ready
 from .report import REFERENCES, _judge, _scenario, render
 
@@ -82,6 +83,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="sequential requests of the 1-stream scenario (default 200; --quick 30)",
+    )
+    p.add_argument(
+        "--slices",
+        type=int,
+        default=1,
+        help="at N > 1 streams, split each target's rounds into this many slices run in turns "
+        "(A B C, B C A, ...), so that a slow spell of a shared machine lands on every target alike (default 1)",
     )
     p.add_argument("--seq-tokens", type=int, default=16, help="max_tokens of the 1-stream scenario (default 16)")
     p.add_argument("--quick", action="store_true", help="small numbers, for a fast look")
@@ -162,6 +170,7 @@ class Settings:
     client_cpu: int
     timeout_s: float | None
     keep_logs: bool
+    slices: int = 1
     tuning: bool = False
     baseline: str | None = None
 
@@ -181,6 +190,7 @@ class Settings:
             client_cpu=a.client_cpu,
             timeout_s=a.timeout_s,
             keep_logs=a.keep_logs,
+            slices=max(1, a.slices),
             tuning=a.tuning,
             baseline=a.baseline and str(Path(a.baseline).resolve()),
         )
@@ -348,7 +358,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
             watched = {"gateway": gateway, "sim": sim} | {name: proc for name, (proc, _) in refs.items()}
             targets = [("direct", relay_port), ("via", gw_port)] + [(name, port) for name, (_, port) in refs.items()]
             makers = {label: functools.partial(Client, port, RELAY_MODEL, tokens, timeout_s) for label, port in targets}
-            phases = await _run(makers, n, rounds, tokens, itl_s, watched)
+            phases = await _run(makers, n, rounds, tokens, itl_s, watched, s.slices)
             scenarios.append(_scenario("relay", n, rounds, tokens, phases))
             _progress(scenarios[-1], started)
         for n in s.pd_streams:
@@ -363,7 +373,7 @@ async def _bench(s: Settings) -> dict[str, Any]:
                 label: functools.partial(Client, port, PD_MODEL, tokens, timeout_s, pport)
                 for label, (port, pport) in targets.items()
             }
-            phases = await _run(makers, n, rounds, tokens, itl_s, watched)
+            phases = await _run(makers, n, rounds, tokens, itl_s, watched, s.slices)
             scenarios.append(_scenario("pd", n, rounds, tokens, phases))
             _progress(scenarios[-1], started)
     except BaseException:
@@ -390,14 +400,27 @@ async def _bench(s: Settings) -> dict[str, Any]:
 
 
 async def _run(
-    makers: dict[str, Any], streams: int, rounds: int, tokens: int, itl_s: float, watched: dict[str, Proc]
+    makers: dict[str, Any],
+    streams: int,
+    rounds: int,
+    tokens: int,
+    itl_s: float,
+    watched: dict[str, Proc],
+    slices: int = 1,
 ) -> dict[str, Any]:
-    """The targets of one scenario: interleaved request by request at 1 stream, else one after another."""
+    """The targets of one scenario: interleaved request by request at 1 stream, else in turns,
+    slice by slice, each slice's order a different permutation of the targets."""
     if streams == 1:
         return await run_interleaved(makers, rounds, tokens, watched)
-    return {
-        label: await run_phase(label, make, streams, rounds, tokens, itl_s, watched) for label, make in makers.items()
-    }
+    slices = min(slices, rounds)
+    sizes = [rounds // slices + (i < rounds % slices) for i in range(slices)]
+    orders = itertools.cycle(itertools.permutations(makers))
+    phases: dict[str, Phase] = {}
+    for size in sizes:
+        for label in next(orders):
+            phase = await run_phase(label, makers[label], streams, size, tokens, itl_s, watched)
+            phases[label] = phases[label].merge(phase) if label in phases else phase
+    return {label: phases[label] for label in makers}
 
 
 def _progress(sc: dict[str, Any], started: float) -> None:

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 from .deadline import Deadline
 from .gateway import Gateway
+from .leg import Leg
 from .writer import Writer
 
 if TYPE_CHECKING:
     from starlette.types import Receive
 
-    from .leg import Leg
     from .pool import Pool, Role
     from .requests import ApiRequest
     from .routes import Route
@@ -65,8 +65,6 @@ class RequestContext:
 
     def leg(self, pool: Pool, role: Role, replayable: bool = False) -> Leg:
         """A new call to one of `pool`'s `role` endpoints, released with the request."""
-        from .leg import Leg
-
         leg = Leg(self, pool, role, replayable)
         self._legs.append(leg)
         return leg

@@ -47,6 +47,8 @@ class Exchange:
         self.response_started = self.response_complete = self.disconnected = False
         self._head: list[bytes] | None = None  # rendered, written with the first body part
         self._wrote = False
+        self._flow = protocol.flow
+        self._streaming = False  # head written, chunked, not over: an event is one chunk, written at once
         # Framing: chunked, or Content-Length (`_remaining`), or to the end of the connection
         # (HTTP/1.0 cannot read chunks).
         self._chunked = True
@@ -86,6 +88,7 @@ class Exchange:
         return _DISCONNECT
 
     def lost(self) -> None:
+        self._streaming = False
         if not self.response_complete:
             self.disconnected = True
         self._wake()
@@ -103,8 +106,12 @@ class Exchange:
         self._head = self._render_head(status, headers)
 
     def event(self, data: bytes) -> asyncio.Future | None:
-        if self.protocol.flow.write_paused and not self.disconnected:
-            return asyncio.ensure_future(self._drained_write(data))
+        if self._flow.write_paused:
+            if not self.disconnected:
+                return asyncio.ensure_future(self._drained_write(data))
+        elif self._streaming and data:  # the relay's per-event path: one chunk, one write
+            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+            return None
         self._write(data, False)
         return None
 
@@ -117,9 +124,8 @@ class Exchange:
         self._write(data, False)
 
     async def _drain(self) -> None:
-        flow = self.protocol.flow
-        if flow.write_paused and not self.disconnected:
-            await flow.drain()
+        if self._flow.write_paused and not self.disconnected:
+            await self._flow.drain()
 
     def _write(self, data: bytes, last: bool) -> None:
         if self.disconnected or self.response_complete:
@@ -144,6 +150,8 @@ class Exchange:
             self._wrote = True
         if last:
             self._complete()
+        else:
+            self._streaming = self._chunked
 
     # ASGI send, for whole responses (errors, non-streamed answers) ---------------
 
@@ -192,6 +200,7 @@ class Exchange:
         return out
 
     def _complete(self) -> None:
+        self._streaming = False
         self.response_complete = True
         self._wake()
         if not self.keep_alive:

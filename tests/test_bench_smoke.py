@@ -36,7 +36,7 @@ def test_bench_relay_tiny_run(tmp_path: Path) -> None:
         "--baseline",  # another checkout's gateway as a reference: this one's, for the plumbing
         str(ROOT),
     ]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     table = proc.stdout
