@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workers.launch import free_port, group_members  # noqa: E402
+from workers.launch import bindable, free_port, group_members  # noqa: E402
 
 SERVING = "pd-gateway up: serving "
 
@@ -44,15 +43,6 @@ def free_run(n: int) -> int:
         base = free_port()
         if all(bindable(base + i) for i in range(1, n)):
             return base
-
-
-def bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def moved_topology(src: Path, env: list[str], python: str) -> dict[str, Any]:

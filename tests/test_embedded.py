@@ -8,19 +8,13 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import sse_payloads, wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from workers.launch import free_port
 
 
 def _lines(log: Path) -> list[str]:
@@ -28,7 +22,7 @@ def _lines(log: Path) -> list[str]:
 
 
 async def test_embedded_default_serves_dp_and_pd_and_says_how(tmp_path):
-    port, log = _free_port(), tmp_path / "serve.log"
+    port, log = free_port(), tmp_path / "serve.log"
     env = dict(os.environ, PD_GATEWAY_HUGEPAGES="0")
     with log.open("w") as out:
         proc = await asyncio.create_subprocess_exec(

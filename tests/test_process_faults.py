@@ -15,12 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import sse_payloads, wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from workers.launch import free_port
 
 
 @pytest.fixture
@@ -41,7 +36,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[tuple[a
 
 
 async def _spawn(tmp_path: Path, workers: list[str], **sections: object) -> tuple[asyncio.subprocess.Process, str]:
-    port = _free_port()
+    port = free_port()
     config = {"listen": {"host": "127.0.0.1", "port": port}, "pools": [{"name": "dp", "workers": workers}]}
     config.update(sections)
     path = tmp_path / "gateway.yaml"

@@ -28,7 +28,7 @@ import yaml
 from pdcli.up import UpError, engine_specs, is_local, local_python
 from pdcli.up_progress import Progress
 from tests.conftest import sse_payloads, stream_text
-from workers.launch import group_members
+from workers.launch import bindable, group_members
 from workers.plan import plan
 from workers.plan.launch import WorkerSpec
 from workers.sim.cores import CoreInUse, claim_cores
@@ -43,15 +43,6 @@ START_S = 60.0  # generous: the machine may be busy with other suites
 # ---------------------------------------------------------------- helpers
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_base_ports(n: int, width: int = 2) -> list[int]:
     """`n` distinct bases, each with `width` consecutive free ports (replicas count up)."""
     bases: list[int] = []
@@ -60,7 +51,7 @@ def free_base_ports(n: int, width: int = 2) -> list[int]:
             s.bind(("127.0.0.1", 0))
             base = s.getsockname()[1]
         span = range(base, base + width)
-        if base + width < 65536 and all(_port_free(p) for p in span) and not any(b in span for b in bases):
+        if base + width < 65536 and all(bindable(p) for p in span) and not any(b in span for b in bases):
             bases.append(base)
     return bases
 

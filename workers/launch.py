@@ -37,6 +37,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether `port` can be bound now (as racy as free_port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def group_members(pgid: int) -> list[int]:
     """Pids of live (non-zombie) processes in process group `pgid`."""
     proc = Path("/proc")

@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from workers.launch import ProcessGroupHandle, start_group, wait_healthy
+from workers.launch import ProcessGroupHandle, bindable, start_group, wait_healthy
 from workers.plan.launch import NIXL_CPU_SITE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,18 +181,9 @@ def distinct_ports(n: int) -> list[int]:
     ports: list[int] = []
     while len(ports) < n:
         port = random.randrange(20000, 32000)
-        if port not in ports and _bindable(port):
+        if port not in ports and bindable(port):
             ports.append(port)
     return ports
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def start_servers(servers: list[VllmServer], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
