@@ -52,11 +52,13 @@ def _in_window(rows: list[dict], t0: float, start: float, end: float) -> list[di
 def side_by_side(run_dir: Path) -> Pair:
     """A bench/llmperf_side_by_side.py run, loadtest cut to llmperf's window."""
     meta = json.loads((run_dir / "meta.json").read_text())
-    lp, lt = load_run(run_dir / "llmperf"), load_run(run_dir / "loadtest")
+    lp = load_run(run_dir / "llmperf")
     med = statistics.median(r[E2E] for r in _ok(lp.rows))
     start, end = meta["first_result_s"] - med - 1.0, meta["end_s"] - med
     loads = [row[1] for row in meta["loadavg"] if meta["bar_s"] <= row[0] <= meta["end_s"]] or [float("nan")]
-    rows = _in_window(lt.rows, lt.summary["start_timestamp"], start, end)
+    rows = []
+    for lt in map(load_run, sorted(d for d in run_dir.glob("loadtest*") if d.is_dir())):  # one per process
+        rows += _in_window(lt.rows, lt.summary["start_timestamp"], start, end)
     return Pair(run_dir.name, _ok(lp.rows), _ok(rows), (min(loads), max(loads)))
 
 

@@ -37,11 +37,13 @@ def _llmperf_cmd(args: argparse.Namespace, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _loadtest_cmd(args: argparse.Namespace, out: Path) -> list[str]:
+def _loadtest_cmd(args: argparse.Namespace, out: Path, index: int) -> list[str]:
+    """Process `index` of --loadtest-procs (each its share of the streams, its own seed and results dir)."""
     return [
         sys.executable, "-m", "loadtest", "--base-url", args.base_url, "--model", args.model,
-        "--tokenizer", args.tokenizer, *KNOBS, "--concurrency", str(args.concurrency), "--max-requests", "0",
-        "--timeout", "900", "--results-dir", str(out / "loadtest"), "--no-plots", "--seed", str(args.seed),
+        "--tokenizer", args.tokenizer, *KNOBS, "--concurrency", str(args.concurrency // args.loadtest_procs),
+        "--max-requests", "0", "--timeout", "900", "--results-dir", str(out / f"loadtest{index or ''}"),
+        "--no-plots", "--seed", str(args.seed + index),
     ]  # fmt: skip
 
 
@@ -75,6 +77,7 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--requests", type=int, default=300, help="llmperf's --max-num-completed-requests")
     p.add_argument("--seed", type=int, default=11111, help="loadtest's seed")
+    p.add_argument("--loadtest-procs", type=int, default=1, help="split loadtest's streams over N processes")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = Path(args.out).resolve()
@@ -94,11 +97,15 @@ def main() -> int:
         if lp.poll() is not None:
             print("llmperf exited before its progress bar", file=sys.stderr)
             return 1
-    lt = subprocess.Popen(_loadtest_cmd(args, out), env=env, stdout=open(out / "loadtest.out", "wb"))
+    lts = [
+        subprocess.Popen(_loadtest_cmd(args, out, i), env=env, stdout=open(out / f"loadtest{i or ''}.out", "wb"))
+        for i in range(args.loadtest_procs)
+    ]
     meta["llmperf_rc"] = lp.wait()
     meta["end_s"] = time.time()
-    lt.send_signal(signal.SIGINT)
-    meta["loadtest_rc"] = lt.wait()
+    for lt in lts:
+        lt.send_signal(signal.SIGINT)
+    meta["loadtest_rc"] = max(lt.wait() for lt in lts)
     stop.set()
     watcher.join()
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
