@@ -77,6 +77,11 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sessions", type=int, default=8, help="multi-turn: conversations interleaved")
     p.add_argument("--system-tokens", type=int, default=1000, help="shared-prefix: system prompt tokens")
     p.add_argument("--tokenizer", help="the served model's tokenizer directory (tokenizer.json)")
+    p.add_argument(
+        "--no-special-tokens",
+        action="store_true",
+        help="count output tokens without the special tokens the tokenizer adds (llmperf counts its BOS)",
+    )
     p.add_argument("--results-dir", help="write llmperf-layout results and PNG plots here")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--seed", type=int, default=11111)
@@ -157,7 +162,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level="INFO", format="%(levelname)s %(message)s")
     try:
-        counter = load_counter(args.tokenizer)
+        counter = load_counter(args.tokenizer, not args.no_special_tokens)
         spec = _spec(args, urls)
     except Exception as exc:  # a bad tokenizer directory or sampling-params JSON: say so, no traceback
         print(f"pd-gateway loadtest: {exc}", file=sys.stderr)

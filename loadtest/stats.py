@@ -5,7 +5,8 @@ Definitions (ray-project/llmperf, token_benchmark_ray.py and its OpenAI client):
 - inter_token_latency_s: (first gap = TTFT) + every gap between text events, summed, divided by the
   number of data events received ([DONE] excluded); i.e. (last text event - start) / events.
 - end_to_end_latency_s: request sent -> stream fully read.
-- number_output_tokens: the tokenizer's count of the generated text.
+- number_output_tokens: len(tokenizer.encode(generated text)): re-tokenized, with the tokenizer's special
+  tokens (llmperf's Llama tokenizer adds BOS, so +1 per request; `--no-special-tokens` leaves them out).
 - request_output_throughput_token_per_s: output tokens / e2e.
 - mean_output_throughput_token_per_s: all successful output tokens / wall time of the run.
 Quantiles interpolate linearly (pandas' default), stddev is the sample standard deviation.
@@ -37,7 +38,7 @@ def request_metrics(rec: Record, counter: TokenCounter, t0: float) -> dict[str, 
     """One llmperf individual response, plus ours: `start_s` (since the run's start), `url`, `events`
     (data events, llmperf's ITL divisor), `text_events` (those with text: a server that falls behind
     sends several tokens per event), `usage_completion_tokens` (the server's count, when it sends usage)."""
-    out = counter.count(rec.text) if rec.ok else 0
+    out = counter.count_output(rec.text) if rec.ok else 0
     e2e = rec.end - rec.start if rec.ok else 0.0
     ttft = rec.token_times[0] - rec.start if rec.ok else 0.0
     itl = (rec.token_times[-1] - rec.start) / rec.chunks if rec.ok and out else 0.0

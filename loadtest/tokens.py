@@ -15,6 +15,10 @@ class TokenCounter(Protocol):
     def count(self, text: str) -> int:
         """Tokens in `text`, special tokens (BOS) not counted."""
 
+    def count_output(self, text: str) -> int:
+        """A generated text's `number_output_tokens`: llmperf's `len(tokenizer.encode(text))`, i.e. with the
+        special tokens the tokenizer adds (a Llama tokenizer's BOS: +1), unless turned off."""
+
     def truncate(self, text: str, tokens: int) -> str:
         """The longest prefix of `text` of at most `tokens` tokens."""
 
@@ -22,16 +26,20 @@ class TokenCounter(Protocol):
 class HFTokenizer:
     """A Hugging Face fast tokenizer read from `DIR/tokenizer.json` (no network)."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, special_tokens: bool = True) -> None:
         from tokenizers import Tokenizer
 
         path = Path(directory)
         file = path / "tokenizer.json" if path.is_dir() else path
         self._tok = Tokenizer.from_file(str(file))
-        self.name = str(directory)
+        self._special = special_tokens
+        self.name = str(directory) + ("" if special_tokens else " (output counted without special tokens)")
 
     def count(self, text: str) -> int:
         return len(self._tok.encode(text, add_special_tokens=False).ids) if text else 0
+
+    def count_output(self, text: str) -> int:
+        return len(self._tok.encode(text, add_special_tokens=self._special).ids)
 
     def truncate(self, text: str, tokens: int) -> str:
         enc = self._tok.encode(text, add_special_tokens=False)
@@ -48,14 +56,17 @@ class WordCounter:
     def count(self, text: str) -> int:
         return len(text.split())
 
+    def count_output(self, text: str) -> int:
+        return self.count(text)
+
     def truncate(self, text: str, tokens: int) -> str:
         return " ".join(text.split()[:tokens])
 
 
-def load_counter(directory: str | None) -> TokenCounter:
+def load_counter(directory: str | None, special_tokens: bool = True) -> TokenCounter:
     """The tokenizer in `directory`; without one, warn and count words."""
     if directory:
-        return HFTokenizer(directory)
+        return HFTokenizer(directory, special_tokens)
     log.warning(
         "no --tokenizer given: counting tokens as whitespace-separated words; figures in tokens "
         "(ITL, throughput, input/output counts) are approximate. Pass the served model's "

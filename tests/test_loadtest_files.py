@@ -51,6 +51,20 @@ def test_tokenizer_counts_without_special_tokens_and_truncates(tokenizer_dir: Pa
     assert tok.truncate("the river and the stone", 3) == "the river and"
 
 
+def test_output_tokens_are_counted_as_llmperf_counts_them(tokenizer_dir: Path) -> None:
+    """llmperf's number_output_tokens is len(tokenizer.encode(text)): its Llama tokenizer adds BOS. A request
+    whose text events carried "the river and" records 4 output tokens (3 without special tokens), and its
+    request throughput and total tokens use that count; the ITL divisor stays the data events."""
+    rec = Record(url="u", start=10.0, input_tokens=7, token_times=[10.5, 10.6, 10.7], chunks=5, done=True, end=11.0)
+    rec.text_parts = ["the", " river", " and"]
+    got = request_metrics(rec, HFTokenizer(tokenizer_dir), t0=0.0)
+    assert (got["number_output_tokens"], got["number_total_tokens"]) == (4, 11)
+    assert got["request_output_throughput_token_per_s"] == pytest.approx(4 / 1.0)
+    assert got["inter_token_latency_s"] == pytest.approx(0.7 / 5)
+    plain = request_metrics(rec, HFTokenizer(tokenizer_dir, special_tokens=False), t0=0.0)
+    assert plain["number_output_tokens"] == 3
+
+
 @pytest.mark.parametrize("workload", ["random", "multi-turn", "shared-prefix"])
 def test_workloads_hit_the_drawn_token_counts(tokenizer_dir: Path, workload: str) -> None:
     tok = HFTokenizer(tokenizer_dir)
