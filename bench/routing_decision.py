@@ -51,7 +51,7 @@ def decision_table(workers: int = 8, blocks: int = 100_000, samples: int = 5000)
         cpu_times.append((time.thread_time_ns() - cpu) / 1000)
     q, c = statistics.quantiles(times, n=100), statistics.quantiles(cpu_times, n=100)
     return (
-        f"prefix_aware decision (choose + record), {workers} workers, {len(policy.tree.owners)} blocks "
+        f"prefix_aware decision (choose + record), {workers} workers, {len(policy.view.owners)} blocks "
         f"in the tree, 500-token (2000-char) prompts: wall p50 {q[49]:.1f} µs, p99 {q[98]:.1f} µs; "
         f"thread CPU p50 {c[49]:.1f} µs, p99 {c[98]:.1f} µs; "
         f"tree memory {used / blocks:.0f} bytes per block ({used / 2**20:.1f} MiB)"
