@@ -47,9 +47,12 @@ class PrecisePrefix(PrefixPolicy):
         match_threshold: float = 0.1,
         balance_abs_threshold: int = 8,
         balance_rel_threshold: float = 1.5,
+        score: str = "match",
     ) -> None:
         # The view: worker URL -> the block hashes it holds.
-        super().__init__(role, ChunkTree(UNBOUNDED), match_threshold, balance_abs_threshold, balance_rel_threshold)
+        super().__init__(
+            role, ChunkTree(UNBOUNDED), match_threshold, balance_abs_threshold, balance_rel_threshold, score
+        )
         self.tokenize = PromptTokenizer(tokenizer)
         self.hasher = BlockHasher(hash_algo, block_size or 0, hash_seed)  # 0: learnt from the first event
         self.events_port = events_port
@@ -110,3 +113,6 @@ class PrecisePrefix(PrefixPolicy):
 
     def enough(self, depth: int, request: RoutingRequest, names: list[Hashable]) -> bool:
         return depth > 0 and depth >= self.threshold * len(names)
+
+    def cached_tokens(self, depth: int, request: RoutingRequest, names: list[Hashable]) -> float:
+        return float(min(request.prompt_tokens, depth * self.hasher.block_size))
