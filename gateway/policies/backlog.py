@@ -35,9 +35,12 @@ class Backlog:
 
     def of(self, e: Endpoint) -> float:
         """Uncached tokens queued or running on `e`."""
-        q, n = self._routed.get(e.url), e.outstanding
-        mine = sum(islice(reversed(q), n)) if q and n > 0 else 0.0
-        return mine + e.foreign * self.mean
+        n, foreign = e.outstanding, e.foreign
+        if n <= 0:
+            return foreign * self.mean if foreign else 0.0
+        q = self._routed.get(e.url)
+        mine = sum(islice(reversed(q), n)) if q else 0.0
+        return mine + foreign * self.mean if foreign else mine
 
     def forget(self, url: str) -> None:
         self._routed.pop(url, None)

@@ -71,7 +71,8 @@ class PrefixPolicy(Policy):
         self.backlog = Backlog()
         self._turn = 0
         self._last: tuple[RoutingRequest | None, list[Hashable]] = (None, [])
-        self._uncached: tuple[RoutingRequest | None, dict[str, float]] = (None, {})
+        # the last choice by cost: its request, candidates and their uncached tokens
+        self._uncached: tuple[RoutingRequest | None, Sequence[Endpoint], list[float]] = (None, (), [])
 
     @abstractmethod
     def names(self, request: RoutingRequest) -> list[Hashable]:
@@ -120,24 +121,27 @@ class PrefixPolicy(Policy):
         if max(depths):
             over = overloaded([requests_load(e) for e in candidates], self.abs_threshold, self.rel_threshold)
             depths = [0 if o else d for d, o in zip(depths, over, strict=True)]
-        uncached = [self._uncached_on(request, d, names) for d in depths]
-        costs = [self.backlog.of(e) + u for e, u in zip(candidates, uncached, strict=True)]
+        by_depth = {d: self._uncached_on(request, d, names) for d in set(depths)}
+        uncached = [by_depth[d] for d in depths]
+        backlog = self.backlog.of
+        costs = [backlog(e) + u for e, u in zip(candidates, uncached, strict=True)]
         low = min(costs)
-        chosen = self.score.least([e for e, c in zip(candidates, costs, strict=True) if c == low], self._turn)
-        self._uncached = (request, {e.url: u for e, u in zip(candidates, uncached, strict=True)})
-        return chosen
+        self._uncached = (request, candidates, uncached)
+        if costs.count(low) == 1:
+            return candidates[costs.index(low)]
+        return self.score.least([e for e, c in zip(candidates, costs, strict=True) if c == low], self._turn)
 
     def routed(self, request: RoutingRequest, endpoint: Endpoint) -> None:
         """Call before recording the request's names in the view (the estimate needs the match before it)."""
         if self.by_cost:
-            last, known = self._uncached
-            uncached = known.get(endpoint.url) if last is request else None
+            last, candidates, known = self._uncached
+            uncached = known[candidates.index(endpoint)] if last is request and endpoint in candidates else None
             if uncached is None:  # an override, or the endpoint was not a candidate
                 names = self.hashes(request)
                 depth = self.view.match(names, [endpoint.url])[0] if names else 0
                 uncached = self._uncached_on(request, depth, names)
             self.backlog.record(endpoint.url, uncached)
-            self._uncached = (None, {})
+            self._uncached = (None, (), [])
         super().routed(request, endpoint)
         self._last = (None, [])
 
