@@ -32,6 +32,12 @@ from .routing_decision import decision_table
 from .routing_workloads import Workload, multi_turn, no_sharing, shared_prefix
 
 MODEL = "sim-model"
+# Compared with least_outstanding by default: prefix_aware as shipped; with its view sized to the
+# workers' cache (1024 blocks x 16 tokens ~ 100k characters ~ 400 chunks of 256) and a guard
+# for ~3 requests per worker (12 clients on 4 workers); and the cost score, sized the same.
+DEFAULT_POLICIES = (
+    "prefix_aware,prefix_aware;balance_abs_threshold=3;max_blocks=400,prefix_aware;score=cost;max_blocks=400"
+)
 # Prefill costs 0.5 ms per uncached token, one prefill at a time (a 4k-token prompt: 2 s, a
 # Trainium 70B's order): large next to the CPU this one process spends per request, so a
 # loaded host blurs little. Each worker caches 1024 blocks (16k tokens): less than the
@@ -268,7 +274,7 @@ def main() -> None:
     parser.add_argument("--setups", default="replicas,2p2d")
     parser.add_argument(
         "--policies",
-        default="prefix_aware",
+        default=DEFAULT_POLICIES,
         help="compared with least_outstanding: comma-separated, each `name[;option=value...]`",
     )
     args = parser.parse_args()

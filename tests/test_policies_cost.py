@@ -75,7 +75,7 @@ def test_cost_guard_makes_an_overloaded_holder_count_as_not_holding() -> None:
 
 def test_cost_below_the_match_threshold_counts_as_no_match() -> None:
     eps = endpoints(2)
-    policy = cost_policy(match_threshold=0.5)
+    policy = cost_policy(match_threshold=0.5, chunk_chars=64)
     shared = "x" * 640  # 10 chunks
     policy.routed(Req(shared, prompt_tokens=0), eps[0])
     eps[0].outstanding = 1  # 0 tokens of work, but more requests than w1
@@ -89,7 +89,8 @@ def test_an_override_records_the_work_it_adds_before_the_view_learns_the_prompt(
     policy.routed(Req(SYSTEM, prompt_tokens=100), eps[0])  # not chosen by the policy; nothing cached: 100
     policy.routed(Req(SYSTEM, prompt_tokens=100), eps[0])  # all but the partial tail chunk cached now
     eps[0].outstanding = 2
-    assert policy.backlog.of(eps[0]) == pytest.approx(100 + 100 * (1 - 1152 / len(SYSTEM)))
+    cached = len(SYSTEM) // policy.chunk * policy.chunk  # full chunks only
+    assert policy.backlog.of(eps[0]) == pytest.approx(100 + 100 * (1 - cached / len(SYSTEM)))
 
 
 def test_config_takes_score_cost_and_refuses_other_scores() -> None:
