@@ -33,10 +33,10 @@ from .routing_workloads import Workload, multi_turn, no_sharing, shared_prefix
 
 MODEL = "sim-model"
 # Compared with least_outstanding by default: prefix_aware as shipped; with its view sized to the
-# workers' cache (1024 blocks x 16 tokens ~ 100k characters ~ 400 chunks of 256) and a guard
+# workers' cache (1024 blocks x 16 tokens ~ 100k characters ~ 1600 chunks of 64) and a guard
 # for ~3 requests per worker (12 clients on 4 workers); and the cost score, sized the same.
 DEFAULT_POLICIES = (
-    "prefix_aware,prefix_aware;balance_abs_threshold=3;max_blocks=400,prefix_aware;score=cost;max_blocks=400"
+    "prefix_aware,prefix_aware;balance_abs_threshold=3;max_blocks=1600,prefix_aware;score=cost;max_blocks=1600"
 )
 # Prefill costs 0.5 ms per uncached token, one prefill at a time (a 4k-token prompt: 2 s, a
 # Trainium 70B's order): large next to the CPU this one process spends per request, so a

@@ -28,7 +28,7 @@ class SessionConfig(_Policy):
 
 class PrefixAwareConfig(_Policy):
     name: Literal["prefix_aware"]
-    chunk_chars: int = Field(256, ge=1)  # prompt text per tree node (~64 tokens)
+    chunk_chars: int = Field(64, ge=1)  # prompt text per tree node (~16 tokens)
     max_blocks: int = Field(65536, ge=1)  # chunks remembered per endpoint (LRU beyond)
     match_threshold: float = Field(0.5, ge=0, le=1)  # matched fraction of the prompt to follow the cache
     balance_abs_threshold: int = Field(8, ge=0)  # requests above the least loaded ...

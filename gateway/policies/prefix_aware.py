@@ -27,7 +27,7 @@ class PrefixAware(PrefixPolicy):
     def __init__(
         self,
         role: str,
-        chunk_chars: int = 256,
+        chunk_chars: int = 64,
         max_blocks: int = 65536,
         match_threshold: float = 0.5,
         balance_abs_threshold: int = 8,
