@@ -32,16 +32,23 @@ from .routing_decision import decision_table
 from .routing_workloads import Workload, multi_turn, no_sharing, shared_prefix
 
 MODEL = "sim-model"
+# Compared with least_outstanding by default: prefix_aware as shipped; with its view sized to the
+# workers' cache (1024 blocks x 16 tokens ~ 100k characters ~ 1600 chunks of 64) and a guard
+# for ~3 requests per worker (12 clients on 4 workers); and the cost score, sized the same.
+DEFAULT_POLICIES = (
+    "prefix_aware,prefix_aware;balance_abs_threshold=3;max_blocks=1600,prefix_aware;score=cost;max_blocks=1600"
+)
 # Prefill costs 0.5 ms per uncached token, one prefill at a time (a 4k-token prompt: 2 s, a
 # Trainium 70B's order): large next to the CPU this one process spends per request, so a
 # loaded host blurs little. Each worker caches 1024 blocks (16k tokens): less than the
-# whole working set, as KV memory is in production.
+# whole working set, as KV memory is in production. Generated tokens are cached too (vLLM).
 SIM = {
     "ttft_ms": 10.0,
     "prefill_ms_per_token": 0.5,
     "itl_ms": 10.0,
     "prefill_concurrency": 1,
     "prefix_cache_blocks": 1024,
+    "prefix_cache_outputs": True,  # as vLLM: a reply's blocks stay cached where it was generated
     "max_model_len": 32768,
     "model": MODEL,
 }
@@ -224,11 +231,13 @@ def workloads(quick: bool) -> list[Workload]:
     if quick:
         return [
             multi_turn(MODEL, conversations=8, turns=4),
+            multi_turn(MODEL, conversations=8, turns=4, generated_replies=False),
             shared_prefix(MODEL, prompts=6, clients=8, per_client=4, low=500, high=2000),
             no_sharing(MODEL, clients=8, per_client=4),
         ]
     return [
         multi_turn(MODEL, conversations=24, turns=6),
+        multi_turn(MODEL, conversations=24, turns=6, generated_replies=False),
         shared_prefix(MODEL, clients=12, per_client=10),
         no_sharing(MODEL, clients=12, per_client=8),
     ]
@@ -257,11 +266,15 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small workloads (a smoke run)")
-    parser.add_argument("--only", default="", help="workload names, comma-separated")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="workload names, comma-separated (multi-turn, multi-turn-v1, shared-prefix, no-sharing)",
+    )
     parser.add_argument("--setups", default="replicas,2p2d")
     parser.add_argument(
         "--policies",
-        default="prefix_aware",
+        default=DEFAULT_POLICIES,
         help="compared with least_outstanding: comma-separated, each `name[;option=value...]`",
     )
     args = parser.parse_args()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from workers.sim.engine import completion_text, render_chat
+
 WORDS = (
     "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
     "sigma tau upsilon phi chi psi omega apple river stone cloud forest engine signal vector "
@@ -53,19 +55,33 @@ def multi_turn(
     reply_words: int = 80,
     max_tokens: int = 8,
     seed: int = 1,
+    generated_replies: bool = True,
 ) -> Workload:
     """(a) Chat: each conversation opens with its own context (instructions, a document), and
-    each turn re-sends the whole history (the replies are synthesized, so the workload does
-    not depend on what the workers answer, and they are new tokens to the worker's cache)."""
+    each turn re-sends the whole history.
+
+    `generated_replies` (the default): each turn asks for `reply_words` tokens and the next turn
+    re-sends the reply the simulator generates for it (deterministic: a function of the prompt),
+    as a chat client does; with the simulator's `prefix_cache_outputs` the worker that wrote a
+    reply holds its KV, as vLLM does. Otherwise (the first version of this workload) the replies
+    are synthesized words the worker never saw, and only `max_tokens` are generated: every turn
+    then costs its reply's tokens as uncached prefill even on the worker that served the
+    conversation, which overstates the uncached work of a real chat."""
     rng = random.Random(seed)
-    out = Workload("multi-turn", think_s=1.0)  # users read and type between turns
+    name = "multi-turn" if generated_replies else "multi-turn-v1"
+    out = Workload(name, think_s=1.0)  # users read and type between turns
     for c in range(conversations):
         messages = [{"role": "system", "content": f"conversation {c}. " + words(rng, context_words)}]
         client = []
         for _ in range(turns):
             messages = [*messages, {"role": "user", "content": words(rng, user_words)}]
-            client.append(_chat(model, messages, max_tokens, user=f"conv-{c}"))
-            messages = [*messages, {"role": "assistant", "content": words(rng, reply_words)}]
+            if generated_replies:
+                client.append(_chat(model, messages, reply_words, user=f"conv-{c}"))
+                reply = completion_text(render_chat(messages), 0, reply_words)
+            else:
+                client.append(_chat(model, messages, max_tokens, user=f"conv-{c}"))
+                reply = words(rng, reply_words)
+            messages = [*messages, {"role": "assistant", "content": reply}]
         out.clients.append(client)
     return out
 

@@ -33,6 +33,8 @@ class PrefixAwareConfig(_Policy):
     match_threshold: float = Field(0.5, ge=0, le=1)  # matched fraction of the prompt to follow the cache
     balance_abs_threshold: int = Field(8, ge=0)  # requests above the least loaded ...
     balance_rel_threshold: float = Field(1.5, ge=1)  # ... and times its load: then the cache is not followed
+    # match: the deepest match wins; cost: the least queued + uncached prefill tokens (prefix_match.py)
+    score: Literal["match", "cost"] = "match"
 
 
 class PrecisePrefixConfig(_Policy):
@@ -47,6 +49,7 @@ class PrecisePrefixConfig(_Policy):
     match_threshold: float = Field(0.1, ge=0, le=1)
     balance_abs_threshold: int = Field(8, ge=0)
     balance_rel_threshold: float = Field(1.5, ge=1)
+    score: Literal["match", "cost"] = "match"
 
 
 def _from_name(value: object) -> object:

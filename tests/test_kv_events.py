@@ -11,7 +11,9 @@ import zmq
 import zmq.asyncio
 
 from gateway.kv_events import Cleared, Removed, Stored, parse_batch
+from gateway.policies import make_policy
 from gateway.policies.block_hash import BlockHasher, external
+from gateway.pool import Endpoint
 from tests.conftest import wait_until
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / ".models" / "tiny-llama"
@@ -97,4 +99,41 @@ async def test_precise_view_follows_published_events(gateway) -> None:
         await wait_until(lambda: policy.view.blocks("http://127.0.0.1:9") == 0)
         assert sub.gaps == 0
     finally:
+        pub.close(0)
+
+
+@pytest.mark.skipif(not MODEL_DIR.exists(), reason="tiny model not built")
+async def test_precise_follows_endpoints_added_after_start_and_stops_for_removed_ones() -> None:
+    ctx = zmq.asyncio.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    late = "http://127.0.0.1:10"
+    options = {"tokenizer": str(MODEL_DIR), "topic": "kv", "events": {late: f"tcp://127.0.0.1:{port}"}}
+    policy = make_policy("precise_prefix", "replica", options)
+    policy.rescan_s = 0.01
+    group: list[Endpoint] = []  # the pool's live list, which discovery grows
+    follow = asyncio.create_task(policy.background(group)[0])
+    try:
+        await asyncio.sleep(0.05)  # running with an empty group
+        assert policy.subscribers == {}
+        ep = Endpoint(late, "replica", "p")
+        group.append(ep)  # discovered after start
+        await wait_until(lambda: late in policy.subscribers)
+        sub, task = policy.subscribers[late], policy._tasks[late]
+        while not sub.received:  # a PUB drops what it sends before the subscriber is connected
+            await pub.send_multipart([b"kv", (0).to_bytes(8, "big"), batch()])
+            await asyncio.sleep(0.02)
+        hasher = BlockHasher("sha256", 4)
+        tokens = list(range(200, 208))
+        hashes = [external(h) for h in hasher.chain(tokens)]
+        await pub.send_multipart([b"kv", (1).to_bytes(8, "big"), batch(stored(hashes, tokens))])
+        await wait_until(lambda: policy.view.match(hashes, [late]) == [2])
+        group.remove(ep)  # discovery drained it; the pool calls forget
+        policy.forget(ep)
+        await wait_until(task.done)
+        assert late not in policy.subscribers and policy.view.blocks(late) == 0
+        await asyncio.sleep(0.05)  # later rescans do not subscribe again
+        assert late not in policy._tasks
+    finally:
+        follow.cancel()
         pub.close(0)

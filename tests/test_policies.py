@@ -81,7 +81,7 @@ def test_prefix_aware_ties_on_match_go_to_the_least_loaded_holder() -> None:
 
 def test_below_the_match_threshold_the_least_loaded_wins() -> None:
     eps = endpoints(2)
-    policy = make_policy("prefix_aware", "replica", {"match_threshold": 0.5})
+    policy = make_policy("prefix_aware", "replica", {"match_threshold": 0.5, "chunk_chars": 64})
     shared = "x" * 640  # 10 chunks
     policy.routed(Req(shared), eps[0])
     eps[0].outstanding = 1
@@ -140,6 +140,18 @@ def test_tree_memory_is_bounded_and_evicts_tips_before_stems() -> None:
     # the older prompt lost its last two chunks, not its first: its prefix still matches 1 deep
     assert tree.match(old, ["w"]) == [1]
     assert tree.match(new, ["w"]) == [3]
+
+
+def test_eviction_by_one_endpoint_keeps_the_names_another_holds() -> None:
+    tree = ChunkTree(max_blocks=2)
+    shared, other = chain_hashes("s" * 32, 16), chain_hashes("o" * 32, 16)
+    tree.insert("a", shared)
+    tree.insert("b", shared)
+    tree.insert("a", other)  # a evicts both shared names; b still holds them
+    assert tree.match(shared, ["a", "b"]) == [0, 2]
+    assert set(tree.owners) == set(shared) | set(other)
+    tree.insert("b", other)
+    assert set(tree.owners) == set(other)  # nobody holds `shared` any more: gone from the dict
 
 
 def test_tree_match_depth_per_endpoint() -> None:

@@ -144,6 +144,22 @@ async def test_chat_history_is_a_prefix_of_the_next_turn(sim: StartSim, client: 
     assert s.prefix_cache.stats.hits >= 32
 
 
+@pytest.mark.parametrize("outputs", [False, True])
+async def test_generated_tokens_are_cached_with_the_flag(
+    sim: StartSim, client: httpx.AsyncClient, outputs: bool
+) -> None:
+    # 5 prompt tokens, then `assistant:` and 12 generated: the next turn re-sends them all.
+    s = await sim(block_size=4, prefix_cache_outputs=outputs)
+    history = [{"role": "system", "content": "a b"}, {"role": "user", "content": "c"}]
+    url = s.url + "/v1/chat/completions"
+    reply = (await client.post(url, json={"messages": history, "max_tokens": 12})).json()
+    history += [reply["choices"][0]["message"], {"role": "user", "content": "d e f g h"}]
+    second = await client.post(url, json={"messages": history, "max_tokens": 1})
+    assert second.json()["usage"]["prompt_tokens"] == 5 + 13 + 6
+    # Without the flag only the first prompt's one full block is cached; with it, prompt + reply's 4.
+    assert s.prefix_cache.stats.hits == (16 if outputs else 4)
+
+
 async def test_metrics_have_vllm_names_types_and_labels(sim: StartSim, client: httpx.AsyncClient) -> None:
     s = await sim(model="m-7", itl_ms=50, prefix_cache_blocks=10, block_size=4)
     r = await client.get(s.url + "/metrics")

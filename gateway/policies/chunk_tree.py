@@ -52,17 +52,25 @@ class ChunkTree:
 
     def insert(self, key: Hashable, hashes: Sequence[Hashable]) -> None:
         """`key` was sent a prompt with these chain hashes."""
-        bit = self.bit(key)
+        bit = self._bits.get(key) or self.bit(key)
         lru, owners = self._lrus[bit], self.owners
+        touch, held_by = lru.move_to_end, owners.get  # (the hot loop: one lookup per name)
         for h in reversed(hashes):
             if h in lru:
-                lru.move_to_end(h)
+                touch(h)
             else:
                 lru[h] = None
-                owners[h] = owners.get(h, 0) | bit
-        while len(lru) > self.max_blocks:
-            old, _ = lru.popitem(last=False)
-            self._drop(old, bit)
+                owners[h] = held_by(h, 0) | bit
+        excess = len(lru) - self.max_blocks
+        if excess > 0:
+            oldest, keep = lru.popitem, ~bit
+            for _ in range(excess):
+                old = oldest(False)[0]
+                left = owners[old] & keep
+                if left:
+                    owners[old] = left
+                else:
+                    del owners[old]
 
     def remove(self, key: Hashable, hashes: Iterable[Hashable]) -> None:
         """`key` no longer holds these names (known evictions)."""

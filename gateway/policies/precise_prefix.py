@@ -10,6 +10,7 @@ subscribed to the same workers sees the same state, and evictions are known, not
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Coroutine, Hashable, Sequence
 from functools import partial
@@ -47,15 +48,20 @@ class PrecisePrefix(PrefixPolicy):
         match_threshold: float = 0.1,
         balance_abs_threshold: int = 8,
         balance_rel_threshold: float = 1.5,
+        score: str = "match",
     ) -> None:
         # The view: worker URL -> the block hashes it holds.
-        super().__init__(role, ChunkTree(UNBOUNDED), match_threshold, balance_abs_threshold, balance_rel_threshold)
+        super().__init__(
+            role, ChunkTree(UNBOUNDED), match_threshold, balance_abs_threshold, balance_rel_threshold, score
+        )
         self.tokenize = PromptTokenizer(tokenizer)
         self.hasher = BlockHasher(hash_algo, block_size or 0, hash_seed)  # 0: learnt from the first event
         self.events_port = events_port
         self.events = dict(events or {})
         self.topic = topic
         self.subscribers: dict[str, Subscriber] = {}
+        self.rescan_s = 1.0  # how often the pool's endpoints are checked for ones to subscribe to
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self.checked = 0  # stored blocks whose hash the gateway recomputed ...
         self.mismatched = 0  # ... and got differently (wrong tokenizer, algorithm, seed or block size)
 
@@ -66,8 +72,35 @@ class PrecisePrefix(PrefixPolicy):
 
     def background(self, endpoints: Sequence[Endpoint]) -> list[Coroutine[Any, Any, None]]:
         for e in endpoints:
-            self.subscribers[e.url] = Subscriber(self.endpoint_for(e.url), partial(self.apply, e.url), self.topic)
-        return [s.run() for s in self.subscribers.values()]
+            self._subscriber(e.url)
+        return [self._follow(endpoints)]
+
+    def _subscriber(self, url: str) -> Subscriber:
+        sub = self.subscribers.get(url)
+        if sub is None:
+            sub = self.subscribers[url] = Subscriber(self.endpoint_for(url), partial(self.apply, url), self.topic)
+        return sub
+
+    async def _follow(self, endpoints: Sequence[Endpoint]) -> None:
+        """Run a subscriber for every endpoint of the group, including those service discovery
+        adds later (`endpoints` is the pool's live list); one that leaves stops in `forget`."""
+        try:
+            while True:
+                for e in list(endpoints):
+                    if e.url not in self._tasks:
+                        self._tasks[e.url] = asyncio.create_task(self._subscriber(e.url).run())
+                await asyncio.sleep(self.rescan_s)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            self._tasks.clear()
+
+    def forget(self, endpoint: Endpoint) -> None:
+        task = self._tasks.pop(endpoint.url, None)
+        if task is not None:
+            task.cancel()
+        self.subscribers.pop(endpoint.url, None)
+        super().forget(endpoint)
 
     def apply(self, url: str, events: list[Event]) -> None:
         for event in events:
@@ -110,3 +143,6 @@ class PrecisePrefix(PrefixPolicy):
 
     def enough(self, depth: int, request: RoutingRequest, names: list[Hashable]) -> bool:
         return depth > 0 and depth >= self.threshold * len(names)
+
+    def cached_tokens(self, depth: int, request: RoutingRequest, names: list[Hashable]) -> float:
+        return float(min(request.prompt_tokens, depth * self.hasher.block_size))

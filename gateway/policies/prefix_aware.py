@@ -32,8 +32,11 @@ class PrefixAware(PrefixPolicy):
         match_threshold: float = 0.5,
         balance_abs_threshold: int = 8,
         balance_rel_threshold: float = 1.5,
+        score: str = "match",
     ) -> None:
-        super().__init__(role, ChunkTree(max_blocks), match_threshold, balance_abs_threshold, balance_rel_threshold)
+        super().__init__(
+            role, ChunkTree(max_blocks), match_threshold, balance_abs_threshold, balance_rel_threshold, score
+        )
         self.chunk = chunk_chars
 
     def names(self, request: RoutingRequest) -> list[Hashable]:
@@ -42,6 +45,11 @@ class PrefixAware(PrefixPolicy):
     def enough(self, depth: int, request: RoutingRequest, names: list[Hashable]) -> bool:
         return depth > 0 and depth * self.chunk >= self.threshold * len(request.prefix_text)
 
+    def cached_tokens(self, depth: int, request: RoutingRequest, names: list[Hashable]) -> float:
+        text = len(request.prefix_text)
+        return request.prompt_tokens * min(1.0, depth * self.chunk / text) if text else 0.0
+
     def routed(self, request: RoutingRequest, endpoint: Endpoint) -> None:
-        self.view.insert(endpoint.url, self.hashes(request))
-        super().routed(request, endpoint)
+        names = self.hashes(request)
+        super().routed(request, endpoint)  # before the view learns the names (the cost estimate)
+        self.view.insert(endpoint.url, names)

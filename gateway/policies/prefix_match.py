@@ -1,5 +1,14 @@
 """What the prefix policies share: a request's chain of prefix names, matched against a per-endpoint
-view of what each endpoint holds, under a match threshold and SGLang's balance guard."""
+view of what each endpoint holds, under a match threshold and SGLang's balance guard.
+
+Two ways to score a match (`score`):
+- `match`: the deepest match the guard allows wins (ties: least loaded); below the threshold,
+  the least loaded endpoint.
+- `cost`: the endpoint where the request would start soonest, in prefill tokens: the uncached
+  tokens already queued there (backlog.Backlog) plus this request's tokens not cached there.
+  An endpoint the guard marks overloaded, or whose match is below the threshold, counts as not
+  holding the prefix. Ties: least loaded, then turns.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +16,11 @@ from abc import abstractmethod
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
+from .backlog import Backlog
 from .base import Policy, RoutingRequest, requests_load
 from .chunk_tree import ChunkTree
+
+SCORES = ("match", "cost")
 
 if TYPE_CHECKING:
     from ..pool import Endpoint
@@ -46,14 +58,21 @@ class PrefixPolicy(Policy):
         match_threshold: float,
         balance_abs_threshold: int,
         balance_rel_threshold: float,
+        score: str = "match",
     ) -> None:
         super().__init__(role)
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
         self.view = view
         self.threshold = match_threshold
         self.abs_threshold = balance_abs_threshold
         self.rel_threshold = balance_rel_threshold
+        self.by_cost = score == "cost"
+        self.backlog = Backlog()
         self._turn = 0
         self._last: tuple[RoutingRequest | None, list[Hashable]] = (None, [])
+        # the last choice by cost: its request, candidates and their uncached tokens
+        self._uncached: tuple[RoutingRequest | None, Sequence[Endpoint], list[float]] = (None, (), [])
 
     @abstractmethod
     def names(self, request: RoutingRequest) -> list[Hashable]:
@@ -62,6 +81,11 @@ class PrefixPolicy(Policy):
     @abstractmethod
     def enough(self, depth: int, request: RoutingRequest, names: list[Hashable]) -> bool:
         """Whether a match `depth` names deep covers enough of the prompt to follow it."""
+
+    @abstractmethod
+    def cached_tokens(self, depth: int, request: RoutingRequest, names: list[Hashable]) -> float:
+        """The prompt tokens a match `depth` names deep covers (an estimate in the units of
+        `request.prompt_tokens`)."""
 
     def hashes(self, request: RoutingRequest) -> list[Hashable]:
         """`names(request)`, computed once per request (choose and routed both need them)."""
@@ -74,6 +98,8 @@ class PrefixPolicy(Policy):
     def choose(self, request: RoutingRequest, candidates: Sequence[Endpoint]) -> Endpoint:
         self._turn += 1
         names = self.hashes(request)
+        if self.by_cost:
+            return self._cheapest(request, candidates, names)
         if names:
             depths = self.view.match(names, [e.url for e in candidates])
             # Only a match that could pass the threshold needs the guard's look at the loads.
@@ -84,9 +110,41 @@ class PrefixPolicy(Policy):
                     return self.score.least(holders, self._turn)
         return self.score.least(candidates, self._turn)
 
+    def _uncached_on(self, request: RoutingRequest, depth: int, names: list[Hashable]) -> float:
+        hit = self.cached_tokens(depth, request, names) if self.enough(depth, request, names) else 0.0
+        return max(request.prompt_tokens - hit, 0.0)
+
+    def _cheapest(self, request: RoutingRequest, candidates: Sequence[Endpoint], names: list[Hashable]) -> Endpoint:
+        """`score: cost`: the least queued + uncached prefill tokens (see the module's doc)."""
+        n = len(candidates)
+        depths = self.view.match(names, [e.url for e in candidates]) if names else [0] * n
+        if max(depths):
+            over = overloaded([requests_load(e) for e in candidates], self.abs_threshold, self.rel_threshold)
+            depths = [0 if o else d for d, o in zip(depths, over, strict=True)]
+        by_depth = {d: self._uncached_on(request, d, names) for d in set(depths)}
+        uncached = [by_depth[d] for d in depths]
+        backlog = self.backlog.of
+        costs = [backlog(e) + u for e, u in zip(candidates, uncached, strict=True)]
+        low = min(costs)
+        self._uncached = (request, candidates, uncached)
+        if costs.count(low) == 1:
+            return candidates[costs.index(low)]
+        return self.score.least([e for e, c in zip(candidates, costs, strict=True) if c == low], self._turn)
+
     def routed(self, request: RoutingRequest, endpoint: Endpoint) -> None:
+        """Call before recording the request's names in the view (the estimate needs the match before it)."""
+        if self.by_cost:
+            last, candidates, known = self._uncached
+            uncached = known[candidates.index(endpoint)] if last is request and endpoint in candidates else None
+            if uncached is None:  # an override, or the endpoint was not a candidate
+                names = self.hashes(request)
+                depth = self.view.match(names, [endpoint.url])[0] if names else 0
+                uncached = self._uncached_on(request, depth, names)
+            self.backlog.record(endpoint.url, uncached)
+            self._uncached = (None, (), [])
         super().routed(request, endpoint)
         self._last = (None, [])
 
     def forget(self, endpoint: Endpoint) -> None:
         self.view.forget(endpoint.url)
+        self.backlog.forget(endpoint.url)

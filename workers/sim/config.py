@@ -35,6 +35,7 @@ class SimConfig:
     enable_prefix_caching: bool = True  # on by default, as in vLLM V1
     block_size: int = DEFAULT_BLOCK_SIZE
     prefix_cache_blocks: int = DEFAULT_CAPACITY_BLOCKS
+    prefix_cache_outputs: bool = False  # also cache the generated tokens' blocks (vLLM does)
     enable_prompt_tokens_details: bool = False  # vLLM's flag: usage.prompt_tokens_details
     engine_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
@@ -104,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_CAPACITY_BLOCKS,
         help="prefix-cache capacity in blocks (LRU beyond it)",
+    )
+    p.add_argument(
+        "--prefix-cache-outputs",
+        action="store_true",
+        help="also cache the blocks of generated tokens, as vLLM does (a chat's next turn finds its last reply)",
     )
     p.add_argument(
         "--enable-prompt-tokens-details",

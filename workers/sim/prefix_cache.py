@@ -100,6 +100,11 @@ class PrefixCache:
         self._insert(hashes)
         return CacheResult(num_tokens, cached)
 
+    def store(self, tokens: Sequence[str]) -> None:
+        """Cache the full blocks of `tokens` without a lookup (a sequence's generated tokens)."""
+        if self.enabled:
+            self._insert(block_hashes(tokens, self.block_size))
+
     def _longest_hit(self, hashes: list[bytes], max_blocks: int) -> int:
         hit = 0
         for h in hashes[:max_blocks]:

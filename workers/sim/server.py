@@ -215,6 +215,8 @@ class SimServer:
             )
             self.stats.prompt_tokens_total += g.total_prompt_tokens
             choices = Choices(g, first_tokens)
+            if cfg.prefix_cache_outputs and g.kv_params is None:
+                self._cache_outputs(g, choices)
             life.finish_reason = choices.plans[0].finish_reason
             headers = _id_headers(g.id_header)
             fail_after = cfg.fail_after_tokens
@@ -281,6 +283,13 @@ class SimServer:
                 cached += result.cached_tokens
         g.cached_tokens = cached
         return cached
+
+    def _cache_outputs(self, g: GenRequest, choices: Choices) -> None:
+        """vLLM caches the blocks of the tokens it generates too: a chat's next turn, which re-sends
+        this reply after the prompt (render_chat's `assistant:` line), finds them here."""
+        head = "\nassistant: " if g.chat else ""
+        for c in range(g.num_choices):
+            self.prefix_cache.store(tokenize(g.prompt_of(c) + head + choices.text(c)))
 
     def _kv_entry(self, g: GenRequest, key: str) -> KVEntry:
         firsts = [token_text(g.prompt_of(c), g.sample_index(c), 0) for c in range(g.num_choices)]
