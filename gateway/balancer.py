@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from .errors import GatewayError
 from .policies import RoutingRequest
 from .pool import Endpoint, Pool, Role
@@ -36,5 +38,7 @@ def choose(
         )
     policy = pool.policies[role]
     chosen = policy.choose(request, candidates)
-    policy.routed(request, chosen)
+    # What the policy learns from the choice (a prefix tree's insert) waits until the request
+    # is on its way: the decision alone stands between the client and the worker.
+    asyncio.get_running_loop().call_soon(policy.routed, request, chosen)
     return chosen
