@@ -16,7 +16,7 @@ import numpy
 import pytest
 
 from loadtest.cli import main as loadtest_main
-from loadtest.processes import WorkloadSpec, check, child_seed, interleave, shares, split
+from loadtest.processes import WorkloadSpec, check, child_seed, interleave, run_processes, shares, split
 from loadtest.runner import LoadSpec
 from loadtest.tokens import WordCounter
 from loadtest.workloads import Shape, make_workload
@@ -135,17 +135,36 @@ async def test_two_processes_make_one_run_like_a_single_process_run(
 
 
 async def test_errors_are_counted_across_processes_and_the_first_printed_once(
-    sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sim, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    """capfd: the worker processes' own stderr is captured too, so a failure printed twice would show."""
     good, broken = await sim(itl_ms=1), await sim(itl_ms=1, fail_after_tokens=3)
     urls = f"{good.url}/v1;{broken.url}/v1"  # with 2 processes, each sends to one of them
     load = ["--max-requests", "8", "--concurrency", "2", "--processes", "2", "--show-errors", "2", "--no-plots"]
     assert await asyncio.to_thread(loadtest_main, _argv(urls, tmp_path, *load)) == 0
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     summary, rows = _load(tmp_path)
     assert Counter(r["error_code"] is None for r in rows) == {True: 4, False: 4}
     assert summary["results_number_errors"] == 4 and summary["results_num_completed_requests"] == 4
     assert err.count("request failed") == 2 and broken.url.split("//")[1] in err
+
+
+async def test_rate_mode_spreads_the_arrivals(sim, tmp_path: Path) -> None:
+    server = await sim(itl_ms=1)
+    load = ["--rate", "40", "--max-requests", "10", "--processes", "2", "--no-plots"]
+    assert await asyncio.to_thread(loadtest_main, _argv(f"{server.url}/v1", tmp_path, *load)) == 0
+    summary, rows = _load(tmp_path)
+    assert len(rows) == 10 == server.stats.requests_total and summary["results_num_completed_requests"] == 10
+    assert summary["request_rate"] == 40.0
+
+
+async def test_a_failing_worker_process_is_reported_not_waited_for(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = LoadSpec(urls=["http://127.0.0.1:1/v1/chat/completions"], model="m", concurrency=2, max_requests=2)
+    parts = shares(spec, WorkloadSpec("no-such-workload", SHAPE, None, True, 1), 2)
+    with pytest.raises(RuntimeError, match="no worker process finished"):
+        await asyncio.to_thread(run_processes, parts)
+    err = capsys.readouterr().err
+    assert err.count("unknown workload 'no-such-workload'") == 2 and "worker process 1 failed" in err
 
 
 async def test_too_many_processes_for_the_streams_is_refused(tmp_path: Path, capsys) -> None:
