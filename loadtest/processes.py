@@ -219,8 +219,6 @@ def run_processes(
     # children start with SIGINT ignored (a terminal's Ctrl-C reaches them too): only the parent reacts
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if owns_signals else None
     procs = [ctx.Process(target=_child, args=(p, out, go, stop), name=f"loadtest-{p.index}") for p in parts]
-    for proc in procs:
-        proc.start()
 
     def interrupt(_sig: int, _frame: FrameType | None) -> None:
         if not stop.is_set():
@@ -228,17 +226,20 @@ def run_processes(
         stop.set()
         go.set()
 
-    if owns_signals:
-        signal.signal(signal.SIGINT, interrupt)
     try:
+        for proc in procs:
+            proc.start()
+        if owns_signals:
+            signal.signal(signal.SIGINT, interrupt)
         t0 = _collect(merge, procs, out, go, progress, tick_s)
     finally:
         stop.set()
         go.set()
         for proc in procs:
-            proc.join(30)
-            if proc.is_alive():
-                proc.terminate()
+            if proc.pid is not None:
+                proc.join(30)
+                if proc.is_alive():
+                    proc.terminate()
         if owns_signals:
             signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
     if progress:
