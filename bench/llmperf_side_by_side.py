@@ -43,7 +43,7 @@ def _loadtest_cmd(args: argparse.Namespace, out: Path, index: int) -> list[str]:
         sys.executable, "-m", "loadtest", "--base-url", args.base_url, "--model", args.model,
         "--tokenizer", args.tokenizer, *KNOBS, "--concurrency", str(args.concurrency // args.loadtest_procs),
         "--max-requests", "0", "--timeout", "900", "--results-dir", str(out / f"loadtest{index or ''}"),
-        "--no-plots", "--seed", str(args.seed + index),
+        "--no-plots", "--seed", str(args.seed + index), "--processes", str(args.loadtest_processes),
     ]  # fmt: skip
 
 
@@ -78,6 +78,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=300, help="llmperf's --max-num-completed-requests")
     p.add_argument("--seed", type=int, default=11111, help="loadtest's seed")
     p.add_argument("--loadtest-procs", type=int, default=1, help="split loadtest's streams over N processes")
+    p.add_argument("--loadtest-processes", type=int, default=1, help="loadtest's own --processes (one run, merged)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = Path(args.out).resolve()

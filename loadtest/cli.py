@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from .workloads import WORKLOADS, Shape, make_workload
 
 if TYPE_CHECKING:
-    from .runner import LoadSpec
+    from .progress import Progress
+    from .runner import LoadSpec, RunResult
 
 # aiohttp, rich and matplotlib load only when a load test or a comparison runs, not with every
 # `pd-gateway` command.
@@ -85,6 +86,13 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results-dir", help="write llmperf-layout results and PNG plots here")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--seed", type=int, default=11111)
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="spread the streams (or --rate's arrivals) over N worker processes, merged into one run: "
+        "a CPU-starved single process measures its streams late (llmperf runs a process per stream)",
+    )
     p.add_argument("--show-errors", type=int, default=5, help="print the first N failures")
     p.add_argument("--metadata", default="", help="k=v,k=v added to the summary (as llmperf)")
 
@@ -141,6 +149,7 @@ def _metadata(args: argparse.Namespace, spec: LoadSpec, counter_name: str, start
         "tokenizer": counter_name,
         "warmup": spec.warmup,
         "start_timestamp": start,
+        "num_processes": args.processes,
     }
     for item in filter(None, args.metadata.split(",")):
         k, _, v = item.partition("=")
@@ -149,6 +158,7 @@ def _metadata(args: argparse.Namespace, spec: LoadSpec, counter_name: str, start
 
 
 def run_loadtest(args: argparse.Namespace) -> int:
+    from .processes import check
     from .progress import make_progress
     from .report import print_table, summary_table
     from .results import run_name, summary_document, write_results
@@ -168,9 +178,18 @@ def run_loadtest(args: argparse.Namespace) -> int:
         print(f"pd-gateway loadtest: {exc}", file=sys.stderr)
         return 2
     shape = Shape(args.mean_input_tokens, args.stddev_input_tokens, args.mean_output_tokens, args.stddev_output_tokens)
-    requests = make_workload(args.workload, shape, counter, args.seed, **_workload_options(args))
-    progress = make_progress(spec.max_requests)
-    result = asyncio.run(run_load(spec, requests, progress))
+    if args.processes != 1:
+        if problem := check(spec, args.processes):
+            print(f"pd-gateway loadtest: {problem}", file=sys.stderr)
+            return 2
+        try:
+            result = _run_processes(args, spec, shape, make_progress(spec.max_requests))
+        except RuntimeError as exc:  # every worker process failed; each has said why
+            print(f"pd-gateway loadtest: {exc}", file=sys.stderr)
+            return 1
+    else:
+        requests = make_workload(args.workload, shape, counter, args.seed, **_workload_options(args))
+        result = asyncio.run(run_load(spec, requests, make_progress(spec.max_requests)))
     rows = [request_metrics(r, counter, result.t0) for r in result.records]
     summary = summary_document(
         name := run_name(args.model, args.mean_input_tokens, args.mean_output_tokens),
@@ -186,6 +205,15 @@ def run_loadtest(args: argparse.Namespace) -> int:
             paths += write_plots(args.results_dir, name, [(name, rows)])
         print("results: " + ", ".join(str(p) for p in paths))
     return 0 if summary["results_num_completed_requests"] else 1
+
+
+def _run_processes(args: argparse.Namespace, spec: LoadSpec, shape: Shape, progress: Progress) -> RunResult:
+    from .processes import WorkloadSpec, run_processes, shares
+
+    workload = WorkloadSpec(
+        args.workload, shape, args.tokenizer, not args.no_special_tokens, args.seed, _workload_options(args)
+    )
+    return run_processes(shares(spec, workload, args.processes), spec.show_errors, progress)
 
 
 def run_compare(args: argparse.Namespace) -> int:

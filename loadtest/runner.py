@@ -50,11 +50,37 @@ class RunResult:
         return self.t1 - self.t0
 
 
+def describe_failure(rec: Record) -> str:
+    return f"loadtest: request failed ({rec.url}): {rec.error_code}: {rec.error_msg[:500]}"
+
+
+def snapshot(records: list[Record], total: int | None, t0: float) -> Snapshot:
+    """Progress so far: requests done and failed, token events per second since t0, median TTFT."""
+    ok = [r for r in records if r.ok]
+    ttfts = [r.token_times[0] - r.start for r in ok]
+    events = sum(len(r.token_times) for r in ok)
+    elapsed = max(time.monotonic() - t0, 1e-9)
+    return Snapshot(
+        done=len(ok),
+        errors=len(records) - len(ok),
+        total=total,
+        tokens_per_s=events / elapsed,
+        ttft_p50_s=statistics.median(ttfts) if ttfts else None,
+    )
+
+
 class _Run:
     """Shared state of one phase: what to send next, where, and what came back."""
 
     def __init__(
-        self, spec: LoadSpec, requests: Iterator[Request], limit: int | None, duration_s: float | None, errors: TextIO
+        self,
+        spec: LoadSpec,
+        requests: Iterator[Request],
+        limit: int | None,
+        duration_s: float | None,
+        errors: TextIO,
+        on_record: Callable[[Record], None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
         self.spec = spec
         self._requests = requests
@@ -62,13 +88,15 @@ class _Run:
         self._limit = limit
         self._deadline = time.monotonic() + duration_s if duration_s else None
         self._errors = errors
+        self._on_record = on_record
+        self._stop = stop
         self.started = 0
         self.stopped = False
         self.records: list[Record] = []
         self.error_count = 0
 
     def next_request(self) -> tuple[str, Request] | None:
-        if self.stopped:
+        if self.stopped or (self._stop is not None and self._stop()):
             return None
         if self._limit is not None and self.started >= self._limit:
             return None
@@ -84,14 +112,12 @@ class _Run:
             print("loadtest: the server rejects ignore_eos; sending requests without it", file=self._errors)
             rec = await self._stream(session, url, req)
         self.records.append(rec)
+        if self._on_record is not None:
+            self._on_record(rec)
         if not rec.ok:
             self.error_count += 1
             if self.error_count <= self.spec.show_errors:
-                print(
-                    f"loadtest: request failed ({rec.url}): {rec.error_code}: {rec.error_msg[:500]}",
-                    file=self._errors,
-                    flush=True,
-                )
+                print(describe_failure(rec), file=self._errors, flush=True)
 
     async def _stream(self, session: aiohttp.ClientSession, url: str, req: Request) -> Record:
         body = request_body(req, self.spec.model, self.spec.api, self.spec.extra, self.spec.ignore_eos)
@@ -100,17 +126,7 @@ class _Run:
         )
 
     def snapshot(self, t0: float) -> Snapshot:
-        ok = [r for r in self.records if r.ok]
-        ttfts = [r.token_times[0] - r.start for r in ok]
-        events = sum(len(r.token_times) for r in ok)
-        elapsed = max(time.monotonic() - t0, 1e-9)
-        return Snapshot(
-            done=len(ok),
-            errors=self.error_count,
-            total=self._limit,
-            tokens_per_s=events / elapsed,
-            ttft_p50_s=statistics.median(ttfts) if ttfts else None,
-        )
+        return snapshot(self.records, self._limit, t0)
 
 
 async def _closed_loop(run: _Run, session: aiohttp.ClientSession, streams: int) -> None:
@@ -192,8 +208,12 @@ async def run_load(
     errors: TextIO | None = None,
     tick_s: float = 0.5,
     on_measure: Callable[[], None] | None = None,
+    on_record: Callable[[Record], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> RunResult:
-    """Warm up (unrecorded), then run the measured phase; never raises for a failed request."""
+    """Warm up (unrecorded), then run the measured phase; never raises for a failed request.
+    `on_record` sees each measured record as it completes; `stop`, when given, is asked before every
+    request starts and replaces the Ctrl-C handler (a worker process of `--processes` is stopped by its parent)."""
     err = errors or sys.stderr
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -201,8 +221,8 @@ async def run_load(
             await _phase(spec, session, _Run(spec, requests, spec.warmup, None, err))
         if on_measure:
             on_measure()
-        run = _Run(spec, requests, spec.max_requests, spec.duration_s, err)
-        restore = _stop_on_interrupt(run, err)
+        run = _Run(spec, requests, spec.max_requests, spec.duration_s, err, on_record, stop)
+        restore = _stop_on_interrupt(run, err) if stop is None else (lambda: None)
         t0, t0_unix = time.monotonic(), time.time()
         ticker = asyncio.create_task(_tick(run, t0, progress, tick_s)) if progress else None
         try:
