@@ -263,8 +263,7 @@ async def main_async(args: argparse.Namespace) -> None:
     print(decision_table())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small workloads (a smoke run)")
     parser.add_argument(
         "--only",
@@ -277,9 +276,18 @@ def main() -> None:
         default=DEFAULT_POLICIES,
         help="compared with least_outstanding: comma-separated, each `name[;option=value...]`",
     )
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(main_async(args))
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    run(parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -90,3 +90,14 @@ def test_bench_subcommand_parses() -> None:
     args = parser.parse_args(["bench", "--quick", "--streams", "1,32", "--skip-pd", "--json", "x.json"])
     assert args.func is run_bench
     assert args.quick and args.skip_pd and args.streams == "1,32" and args.json == "x.json"
+    assert args.bench_kind is None  # the relay benchmark, as before `bench routing` existed
+
+
+def test_bench_routing_subcommand_parses() -> None:
+    from bench.cli import add_bench_parser
+
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "routing", "--quick", "--only", "no-sharing", "--setups", "replicas"])
+    assert args.bench_kind == "routing"
+    assert args.quick and args.only == "no-sharing" and args.setups == "replicas"
