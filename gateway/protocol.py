@@ -62,7 +62,7 @@ class GatewayProtocol(HttpToolsProtocol):
     def _wait(self, timeout_s: float) -> None:
         """The next read must come within `timeout_s` (`_deadline = None`: nothing is awaited)."""
         self._deadline = deadline = self.loop.time() + timeout_s
-        if self._timer is not None and self._timer.when() > deadline:  # only ever re-armed later
+        if self._timer is not None and self._timer.when() > deadline:  # due too late: replace it
             self._timer.cancel()
             self._timer = None
         if self._timer is None:
