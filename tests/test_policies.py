@@ -68,6 +68,28 @@ def test_prefix_aware_follows_the_prefix_and_new_prefixes_go_least_loaded() -> N
     assert other is not first
 
 
+@pytest.mark.parametrize("score", ["match", "cost"])
+def test_choices_recorded_a_turn_later_record_each_requests_own_prompt(score: str) -> None:
+    """The balancer runs `routed` a loop turn after `choose`: a second request may choose in
+    between, and each prompt must still be learnt for its own endpoint, hashed once."""
+    eps = endpoints(2)
+    policy = make_policy("prefix_aware", "replica", {"score": score})
+    hashed: list[str] = []
+    names = policy.names
+    policy.names = lambda req: hashed.append(req.prefix_text) or names(req)  # type: ignore[method-assign]
+    a, b = Req("a" * 400), Req("b" * 400)
+    at_a = policy.choose(a, eps)
+    eps[eps.index(at_a)].outstanding = 1
+    at_b = policy.choose(b, eps)
+    assert at_a is not at_b
+    policy.routed(a, at_a)
+    policy.routed(b, at_b)
+    assert hashed == [a.prefix_text, b.prefix_text, a.prefix_text]  # b's names still cached for b
+    for req, chosen, other in ((a, at_a, at_b), (b, at_b, at_a)):
+        chain = names(req)
+        assert policy.view.match(chain, [chosen.url, other.url]) == [len(chain), 0]
+
+
 def test_prefix_aware_ties_on_match_go_to_the_least_loaded_holder() -> None:
     eps = endpoints(3)
     policy = make_policy("prefix_aware", "replica")

@@ -23,6 +23,7 @@ class PrefixAware(PrefixPolicy):
     """Cache-aware choice over an approximate per-endpoint prefix tree of the prompt text."""
 
     name = "prefix_aware"
+    learns = True
 
     def __init__(
         self,
@@ -49,7 +50,5 @@ class PrefixAware(PrefixPolicy):
         text = len(request.prefix_text)
         return request.prompt_tokens * min(1.0, depth * self.chunk / text) if text else 0.0
 
-    def routed(self, request: RoutingRequest, endpoint: Endpoint) -> None:
-        names = self.hashes(request)
-        super().routed(request, endpoint)  # before the view learns the names (the cost estimate)
+    def learn(self, endpoint: Endpoint, names: list[Hashable]) -> None:
         self.view.insert(endpoint.url, names)

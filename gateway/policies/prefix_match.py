@@ -51,6 +51,8 @@ class PrefixPolicy(Policy):
     """Sends a request to the endpoint holding its longest prefix (`view`), unless that endpoint is
     overloaded; a match that covers less than `match_threshold` of the prompt loses to the least loaded."""
 
+    learns = False  # whether `learn` records routed requests (then `routed` needs their names)
+
     def __init__(
         self,
         role: str,
@@ -131,19 +133,33 @@ class PrefixPolicy(Policy):
             return candidates[costs.index(low)]
         return self.score.least([e for e, c in zip(candidates, costs, strict=True) if c == low], self._turn)
 
+    def names_of(self, request: RoutingRequest) -> list[Hashable]:
+        """`request`'s names without touching the cache: the balancer runs `routed` a loop turn
+        after `choose`, so the cache may hold the names of a request that chose in between."""
+        last, names = self._last
+        return names if last is request else self.names(request)
+
+    def learn(self, endpoint: Endpoint, names: list[Hashable]) -> None:
+        """What a policy records of a request routed to `endpoint` (prefix_aware: its names in the
+        view); none by default (precise_prefix learns from the workers' events)."""
+
     def routed(self, request: RoutingRequest, endpoint: Endpoint) -> None:
-        """Call before recording the request's names in the view (the estimate needs the match before it)."""
-        if self.by_cost:
+        names: list[Hashable] | None = None
+        if self.by_cost:  # the estimate needs the match before the view learns the names
             last, candidates, known = self._uncached
+            if last is request:
+                self._uncached = (None, (), [])
             uncached = known[candidates.index(endpoint)] if last is request and endpoint in candidates else None
-            if uncached is None:  # an override, or the endpoint was not a candidate
-                names = self.hashes(request)
+            if uncached is None:  # an override, the endpoint was not a candidate, or another choice came between
+                names = self.names_of(request)
                 depth = self.view.match(names, [endpoint.url])[0] if names else 0
                 uncached = self._uncached_on(request, depth, names)
             self.backlog.record(endpoint.url, uncached)
-            self._uncached = (None, (), [])
         super().routed(request, endpoint)
-        self._last = (None, [])
+        if self.learns:
+            self.learn(endpoint, names if names is not None else self.names_of(request))
+        if self._last[0] is request:  # (only this request's: another's is still to be routed)
+            self._last = (None, [])
 
     def forget(self, endpoint: Endpoint) -> None:
         self.view.forget(endpoint.url)
