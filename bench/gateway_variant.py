@@ -47,14 +47,11 @@ def config(listen: int, upstream: int, telemetry: str) -> dict:
     return out
 
 
-def _serve_argv(checkout: str | None) -> list[str]:
-    """This checkout's `pd-gateway serve`, or the baseline's (older trees had it in gateway.cli)."""
-    if checkout is None:
-        return [sys.executable, "-m", "pdcli", "serve"]
-    os.chdir(checkout)
-    os.environ["PYTHONPATH"] = checkout
-    module = "pdcli" if os.path.isdir(os.path.join(checkout, "pdcli")) else "gateway.cli"
-    return [sys.executable, "-m", module, "serve"]
+def _serve_module(checkout: str | None) -> str:
+    """The module of `pd-gateway serve` in this checkout or the baseline (older trees: gateway.cli)."""
+    if checkout is None or os.path.isdir(os.path.join(checkout, "pdcli")):
+        return "pdcli"
+    return "gateway.cli"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -69,8 +66,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     fd, path = tempfile.mkstemp(prefix="pd-gateway-variant-", suffix=".yaml")
     os.write(fd, (json.dumps(config(args.listen, args.upstream, args.telemetry)) + "\n").encode())
     os.close(fd)
-    argv = _serve_argv(args.checkout)
-    os.execv(argv[0], [*argv, "--config", path])
+    env = dict(os.environ)
+    if args.checkout:  # `-m` imports from the working directory first: the baseline's packages
+        os.chdir(args.checkout)
+        env["PYTHONPATH"] = args.checkout
+    os.execve(sys.executable, [sys.executable, "-m", _serve_module(args.checkout), "serve", "--config", path], env)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ and the tree's memory per block (tracemalloc).
     python -m bench.routing_decision [--chunks 64,256] [--scores match,cost]
 
 Times are thread CPU (what this process spent, not time it was preempted) and wall clock,
-of `choose` alone and of `choose` + `routed` (recording the prompt in the tree), which the
-gateway runs one after the other for every request.
+of `choose` alone (what delays a request) and of `choose` + `routed` (recording the prompt in
+the tree, which the gateway runs in the loop turn after the request was sent): the CPU a routed
+request costs in all.
 """
 
 from __future__ import annotations
