@@ -24,7 +24,7 @@ from gateway.config import Limits
 from gateway.policies import Policy, make_policy
 from gateway.pool import Endpoint
 from gateway.requests import ApiRequest, parse_request
-from workers.sim.engine import completion_text, render_chat
+from workers.sim.engine import completion_text, render_chat, with_reply
 from workers.sim.prefix_cache import PrefixCache, tokenize
 
 from .routing import DEFAULT_POLICIES, SIM, _table, policy_config, workloads
@@ -47,7 +47,7 @@ class Worker:
         start = max(now, self.free_at)
         self.free_at = start + (SIM["ttft_ms"] + SIM["prefill_ms_per_token"] * computed) / 1000
         if SIM["prefix_cache_outputs"]:  # the sim caches the reply once its prefill is done
-            self.cache.store(tokenize(prompt + "\nassistant: " + completion_text(prompt, 0, body["max_tokens"])))
+            self.cache.store(tokenize(with_reply(prompt, completion_text(prompt, 0, body["max_tokens"]))))
         self.served += 1
         return self.free_at
 

@@ -123,6 +123,12 @@ def render_chat(messages: list[dict[str, Any]]) -> str:
     return "\n".join(f"{m.get('role')}: {_content_text(m.get('content'))}" for m in messages)
 
 
+def with_reply(prompt: str, reply: str, chat: bool = True) -> str:
+    """`prompt` followed by the reply generated for it, as the next request re-sends them (a chat:
+    rendered as render_chat renders an assistant message)."""
+    return f"{prompt}\n{render_chat([{'role': 'assistant', 'content': reply}])}" if chat else prompt + reply
+
+
 def block_ids(prompt_tokens: int, start: int) -> list[int]:
     return list(range(start, start + (prompt_tokens + BLOCK_SIZE - 1) // BLOCK_SIZE))
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, unquote
 
 from .api import ApiError, GenRequest, fingerprint, parse_body, parse_request
 from .config import SimConfig
-from .engine import KVEntry, KVStore, SimStats, block_ids, token_text
+from .engine import KVEntry, KVStore, SimStats, block_ids, token_text, with_reply
 from .generate import TokenStream, respond_full
 from .httpserver import HttpConnection, Request
 from .metrics import CONTENT_TYPE, new_registry, render
@@ -287,9 +287,8 @@ class SimServer:
     def _cache_outputs(self, g: GenRequest, choices: Choices) -> None:
         """vLLM caches the blocks of the tokens it generates too: a chat's next turn, which re-sends
         this reply after the prompt (render_chat's `assistant:` line), finds them here."""
-        head = "\nassistant: " if g.chat else ""
         for c in range(g.num_choices):
-            self.prefix_cache.store(tokenize(g.prompt_of(c) + head + choices.text(c)))
+            self.prefix_cache.store(tokenize(with_reply(g.prompt_of(c), choices.text(c), g.chat)))
 
     def _kv_entry(self, g: GenRequest, key: str) -> KVEntry:
         firsts = [token_text(g.prompt_of(c), g.sample_index(c), 0) for c in range(g.num_choices)]
