@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -68,7 +69,8 @@ def report(pair: Pair) -> None:
     print(f"{'metric (mean +- std. error)':24} {'llmperf':>22} {'loadtest':>22} {'ratio':>6} {'z':>6}")
     for m in METRICS:
         (a, sa), (b, sb) = _mean_se([r[m] for r in pair.llmperf]), _mean_se([r[m] for r in pair.loadtest])
-        z = (b - a) / (sa**2 + sb**2) ** 0.5
+        se = (sa**2 + sb**2) ** 0.5
+        z = (b - a) / se if se else 0.0 if a == b else math.copysign(math.inf, b - a)  # e.g. a fixed input length
         print(f"{m:24} {a:>11.5g} +- {sa:<7.2g} {b:>11.5g} +- {sb:<7.2g} {b / a:>6.3f} {z:>6.2f}")
     a, b = (statistics.median(r[TTFT] for r in rows) for rows in (pair.llmperf, pair.loadtest))
     print(f"{'p50 ' + TTFT:24} {a:>22.5g} {b:>22.5g} {b / a:>6.3f}")

@@ -24,16 +24,20 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-KNOBS = ("--mean-input-tokens", "150", "--stddev-input-tokens", "30", "--mean-output-tokens", "100")
-KNOBS += ("--stddev-output-tokens", "20")
+SHAPE = {"mean_input_tokens": 150, "stddev_input_tokens": 30, "mean_output_tokens": 100, "stddev_output_tokens": 20}
+
+
+def _knobs(args: argparse.Namespace) -> list[str]:
+    """The flags both tools spell the same way: the request shape and the extra sampling parameters."""
+    shape = [(f"--{name.replace('_', '-')}", str(getattr(args, name))) for name in SHAPE]
+    return [*(part for pair in shape for part in pair), "--additional-sampling-params", args.sampling_params]
 
 
 def _llmperf_cmd(args: argparse.Namespace, out: Path) -> list[str]:
     return [
-        args.llmperf_python, "token_benchmark_ray.py", "--model", args.model, *KNOBS,
+        args.llmperf_python, "token_benchmark_ray.py", "--model", args.model, *_knobs(args),
         "--num-concurrent-requests", str(args.concurrency), "--max-num-completed-requests", str(args.requests),
-        "--timeout", "900", "--additional-sampling-params", '{"ignore_eos": true}',
-        "--results-dir", str(out / "llmperf"), "--llm-api", "openai",
+        "--timeout", "900", "--results-dir", str(out / "llmperf"), "--llm-api", "openai",
     ]  # fmt: skip
 
 
@@ -41,7 +45,8 @@ def _loadtest_cmd(args: argparse.Namespace, out: Path, index: int) -> list[str]:
     """Process `index` of --loadtest-procs (each its share of the streams, its own seed and results dir)."""
     return [
         sys.executable, "-m", "loadtest", "--base-url", args.base_url, "--model", args.model,
-        "--tokenizer", args.tokenizer, *KNOBS, "--concurrency", str(args.concurrency // args.loadtest_procs),
+        "--tokenizer", args.tokenizer, *_knobs(args), "--no-ignore-eos",
+        "--concurrency", str(args.concurrency // args.loadtest_procs),
         "--max-requests", "0", "--timeout", "900", "--results-dir", str(out / f"loadtest{index or ''}"),
         "--no-plots", "--seed", str(args.seed + index), "--processes", str(args.loadtest_processes),
     ]  # fmt: skip
@@ -79,6 +84,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=11111, help="loadtest's seed")
     p.add_argument("--loadtest-procs", type=int, default=1, help="split loadtest's streams over N processes")
     p.add_argument("--loadtest-processes", type=int, default=1, help="loadtest's own --processes (one run, merged)")
+    for name, default in SHAPE.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    p.add_argument(
+        "--sampling-params", default='{"ignore_eos": true}', help="JSON both tools add to every request body"
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args()
     out = Path(args.out).resolve()
