@@ -85,7 +85,12 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--results-dir", help="write llmperf-layout results and PNG plots here")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--seed", type=int, default=11111)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=11111,
+        help="prompts and lengths are drawn from it: the same seed sends the same prompts (a prefix cache remembers)",
+    )
     p.add_argument(
         "--processes",
         type=int,
