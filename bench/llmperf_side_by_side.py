@@ -27,10 +27,17 @@ from typing import IO, Any
 SHAPE = {"mean_input_tokens": 150, "stddev_input_tokens": 30, "mean_output_tokens": 100, "stddev_output_tokens": 20}
 
 
+def shape_flag(name: str) -> str:
+    """The command-line flag of a SHAPE entry, spelt the same by llmperf, loadtest and this script."""
+    return "--" + name.replace("_", "-")
+
+
 def _knobs(args: argparse.Namespace) -> list[str]:
     """The flags both tools spell the same way: the request shape and the extra sampling parameters."""
-    shape = [(f"--{name.replace('_', '-')}", str(getattr(args, name))) for name in SHAPE]
-    return [*(part for pair in shape for part in pair), "--additional-sampling-params", args.sampling_params]
+    knobs: list[str] = []
+    for name in SHAPE:
+        knobs += [shape_flag(name), str(getattr(args, name))]
+    return [*knobs, "--additional-sampling-params", args.sampling_params]
 
 
 def _llmperf_cmd(args: argparse.Namespace, out: Path) -> list[str]:
@@ -85,7 +92,7 @@ def main() -> int:
     p.add_argument("--loadtest-procs", type=int, default=1, help="split loadtest's streams over N processes")
     p.add_argument("--loadtest-processes", type=int, default=1, help="loadtest's own --processes (one run, merged)")
     for name, default in SHAPE.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+        p.add_argument(shape_flag(name), type=int, default=default)
     p.add_argument(
         "--sampling-params", default='{"ignore_eos": true}', help="JSON both tools add to every request body"
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.llmperf_compare import Pair, report
-from bench.llmperf_side_by_side import SHAPE, _llmperf_cmd, _loadtest_cmd
+from bench.llmperf_side_by_side import SHAPE, _llmperf_cmd, _loadtest_cmd, shape_flag
 
 
 def _flags(cmd: list[str]) -> dict[str, str]:
@@ -24,12 +24,13 @@ def test_both_tools_get_the_same_request_shape_and_sampling_params(tmp_path: Pat
         requests=200, seed=1, loadtest_procs=1, loadtest_processes=1, sampling_params=sampling,
         mean_input_tokens=1024, stddev_input_tokens=0, mean_output_tokens=100, stddev_output_tokens=10,
     )  # fmt: skip
-    llmperf, loadtest = _flags(_llmperf_cmd(args, tmp_path)), _flags(_loadtest_cmd(args, tmp_path, 0))
-    for name in [f"--{n.replace('_', '-')}" for n in SHAPE] + ["--additional-sampling-params"]:
+    loadtest_cmd = _loadtest_cmd(args, tmp_path, 0)
+    llmperf, loadtest = _flags(_llmperf_cmd(args, tmp_path)), _flags(loadtest_cmd)
+    for name in [*map(shape_flag, SHAPE), "--additional-sampling-params"]:
         assert llmperf[name] == loadtest[name], name
     assert loadtest["--mean-input-tokens"] == "1024" and loadtest["--additional-sampling-params"] == sampling
     # loadtest adds ignore_eos by itself unless told not to: llmperf's body has only what the params say
-    assert "--no-ignore-eos" in _loadtest_cmd(args, tmp_path, 0)
+    assert "--no-ignore-eos" in loadtest_cmd
 
 
 def test_comparison_of_a_fixed_input_length_reads_no_difference(capsys: pytest.CaptureFixture[str]) -> None:
