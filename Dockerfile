@@ -1,12 +1,14 @@
 # The gateway: `docker build -t pd-gateway:0.1.0 .` (deploy/k8s/base names this image).
-# Slim and non-root; no vLLM, no torch: the gateway only routes.
+# Slim and non-root; no vLLM, no torch: the gateway only routes. The k8s extra: pod discovery.
+# scripts/user_path.py builds a wheel from exactly these COPY lines and runs the entrypoint.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway gateway
 COPY workers workers
-COPY bench bench
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+COPY pdcli pdcli
+COPY loadtest loadtest
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[k8s]'
 
 FROM python:3.11-slim
 RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin gateway

@@ -4,7 +4,6 @@ the gateway, side by side, with the gateway's added latency and CPU cost per rel
     python -m bench.relay                      # full run (about 9 minutes)
     python -m bench.relay --quick              # small numbers (under a minute)
     python -m bench.relay --streams 1,32 --skip-pd --json out.json
-    pd-gateway bench ...                       # the same
 
 Layout (2 cores): the gateway is a `pd-gateway serve --config FILE` subprocess pinned to
 --gateway-cpu (0); the simulated workers (`python -m workers.sim` subprocesses) and this

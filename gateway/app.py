@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,13 +19,15 @@ from .admin import admin_routes
 from .auth import authorization_of, check_access, check_key
 from .config import GatewayConfig
 from .dashboard import dashboard_routes
-from .discovery.runner import Discovery
 from .errors import GatewayError, envelope, internal_error, render
 from .gateway import Gateway
 from .handler import Handler
 from .routes import ROUTES
 from .telemetry import CONTENT_TYPE_LATEST
 from .writer import AsgiWriter
+
+if TYPE_CHECKING:
+    from .discovery.runner import Discovery
 
 log = logging.getLogger("pd_gateway")
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
@@ -63,13 +66,23 @@ class FastPath:
         await self.app(scope, receive, send)
 
 
+def _discovery(gateway: Gateway) -> Discovery | None:
+    """Pod watchers for the pools with `discovery:`, started; lightkube loads only for them."""
+    if all(pool.config.discovery is None for pool in gateway.pools):
+        return None
+    from .discovery.runner import Discovery
+
+    discovery = Discovery(gateway.pools, check=gateway.health.check)
+    discovery.start()
+    return discovery
+
+
 def create_app(config: GatewayConfig) -> FastPath:
     gateway = Gateway(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        discovery = Discovery(gateway.pools, check=gateway.health.check)
-        discovery.start()
+        discovery = _discovery(gateway)
         await gateway.health.check_all()
         tasks = [asyncio.create_task(gateway.health.run()), asyncio.create_task(gateway.watchdog.run())]
         tasks += [asyncio.create_task(job) for job in gateway.background()]
@@ -78,7 +91,8 @@ def create_app(config: GatewayConfig) -> FastPath:
         finally:
             for task in tasks:
                 task.cancel()
-            await discovery.stop()
+            if discovery is not None:
+                await discovery.stop()
             await gateway.upstream.close()
 
     docs = config.auth.docs != "off"

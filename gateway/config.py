@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .discovery.config import KubernetesDiscovery
+from .extras import check_extra
 from .policy_config import LeastOutstandingConfig, PolicyConfig
 
 
@@ -132,7 +133,10 @@ class PoolConfig(_Strict):
 
     @model_validator(mode="after")
     def _shape(self) -> PoolConfig:
+        if any(self.policy_for(role).name == "precise_prefix" for role in ("replica", "prefill", "decode")):
+            check_extra("precise", "policy precise_prefix")
         if self.discovery is not None:
+            check_extra("k8s", "Kubernetes discovery")
             if self.workers or self.prefill or self.decode:
                 raise ValueError("a pool with 'discovery' lists no 'workers', 'prefill' or 'decode' URLs")
             if self.kind == "pd" and self.protocol is None:

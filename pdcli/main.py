@@ -1,4 +1,4 @@
-"""`pd-gateway`: serve, plan, up, bench, loadtest."""
+"""`pd-gateway`: serve, plan, up, loadtest."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from gateway.extras import missing_extra
+
 from .serve import add_serve_parser, run_serve
 
 Command = Callable[[argparse.Namespace], int]
+
+# `pd-gateway loadtest` needs the `loadtest` extra; these are the modules it brings.
+LOADTEST_MODULES = ("aiohttp", "rich", "matplotlib", "tokenizers")
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
@@ -16,7 +21,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(sub)
     commands: dict[str, Command] = {}
-    # Each command's own imports wait until it runs: `plan` needs no uvicorn.
+    # Building a parser imports no command's dependencies: each loads them when it runs.
     from workers.plan.cli import add_plan_parser, run_plan
 
     add_plan_parser(sub)
@@ -25,15 +30,24 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
 
     add_up_parser(sub)
     commands["up"] = run_up
-    from bench.cli import add_bench_parser, run_bench
-
-    add_bench_parser(sub)
-    commands["bench"] = run_bench
     from loadtest import cli as loadtest_cli
 
     loadtest_cli.add_parser(sub)
-    commands["loadtest"] = loadtest_cli.run
+    commands["loadtest"] = _needs_extra("loadtest", LOADTEST_MODULES, loadtest_cli.run)
     return parser, commands
+
+
+def _needs_extra(extra: str, modules: tuple[str, ...], command: Command) -> Command:
+    """`command`, or one line naming the extra to install and exit status 2 when it is missing."""
+
+    def run(args: argparse.Namespace) -> int:
+        line = missing_extra(extra, modules, f"pd-gateway {args.command}")
+        if line is not None:
+            print(f"pd-gateway: {line}", file=sys.stderr)
+            return 2
+        return command(args)
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: builds .venv (the real vLLM CPU stack
+# The whole test suite on a fresh machine: walks the user's path, builds .venv (the real vLLM CPU stack
 # included, so the `real` tier runs instead of skipping), then runs pytest.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -m "not real"`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# A new user's path first: README's set-up command from a plain install, every subcommand,
+# one request to each pool, and each Dockerfile's wheel with its entrypoint.
+python3 scripts/user_path.py
 scripts/real-env.sh .venv
 .venv/bin/python -m pip install --disable-pip-version-check -q -e '.[test]' torch==2.13.0
 # tests/test_k8s_manifests.py renders deploy/k8s with `kubectl kustomize`: it fails, never skips, without it.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -80,24 +79,3 @@ def test_bench_relay_tiny_run(tmp_path: Path) -> None:
             assert ph["chunks"] == 9 * sc["requests"], (sc["kind"], phase, ph["chunks"])
             assert ph["ttft_p50_ms"] > 0 and ph["itl_p50_ms"] > 0
         assert sc["gateway_cpu_s_per_1k_chunks"] >= 0
-
-
-def test_bench_subcommand_parses() -> None:
-    from bench.cli import add_bench_parser, run_bench
-
-    parser = argparse.ArgumentParser()
-    add_bench_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "--quick", "--streams", "1,32", "--skip-pd", "--json", "x.json"])
-    assert args.func is run_bench
-    assert args.quick and args.skip_pd and args.streams == "1,32" and args.json == "x.json"
-    assert args.bench_kind is None  # the relay benchmark, as before `bench routing` existed
-
-
-def test_bench_routing_subcommand_parses() -> None:
-    from bench.cli import add_bench_parser
-
-    parser = argparse.ArgumentParser()
-    add_bench_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "routing", "--quick", "--only", "no-sharing", "--setups", "replicas"])
-    assert args.bench_kind == "routing"
-    assert args.quick and args.only == "no-sharing" and args.setups == "replicas"
