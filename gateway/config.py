@@ -158,7 +158,7 @@ class PoolConfig(_Strict):
 
 
 class Tuning(_Strict):
-    """Interpreter tuning, opt-in (bench/README.md has the measurements)."""
+    """Interpreter tuning, opt-in (bench/results/relay.md has the measurements)."""
 
     # Re-execute `pd-gateway serve` with its heap on transparent huge pages (glibc malloc).
     huge_pages: bool = False

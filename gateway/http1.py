@@ -2,7 +2,7 @@
 
 It exists for the relay's hot path: a worker's body bytes reach the consumer from
 `data_received` itself, with no task wake-up or async-generator step per chunk
-(aiohttp costs both; see bench/README). A consumer that cannot take more returns a
+(aiohttp costs both; see bench/results/relay.md). A consumer that cannot take more returns a
 future, and the connection stops reading until it is done: backpressure to the worker.
 """
 

@@ -2,7 +2,7 @@
 
 A gateway that waits between requests finds its memory cold when the next one comes: on the
 VM this project is benchmarked on, a read of a page not touched for 300 ms costs 2-6 us (14 ns
-warm; bench/README, "Cold memory"), and one request touches hundreds of the heap's pages.
+warm; bench/results/relay.md, "Cold memory"), and one request touches hundreds of the heap's pages.
 With the heap on 2 MiB pages the same request touches a few of them, which halved the added
 first-token time there. CPython's own allocator takes 1 MiB arenas, too small for a huge page,
 so the heap goes to glibc's malloc (PYTHONMALLOC=malloc), told to ask for huge pages
