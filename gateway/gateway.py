@@ -81,5 +81,5 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        """At least one pool can serve (each of its roles has a healthy endpoint)."""
+        """At least one pool can serve (each of its roles has a healthy, undrained endpoint)."""
         return any(pool.ready for pool in self.pools)

@@ -1,0 +1,28 @@
+"""Edge bounds (issue 23): every resource has an owner and a bound, every odd input a clean answer."""
+
+from __future__ import annotations
+
+from tests.conftest import wait_until
+
+ADMIN = "adm"
+
+
+async def _replicas(sim, gateway, count: int = 1, **sections):
+    sims = [await sim() for _ in range(count)]
+    gw = await gateway([{"name": "dp", "workers": [s.url for s in sims]}], **sections)
+    return sims, gw
+
+
+async def test_ready_is_503_once_every_worker_is_drained(sim, gateway, client):
+    sims, gw = await _replicas(sim, gateway, 2, auth={"admin_keys": [ADMIN]})
+    await wait_until(lambda: gw.gateway.ready)
+    assert (await client.get(f"{gw.url}/ready")).status_code == 200
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    for s in sims:
+        resp = await client.post(f"{gw.url}/admin/workers/drain", json={"url": s.url}, headers=admin)
+        assert resp.status_code == 200, resp.text
+    resp = await client.get(f"{gw.url}/ready")
+    assert resp.status_code == 503
+    assert resp.json() == {"ready": False, "pools": {"dp": False}}
+    await client.post(f"{gw.url}/admin/workers/undrain", json={"url": sims[0].url}, headers=admin)
+    assert (await client.get(f"{gw.url}/ready")).status_code == 200
