@@ -108,18 +108,18 @@ def _add_status_routes(app: FastAPI, gateway: Gateway) -> None:
             return render(err)
         return JSONResponse({"object": "list", "data": gateway.model_cards()})
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD, as GET without the body: probes
     async def health() -> JSONResponse:
         """Liveness: the process serves HTTP."""
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready")
+    @app.api_route("/ready", methods=["GET", "HEAD"])
     async def ready() -> JSONResponse:
         """Readiness: at least one pool can serve; each pool's own state is in the body."""
         pools = {p.name: p.ready for p in gateway.pools}
         return JSONResponse({"ready": gateway.ready, "pools": pools}, 200 if gateway.ready else 503)
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics(request: Request) -> Response:
         try:
             check_access(auth.metrics, auth, authorization_of(request.scope["headers"]), "metrics")

@@ -26,3 +26,13 @@ async def test_ready_is_503_once_every_worker_is_drained(sim, gateway, client):
     assert resp.json() == {"ready": False, "pools": {"dp": False}}
     await client.post(f"{gw.url}/admin/workers/undrain", json={"url": sims[0].url}, headers=admin)
     assert (await client.get(f"{gw.url}/ready")).status_code == 200
+
+
+async def test_probes_answer_head_like_get_without_a_body(sim, gateway, client):
+    _, gw = await _replicas(sim, gateway)
+    await wait_until(lambda: gw.gateway.ready)
+    for path in ("/health", "/ready", "/metrics"):
+        got, head = await client.get(gw.url + path), await client.head(gw.url + path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
