@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from tests.conftest import wait_until
 
 ADMIN = "adm"
@@ -36,3 +40,21 @@ async def test_probes_answer_head_like_get_without_a_body(sim, gateway, client):
         assert head.status_code == got.status_code == 200, path
         assert head.content == b""
         assert head.headers["content-type"] == got.headers["content-type"]
+
+
+async def _exchange(port: int, request: bytes) -> bytes:
+    """Send `request` on a fresh connection and read until the gateway closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    try:
+        return await asyncio.wait_for(reader.read(-1), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("size", [65 * 1024, 100 * 1024])
+async def test_a_head_just_over_the_bound_gets_431(sim, gateway, size):
+    _, gw = await _replicas(sim, gateway)
+    head = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nx-big: " + b"v" * size + b"\r\ncontent-length: 2\r\n\r\n{}"
+    answer = await _exchange(gw.port, head)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
