@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -58,3 +59,16 @@ async def test_a_head_just_over_the_bound_gets_431(sim, gateway, size):
     head = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\nx-big: " + b"v" * size + b"\r\ncontent-length: 2\r\n\r\n{}"
     answer = await _exchange(gw.port, head)
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+
+
+async def test_a_huge_model_name_is_echoed_cut_in_the_404_and_the_access_line(sim, gateway, client, caplog):
+    caplog.set_level(logging.INFO)
+    _, gw = await _replicas(sim, gateway)
+    model = "m" * 1_000_000
+    resp = await client.post(f"{gw.url}/v1/completions", json={"model": model, "prompt": "x"})
+    assert resp.status_code == 404
+    assert len(resp.content) < 2000
+    assert "more)" in resp.json()["error"]["message"]
+    await wait_until(lambda: any(r.name == "pd_gateway.access" for r in caplog.records))
+    logged = sum(len(r.getMessage()) for r in caplog.records)
+    assert logged < 5000, logged
