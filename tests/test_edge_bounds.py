@@ -72,3 +72,16 @@ async def test_a_huge_model_name_is_echoed_cut_in_the_404_and_the_access_line(si
     await wait_until(lambda: any(r.name == "pd_gateway.access" for r in caplog.records))
     logged = sum(len(r.getMessage()) for r in caplog.records)
     assert logged < 5000, logged
+
+
+async def test_prompts_times_n_is_bounded_in_the_openai_envelope(sim, gateway, client):
+    _, gw = await _replicas(sim, gateway)  # limits.max_sequences: 256
+    await wait_until(lambda: gw.gateway.ready)
+    url = f"{gw.url}/v1/completions"
+    resp = await client.post(url, json={"model": "sim-model", "prompt": ["a"] * 33, "n": 8, "max_tokens": 1})
+    assert resp.status_code == 400, resp.text[:300]
+    error = resp.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == ("too_many_sequences", "n", "invalid_request_error")
+    ok = await client.post(url, json={"model": "sim-model", "prompt": ["a"] * 32, "n": 8, "max_tokens": 1})
+    assert ok.status_code == 200, ok.text[:300]
+    assert len(ok.json()["choices"]) == 256
