@@ -129,6 +129,11 @@ def parse_request(route: Route, raw: bytes, limits: Limits, session_header: str 
 
 
 def _load(raw: bytes) -> dict:
+    encoding = json.detect_encoding(raw)
+    if encoding != "utf-8":  # json.loads would take UTF-16/32 and a BOM; workers and RFC 8259 do not
+        raise bad_request(
+            f"request body must be UTF-8 JSON without a byte order mark, not {encoding}", code="invalid_json"
+        )
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:

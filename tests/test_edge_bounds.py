@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -85,3 +86,15 @@ async def test_prompts_times_n_is_bounded_in_the_openai_envelope(sim, gateway, c
     ok = await client.post(url, json={"model": "sim-model", "prompt": ["a"] * 32, "n": 8, "max_tokens": 1})
     assert ok.status_code == 200, ok.text[:300]
     assert len(ok.json()["choices"]) == 256
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-32-be", "utf-8-sig"])
+async def test_json_bodies_must_be_utf8(sim, gateway, client, encoding):
+    p = await sim(role="prefill", kv_protocol="nixl")
+    d = await sim(role="decode", kv_protocol="nixl", kv_peers=[p.url])
+    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}])
+    await wait_until(lambda: gw.gateway.ready)
+    body = json.dumps({"model": "sim-model", "prompt": "hi \\ud800", "max_tokens": 2}).encode(encoding)
+    resp = await client.post(f"{gw.url}/v1/completions", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 400, resp.text[:300]
+    assert resp.json()["error"]["code"] == "invalid_json"
