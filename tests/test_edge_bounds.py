@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from tests.conftest import wait_until
+from tests.faulty import FaultyWorker
 
 ADMIN = "adm"
 
@@ -98,3 +99,36 @@ async def test_json_bodies_must_be_utf8(sim, gateway, client, encoding):
     resp = await client.post(f"{gw.url}/v1/completions", content=body, headers={"content-type": "application/json"})
     assert resp.status_code == 400, resp.text[:300]
     assert resp.json()["error"]["code"] == "invalid_json"
+
+
+def _http_answer(body: bytes, content_type: bytes = b"application/json", status: bytes = b"200 OK") -> bytes:
+    return b"HTTP/1.1 %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s" % (status, content_type, len(body), body)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_nonsense_usage_numbers_count_as_absent(gateway, client, caplog, stream):
+    caplog.set_level(logging.INFO, logger="pd_gateway.access")
+    usage = b'{"prompt_tokens": -5, "completion_tokens": 1%s, "total_tokens": 3}' % (b"0" * 400)
+    if stream:
+        events = b'data: {"choices": [{"index": 0, "text": "hi"}], "usage": %s}\n\ndata: [DONE]\n\n' % usage
+        answer = _http_answer(events, b"text/event-stream")
+    else:
+        answer = _http_answer(b'{"choices": [{"index": 0, "text": "hi"}], "usage": %s}' % usage)
+    w = await FaultyWorker("scripted", [answer]).start()
+    try:
+        gw = await gateway([{"name": "dp", "workers": [w.url]}])
+        await wait_until(lambda: gw.gateway.ready)
+        body = {"model": "sim-model", "prompt": "x", "stream": stream}
+        resp = await client.post(f"{gw.url}/v1/completions", json=body)
+        assert resp.status_code == 200
+        lines = await _access_lines(caplog)
+        assert "status=200" in lines[0] and "prompt_tokens" not in lines[0] and "completion_tokens" not in lines[0]
+        metrics = (await client.get(f"{gw.url}/metrics")).text
+        assert "pd_gateway_requests_total{" in metrics
+    finally:
+        await w.close()
+
+
+async def _access_lines(caplog) -> list[str]:
+    await wait_until(lambda: any(r.name == "pd_gateway.access" for r in caplog.records))
+    return [r.getMessage() for r in caplog.records if r.name == "pd_gateway.access"]
