@@ -132,3 +132,29 @@ async def test_nonsense_usage_numbers_count_as_absent(gateway, client, caplog, s
 async def _access_lines(caplog) -> list[str]:
     await wait_until(lambda: any(r.name == "pd_gateway.access" for r in caplog.records))
     return [r.getMessage() for r in caplog.records if r.name == "pd_gateway.access"]
+
+
+ANSWER = b'{"choices": [{"index": 0, "text": "hi"}]}'
+CONTINUE_THEN_OK = [b"HTTP/1.1 100 Continue\r\n\r\n" + _http_answer(ANSWER)]
+REDIRECT = [b"HTTP/1.1 302 Found\r\nlocation: http://elsewhere/\r\ncontent-length: 5\r\n\r\nmoved"]
+MANY_HEADERS = [_http_answer(ANSWER).replace(b"\r\n", b"\r\n" + b"".join(b"x-%d: v\r\n" % i for i in range(10_000)), 1)]
+HUGE_HEADER = [b"HTTP/1.1 200 OK\r\nx-big: ", b"v" * 1_000_000, b""]  # then it stalls
+
+
+@pytest.mark.parametrize(
+    ("script", "status"), [(CONTINUE_THEN_OK, 200), (REDIRECT, 502), (MANY_HEADERS, 502), (HUGE_HEADER, 502)]
+)
+async def test_a_workers_interim_redirect_or_endless_head_does_not_reach_the_client(gateway, client, script, status):
+    w = await FaultyWorker("scripted", script).start()
+    try:
+        gw = await gateway([{"name": "dp", "workers": [w.url]}], retries={"attempts": 0})
+        await wait_until(lambda: gw.gateway.ready)
+        resp = await client.post(f"{gw.url}/v1/completions", json={"model": "sim-model", "prompt": "x"})
+        assert resp.status_code == status, resp.text[:300]
+        if status == 200:
+            assert resp.content == ANSWER
+        else:
+            assert resp.json()["error"]["type"] == "upstream_error"
+            assert "location" not in resp.headers
+    finally:
+        await w.close()
