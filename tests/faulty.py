@@ -14,11 +14,12 @@ MODELS = json.dumps({"object": "list", "data": [{"id": "sim-model", "object": "m
 
 
 class FaultyWorker:
-    def __init__(self, behaviour: Behaviour, script: list[bytes] | None = None) -> None:
-        """`scripted`: the API answer is `script`'s parts, written one by one with a drain between
-        them; an empty part is a pause (the worker then waits for ever)."""
+    def __init__(self, behaviour: Behaviour, script: list[bytes] | None = None, gap_s: float = 0.0) -> None:
+        """`scripted`: the API answer is `script`'s parts, written one by one `gap_s` apart; an
+        empty part is a pause (the worker then waits for ever)."""
         self.behaviour = behaviour
         self.script = script or []
+        self.gap_s = gap_s
         self.server: asyncio.Server | None = None
         self.api_requests = 0
         self._handlers: set[asyncio.Task] = set()
@@ -79,6 +80,8 @@ class FaultyWorker:
                     await asyncio.sleep(3600)
                 writer.write(part)
                 await writer.drain()
+                if self.gap_s:
+                    await asyncio.sleep(self.gap_s)
         elif self.behaviour == "silent":
             await asyncio.sleep(3600)
         elif self.behaviour == "headers-then-silent":

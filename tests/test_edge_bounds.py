@@ -158,3 +158,20 @@ async def test_a_workers_interim_redirect_or_endless_head_does_not_reach_the_cli
             assert "location" not in resp.headers
     finally:
         await w.close()
+
+
+async def test_a_worker_dripping_bytes_without_an_event_hits_the_first_byte_deadline(gateway, client):
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    drip = [b"1\r\n%c\r\n" % c for c in b"data: {" * 20]  # 140 bytes, 50 ms apart: never a whole event
+    w = await FaultyWorker("scripted", [head, *drip], gap_s=0.05).start()
+    try:
+        gw = await gateway(
+            [{"name": "dp", "workers": [w.url]}], timeouts={"first_byte_s": 0.5}, retries={"attempts": 0}
+        )
+        await wait_until(lambda: gw.gateway.ready)
+        body = {"model": "sim-model", "prompt": "x", "stream": True}
+        resp = await client.post(f"{gw.url}/v1/completions", json=body)
+        assert resp.status_code == 504, resp.text[:300]
+        assert resp.json()["error"]["code"] == "timeout"
+    finally:
+        await w.close()
