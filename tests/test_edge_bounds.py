@@ -175,3 +175,13 @@ async def test_a_worker_dripping_bytes_without_an_event_hits_the_first_byte_dead
         assert resp.json()["error"]["code"] == "timeout"
     finally:
         await w.close()
+
+
+async def test_a_deeply_nested_admin_body_is_a_400(sim, gateway, client):
+    _, gw = await _replicas(sim, gateway, auth={"admin_keys": [ADMIN]})
+    nested = b'{"url": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    resp = await client.post(
+        f"{gw.url}/admin/workers/drain", content=nested, headers={"authorization": f"Bearer {ADMIN}"}
+    )
+    assert resp.status_code == 400, resp.text[:300]
+    assert resp.json()["error"]["type"] == "invalid_request_error"
