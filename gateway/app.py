@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from .admin import admin_routes
@@ -44,6 +44,7 @@ class FastPath:
         self.handler = handler
         self.config = handler.config
         self.body_limit = self.config.limits.max_body_bytes
+        self.paths = {path for r in app.routes if isinstance(path := getattr(r, "path", None), str)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -60,7 +61,19 @@ class FastPath:
                 except GatewayError as err:
                     await render(err)(scope, receive, send)
                     return
+            if path.endswith("/") and path.rstrip("/") in self.paths:
+                await _without_slash(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+
+async def _without_slash(scope: Scope, receive: Receive, send: Send) -> None:
+    """A route asked for with a trailing slash: 307 to it without one, by a relative Location
+    (Starlette's own redirect builds an absolute one from the client's Host header)."""
+    target = scope["path"].rstrip("/")
+    if scope.get("query_string"):
+        target += "?" + scope["query_string"].decode("latin-1")
+    await RedirectResponse(target, 307)(scope, receive, send)
 
 
 def create_app(config: GatewayConfig) -> FastPath:
@@ -89,6 +102,7 @@ def create_app(config: GatewayConfig) -> FastPath:
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
+    app.router.redirect_slashes = False  # FastPath redirects, relatively
     app.state.gateway = gateway
     app.include_router(admin_routes(gateway))
     app.include_router(dashboard_routes(gateway))

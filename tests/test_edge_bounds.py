@@ -185,3 +185,14 @@ async def test_a_deeply_nested_admin_body_is_a_400(sim, gateway, client):
     )
     assert resp.status_code == 400, resp.text[:300]
     assert resp.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_the_trailing_slash_redirect_does_not_reflect_the_host(sim, gateway, client):
+    _, gw = await _replicas(sim, gateway, auth={"admin_keys": [ADMIN]})
+    resp = await client.get(f"{gw.url}/admin/workers/?a=1", headers={"host": "evil.example"})
+    assert resp.status_code == 307
+    assert resp.headers["location"] == "/admin/workers?a=1"
+    followed = await client.get(
+        f"{gw.url}/admin/workers/", headers={"authorization": f"Bearer {ADMIN}"}, follow_redirects=True
+    )
+    assert followed.status_code == 200 and "workers" in followed.json()
