@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 
@@ -196,3 +198,28 @@ async def test_the_trailing_slash_redirect_does_not_reflect_the_host(sim, gatewa
         f"{gw.url}/admin/workers/", headers={"authorization": f"Bearer {ADMIN}"}, follow_redirects=True
     )
     assert followed.status_code == 200 and "workers" in followed.json()
+
+
+async def test_cross_origin_simple_posts_are_refused_and_the_dashboard_is_locked_down(sim, gateway, client):
+    _, gw = await _replicas(sim, gateway)
+    await wait_until(lambda: gw.gateway.ready)
+    url, body = f"{gw.url}/v1/completions", json.dumps({"model": "sim-model", "prompt": "x", "max_tokens": 1})
+    origin = {"origin": "https://evil.example"}
+    for simple in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = origin if simple is None else {**origin, "content-type": simple}
+        resp = await client.post(url, content=body, headers=headers)
+        assert resp.status_code == 415, (simple, resp.text[:300])
+        assert resp.json()["error"]["type"] == "invalid_request_error"
+    as_json = await client.post(url, content=body, headers={**origin, "content-type": "application/json"})
+    assert as_json.status_code == 200
+    curl_d = await client.post(url, content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert curl_d.status_code == 200  # `curl -d` without -H and without an Origin: still served
+
+    page = await client.get(f"{gw.url}/dashboard")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    csp = page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
+    script = page.text.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in csp  # the page's own script may still run
