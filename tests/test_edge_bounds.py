@@ -223,3 +223,20 @@ async def test_cross_origin_simple_posts_are_refused_and_the_dashboard_is_locked
     script = page.text.split("<script>", 1)[1].split("</script>", 1)[0]
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     assert f"script-src 'sha256-{digest}'" in csp  # the page's own script may still run
+
+
+async def test_a_sim_keeps_a_bounded_number_of_request_ids(sim, client):
+    s = await sim()
+    body = {"model": "sim-model", "prompt": "x", "max_tokens": 1}
+    for batch in range(11):
+        answers = await asyncio.gather(
+            *(
+                client.post(f"{s.url}/v1/completions", json=body, headers={"x-request-id": f"r{batch}-{i}"})
+                for i in range(100)
+            )
+        )
+        assert all(a.status_code == 200 for a in answers)
+    assert s.stats.requests_total == 1100
+    assert len(s.stats.request_ids) <= 1024
+    assert "r10-99" in s.stats.request_ids  # the latest are kept
+    assert "r10-99" in (await client.get(f"{s.url}/sim/stats")).json()["request_ids"]
