@@ -24,6 +24,8 @@ class LeastOutstandingConfig(_Policy):
 
 class SessionConfig(_Policy):
     name: Literal["session"]
+    balance_abs_threshold: int = Field(8, ge=0)  # as prefix_aware's guard: an overloaded worker's
+    balance_rel_threshold: float = Field(1.5, ge=1)  # keys go to their next worker meanwhile
 
 
 class PrefixAwareConfig(_Policy):
