@@ -1,7 +1,8 @@
 """One access log line per request, at its end: text (logfmt) or JSON, for Loki or ELK.
 
 Values a client chose (the request id, the model name) are quoted and escaped, so a line
-can never be split or forged: text values outside [A-Za-z0-9._:/@+-] are JSON strings.
+can never be split or forged: text values outside [A-Za-z0-9._:/@+-] are JSON strings. The
+model name is cut to `logs.ECHO_LIMIT` characters (the request id is bounded when read).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import time
 from typing import Literal
 
+from .logs import clip
 from .telemetry.trace import Trace
 
 LogFormat = Literal["text", "json"]
@@ -24,7 +26,7 @@ def fields(trace: Trace, total_s: float) -> dict[str, object]:
     return {
         "request_id": trace.request_id,
         "route": trace.route,
-        "model": trace.model or None,
+        "model": clip(trace.model) or None,  # the client's value: bounded
         "pool": trace.pool or None,
         "prefill": trace.endpoints.get("prefill"),
         "decode": trace.endpoints.get("decode"),

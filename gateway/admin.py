@@ -54,7 +54,7 @@ def admin_routes(gateway: Gateway) -> APIRouter:
 def _find(gateway: Gateway, raw: bytes) -> Endpoint:
     try:
         url = json.loads(raw).get("url")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested too deeply
         url = None
     if not isinstance(url, str):
         raise GatewayError(400, 'body must be {"url": "<worker url>"}')

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from .admin import admin_routes
@@ -47,6 +47,7 @@ class FastPath:
         self.handler = handler
         self.config = handler.config
         self.body_limit = self.config.limits.max_body_bytes
+        self.paths = {path for r in app.routes if isinstance(path := getattr(r, "path", None), str)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -63,6 +64,9 @@ class FastPath:
                 except GatewayError as err:
                     await render(err)(scope, receive, send)
                     return
+            if path.endswith("/") and path.rstrip("/") in self.paths:
+                await _without_slash(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
@@ -75,6 +79,15 @@ def _discovery(gateway: Gateway) -> Discovery | None:
     discovery = Discovery(gateway.pools, check=gateway.health.check)
     discovery.start()
     return discovery
+
+
+async def _without_slash(scope: Scope, receive: Receive, send: Send) -> None:
+    """A route asked for with a trailing slash: 307 to it without one, by a relative Location
+    (Starlette's own redirect builds an absolute one from the client's Host header)."""
+    target = scope["path"].rstrip("/")
+    if scope.get("query_string"):
+        target += "?" + scope["query_string"].decode("latin-1")
+    await RedirectResponse(target, 307)(scope, receive, send)
 
 
 def create_app(config: GatewayConfig) -> FastPath:
@@ -103,6 +116,7 @@ def create_app(config: GatewayConfig) -> FastPath:
         redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
+    app.router.redirect_slashes = False  # FastPath redirects, relatively
     app.state.gateway = gateway
     app.include_router(admin_routes(gateway))
     app.include_router(dashboard_routes(gateway))
@@ -122,18 +136,18 @@ def _add_status_routes(app: FastAPI, gateway: Gateway) -> None:
             return render(err)
         return JSONResponse({"object": "list", "data": gateway.model_cards()})
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD, as GET without the body: probes
     async def health() -> JSONResponse:
         """Liveness: the process serves HTTP."""
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready")
+    @app.api_route("/ready", methods=["GET", "HEAD"])
     async def ready() -> JSONResponse:
         """Readiness: at least one pool can serve; each pool's own state is in the body."""
         pools = {p.name: p.ready for p in gateway.pools}
         return JSONResponse({"ready": gateway.ready, "pools": pools}, 200 if gateway.ready else 503)
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics(request: Request) -> Response:
         try:
             check_access(auth.metrics, auth, authorization_of(request.scope["headers"]), "metrics")

@@ -67,6 +67,7 @@ class Limits(_Strict):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_tokens: int = Field(1_000_000, ge=1)
     max_n: int = Field(128, ge=1)  # also bounds best_of
+    max_sequences: int = Field(256, ge=1)  # prompts x max(n, best_of) in one request
     # The request head and body must arrive in time and in bounds: slow or idle connections
     # are closed (408), oversized heads refused (431).
     header_timeout_s: float = Field(20.0, gt=0)

@@ -7,7 +7,7 @@
     │       ├── ConnectFailed                               ... could not be reached at all
     │       └── NoAnswer                                    ... broke the connection before answering
     └── UpstreamStatus                                      a worker answered non-2xx: a 4xx goes to the
-                                                            client as-is, a 5xx becomes a 502
+                                                            client as-is, a 3xx or 5xx becomes a 502
     ClientGone                                              the client went away; nothing is sent
 
 Everything else that escapes a request is a bug, answered as a 500 by `render`. Clients see
@@ -30,6 +30,7 @@ _TYPES = {
     404: "not_found_error",
     408: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     431: "invalid_request_error",
     502: "upstream_error",
@@ -107,15 +108,17 @@ class UpstreamStatus(GatewayError):
 
     def __init__(self, status: int, body: bytes, content_type: str) -> None:
         detail = body[:500].decode(errors="replace")
-        super().__init__(502 if status >= 500 else status, f"worker answered {status}: {detail}", "upstream_error")
+        passed = 400 <= status < 500
+        super().__init__(status if passed else 502, f"worker answered {status}: {detail}", "upstream_error")
         self.worker_status = status
         self.body = body
         self.content_type = content_type
 
     @property
     def passed_through(self) -> bool:
-        """A worker's 4xx is the client's own fault: it goes back unchanged."""
-        return self.worker_status < 500
+        """A worker's 4xx is the client's own fault: it goes back unchanged. A redirect is not
+        followed nor passed on: the worker is misconfigured."""
+        return 400 <= self.worker_status < 500
 
 
 class ClientGone(Exception):

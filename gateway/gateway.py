@@ -11,6 +11,7 @@ from .errors import GatewayError
 from .health import HealthChecker
 from .http1 import header_lines
 from .limits import Admission, Capacity
+from .logs import clip
 from .outlier import OutlierDetector
 from .pool import Endpoint, Pool
 from .telemetry import Telemetry
@@ -66,7 +67,7 @@ class Gateway:
         for pool in self.pools:
             if pool.serves(model):
                 return pool
-        raise GatewayError(404, f"The model `{model}` does not exist.", "model_not_found", param="model")
+        raise GatewayError(404, f"The model `{clip(model)}` does not exist.", "model_not_found", param="model")
 
     def worker_headers(self, pool: Pool, request_id: str) -> bytes:
         """The header lines of a request to one of the pool's workers."""
@@ -81,5 +82,5 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        """At least one pool can serve (each of its roles has a healthy endpoint)."""
+        """At least one pool can serve (each of its roles has a healthy, undrained endpoint)."""
         return any(pool.ready for pool in self.pools)

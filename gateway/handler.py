@@ -93,6 +93,7 @@ class Handler:
         receive: Receive,
     ) -> Response | StreamRelay:
         try:
+            _check_cross_origin(headers)
             check_key(authorization(headers, header_list), self.config.auth.api_keys)
             raw = body if body is not None else await read_body(receive, headers, self.config.limits.max_body_bytes)
             ctx.watch_client(receive)
@@ -146,6 +147,21 @@ def _ending(response: Response | StreamRelay | None, ctx: RequestContext) -> tup
     if response is None:
         return (499, "client_disconnect") if ctx.disconnected else (500, None)
     return response.status_code, None
+
+
+def _check_cross_origin(headers: Mapping[bytes, bytes]) -> None:
+    """A browser's request (it has an Origin) must say its body is JSON.
+
+    A page may POST text/plain, a form or a typeless Blob to any origin without asking first
+    (a CORS "simple request"); a JSON content type needs the preflight the gateway never
+    grants. Clients without an Origin (curl, SDKs, llmperf) are not held to it."""
+    if b"origin" not in headers:
+        return
+    media = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    if media != b"application/json" and not media.endswith(b"+json"):
+        raise GatewayError(
+            415, "a request with an Origin header must have content-type: application/json", "unsupported_media_type"
+        )
 
 
 def _accept(pool: Pool, req: ApiRequest) -> None:

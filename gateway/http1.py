@@ -20,6 +20,8 @@ import httptools
 
 OnData = Callable[[bytes], "asyncio.Future | None"]
 OnEnd = Callable[["Exception | None"], None]
+MAX_HEAD_BYTES = 64 * 1024  # a worker's response head, interim (1xx) heads included
+MAX_HEADERS = 256
 
 
 class ConnectionBroken(Exception):
@@ -168,6 +170,9 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.used = False  # has answered a request before: a failure may be a stale keep-alive
         self.got_bytes = False
+        self.head_bytes = 0  # of the response's head(s) so far, bounded by MAX_HEAD_BYTES
+        self.header_count = 0
+        self.interim = False  # the message being parsed is a 1xx: skipped
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -192,28 +197,50 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        resp = self.response
         try:
             self.parser.feed_data(data)
+            if resp is not None and not resp.head.done():  # a head still incomplete after this read
+                self.head_bytes += len(data)
+                self._bound_head()
         except httptools.HttpParserError as err:
             if self.response is not None:
                 self.response._end(ConnectionBroken(f"invalid HTTP from the worker: {err}"))
             self.close()
 
+    def _bound_head(self) -> None:
+        if self.head_bytes > MAX_HEAD_BYTES or self.header_count > MAX_HEADERS:
+            raise httptools.HttpParserError(f"response head over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} headers")
+
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        self.head_bytes += len(name) + len(value) + 4
+        self._bound_head()
         if self.response is not None:
             self.response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         resp = self.response
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # 100 Continue, 103 Early Hints: the answer follows
+            if status == 101:
+                raise httptools.HttpParserError("the worker switched protocols")
+            self.interim = True
+            if resp is not None:
+                resp.headers.clear()
+            return
         if resp is not None and not resp.head.done():
-            resp._head_done(self.parser.get_status_code())
+            resp._head_done(status)
 
     def on_body(self, body: bytes) -> None:
         if self.response is not None:
             self.response._body(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         resp = self.response
         if resp is not None:
             if not self.parser.should_keep_alive():
@@ -226,6 +253,7 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.response = resp = Response(self, url)
         self.got_bytes = False
+        self.head_bytes = self.header_count = 0
         self.transport.write(head + body)  # one segment for the usual small body
         return resp
 

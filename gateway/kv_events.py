@@ -11,7 +11,9 @@ topic, an 8-byte big-endian sequence number, and a msgpack `KVEventBatch`
 
 Hashes are 64-bit ints by default (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1: the low 64 bits
 of the engine's SHA-256 block hash), else the hash bytes. A subscriber that connects late
-or drops messages misses events; the sequence numbers let it notice (`gaps`).
+or drops messages misses events; the sequence numbers let it notice (`gaps`), and a number
+that goes back says the worker restarted: either way `on_reset` is called, as the view of
+the worker's cache can no longer be trusted.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ class Subscriber:
     topic: str = ""
     received: int = 0  # batches
     gaps: int = 0  # sequence numbers skipped (events lost: the view may be stale)
+    restarts: int = 0  # sequence numbers that went back (the publisher started again)
+    on_reset: Callable[[], None] | None = None  # called on a gap or a restart, before the batch
     _last_seq: int | None = field(default=None, repr=False)
     connected: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -109,11 +113,17 @@ class Subscriber:
             log.warning("kv events from %s: %d frames, expected 3", self.endpoint, len(frames))
             return
         _, seq_bytes, payload = frames
-        seq = int.from_bytes(seq_bytes, "big")
-        if self._last_seq is not None and seq > self._last_seq + 1:
-            self.gaps += seq - self._last_seq - 1
-            log.warning("kv events from %s: %d batches lost", self.endpoint, seq - self._last_seq - 1)
+        seq, last = int.from_bytes(seq_bytes, "big"), self._last_seq
         self._last_seq = seq
+        if last is not None and seq != last + 1:
+            if seq > last:
+                self.gaps += seq - last - 1
+                log.warning("kv events from %s: %d batches lost", self.endpoint, seq - last - 1)
+            else:
+                self.restarts += 1
+                log.info("kv events from %s: sequence restarted (%d after %d)", self.endpoint, seq, last)
+            if self.on_reset is not None:
+                self.on_reset()
         try:
             events = parse_batch(payload)
         except (msgspec.DecodeError, IndexError, TypeError, ValueError) as err:

@@ -184,10 +184,12 @@ class Leg:
         def on_data(data: bytes) -> asyncio.Future | None:
             if self.garbage:
                 return None
-            w.progress += 1
             run = framer.feed(data)
             if not run:
+                if self.last:  # before the first whole event, bytes are no progress: first_byte_s holds
+                    w.progress += 1
                 return None
+            w.progress += 1
             if not run.startswith(b"data:"):
                 self.garbage = f"sent something that is not an SSE data event: {run[:80]!r}"
                 resp.close()

@@ -24,6 +24,8 @@ class LeastOutstandingConfig(_Policy):
 
 class SessionConfig(_Policy):
     name: Literal["session"]
+    balance_abs_threshold: int = Field(8, ge=0)  # as prefix_aware's guard: an overloaded worker's
+    balance_rel_threshold: float = Field(1.5, ge=1)  # keys go to their next worker meanwhile
 
 
 class PrefixAwareConfig(_Policy):
@@ -46,6 +48,8 @@ class PrecisePrefixConfig(_Policy):
     events_port: int = Field(5557, ge=1, le=65535)  # each worker's --kv-events-config endpoint port
     events: dict[str, str] = {}  # worker URL -> ZMQ endpoint, where not at the worker's host:events_port
     topic: str = ""
+    # Blocks believed held per worker (LRU beyond): lost eviction events cannot grow the view for ever
+    max_blocks: int = Field(262144, ge=1)
     match_threshold: float = Field(0.1, ge=0, le=1)
     balance_abs_threshold: int = Field(8, ge=0)
     balance_rel_threshold: float = Field(1.5, ge=1)

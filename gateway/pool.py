@@ -43,6 +43,11 @@ class Endpoint:
         if self.leaving is not None and self.outstanding <= 0:
             self.leaving(self)
 
+    @property
+    def routable(self) -> bool:
+        """New requests may go here: healthy and not drained (balancer.choose's test)."""
+        return self.healthy and not self.draining
+
     def set_models(self, cards: list[dict]) -> None:
         self.models = cards
         self.model_ids = frozenset(c["id"] for c in cards)
@@ -104,8 +109,8 @@ class Pool:
 
     @property
     def ready(self) -> bool:
-        """Every role of the pool has at least one healthy endpoint."""
-        return all(any(e.healthy for e in group) for group in self.groups.values())
+        """Every role of the pool has at least one routable endpoint (healthy, not drained)."""
+        return all(any(e.routable for e in group) for group in self.groups.values())
 
     def serves(self, model: str) -> bool:
         if self.config.models:

@@ -138,9 +138,13 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         if self.limits is not None:
-            # The head's bytes are bounded as they arrive (data_received), its count here.
+            # The head's bytes are bounded as they arrive (data_received), its count here; and its
+            # bytes again, for a head that arrived whole in one read (the parser saw it at once).
             if len(self.headers) > self.limits.max_headers:
                 self._refuse(431, f"the request has more than {self.limits.max_headers} headers", "too_many_headers")
+                raise _HeadRefused
+            if len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > self.limits.max_header_bytes:
+                self._refuse(431, f"the request head exceeds {self.limits.max_header_bytes} bytes", "head_too_large")
                 raise _HeadRefused
             self._in_head = False
             self._wait(self.limits.body_timeout_s)

@@ -32,10 +32,7 @@ class ApiRequest:
     @property
     def prompt_count(self) -> int:
         """How many prompts a completions request carries (a list of strings or of token lists)."""
-        prompt = self.body.get("prompt")
-        if self.route == "completions" and isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
-            return len(prompt)
-        return 1
+        return prompt_count(self.route, self.body)
 
     def without(self, key: str) -> None:
         """Drop a field the gateway owns from what the workers get."""
@@ -55,6 +52,26 @@ class ApiRequest:
         if self._prefix_text is None:
             self._prefix_text = render_prefix(self.route, self.body)
         return self._prefix_text
+
+
+def prompt_count(route: Route, body: dict) -> int:
+    prompt = body.get("prompt")
+    if route == "completions" and isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return len(prompt)
+    return 1
+
+
+def _check_sequences(route: Route, body: dict, limit: int) -> None:
+    """The sequences a request asks the worker to generate (prompts x max(n, best_of)) are bounded."""
+    per_prompt = max(body.get("n") or 1, body.get("best_of") or 1)
+    prompts = prompt_count(route, body)
+    if prompts * per_prompt > limit:
+        raise bad_request(
+            f"the request asks for {prompts} prompt(s) x {per_prompt} completion(s) = {prompts * per_prompt} "
+            f"sequences; at most {limit} are allowed per request",
+            "n",
+            code="too_many_sequences",
+        )
 
 
 def render_prefix(route: Route, body: dict) -> str:
@@ -112,6 +129,11 @@ def parse_request(route: Route, raw: bytes, limits: Limits, session_header: str 
 
 
 def _load(raw: bytes) -> dict:
+    encoding = json.detect_encoding(raw)
+    if encoding != "utf-8":  # json.loads would take UTF-16/32 and a BOM; workers and RFC 8259 do not
+        raise bad_request(
+            f"request body must be UTF-8 JSON without a byte order mark, not {encoding}", code="invalid_json"
+        )
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
@@ -153,4 +175,5 @@ def _parse(route: Route, raw: bytes, limits: Limits, session_header: str | None)
         if "prompt" not in body:
             raise bad_request("'prompt' is required", "prompt")
         chars = _check_prompt(body["prompt"])
+    _check_sequences(route, body, limits.max_sequences)
     return ApiRequest(route, raw, body, model, stream, include_usage, max(1, chars // 4), session_header)

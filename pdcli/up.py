@@ -252,6 +252,8 @@ async def _up(launch: Launch, log_dir: Path, policy: RestartPolicy) -> int:
             progress.changed(w)
             if w.state == "failed":
                 progress.message("pd-gateway up: " + failure_report(w, policy))
+        if w.state == "failed" and shutdown.gateway is not None:  # given up while serving
+            stop_routing(shutdown.gateway.gateway, w.spec.url)
 
     supervisor = Supervisor(launch.workers, log_dir, policy, changed, cwd=Path.cwd())
     progress = Progress(sys.stderr, supervisor.workers)
@@ -287,6 +289,29 @@ async def _warm_up(launch: Launch, up: list[Worker]) -> None:
         print(f"pd-gateway up: {result.summary()}", file=sys.stderr, flush=True)
 
 
+def without_workers(config: GatewayConfig, urls: set[str]) -> GatewayConfig:
+    """The gateway's pools without these workers' URLs: `up` could not start them, and
+    whatever else answers there (a process that held the port) is not to be routed to.
+    A role left with none keeps its pool (503 until service resumes; no new validation)."""
+    gone = {u.rstrip("/") for u in urls}
+
+    def keep(found: list[str]) -> list[str]:
+        return [u for u in found if u.rstrip("/") not in gone]
+
+    pools = [
+        p.model_copy(update={k: keep(getattr(p, k)) for k in ("workers", "prefill", "decode")}) for p in config.pools
+    ]
+    return config.model_copy(update={"pools": pools})
+
+
+def stop_routing(gateway: Any, url: str) -> None:
+    """Take a worker out of the running gateway's pools (it drains, then leaves)."""
+    for pool in gateway.pools:
+        for role, group in list(pool.groups.items()):
+            if any(e.url == url.rstrip("/") for e in group):
+                pool.set_members(role, [e.url for e in group if e.url != url.rstrip("/")])
+
+
 async def _serve(launch: Launch, supervisor: Supervisor, shutdown: _Shutdown, progress: Progress) -> int:
     from gateway.server import start_gateway  # uvicorn + fastapi: not for every `pd-gateway` command
 
@@ -311,8 +336,9 @@ async def _serve(launch: Launch, supervisor: Supervisor, shutdown: _Shutdown, pr
         print(f"pd-gateway up: {len(up)} worker(s) up; the gateway runs on another host", file=sys.stderr)
         await shutdown.requested.wait()
         return 0
+    failed_urls = {w.spec.url for w in supervisor.workers if w.healthy_after_s is None}
     try:
-        gateway = await start_gateway(launch.gateway)
+        gateway = await start_gateway(without_workers(launch.gateway, failed_urls))
     except OSError as err:
         listen = launch.gateway.listen
         print(f"pd-gateway up: cannot serve the gateway on {listen.host}:{listen.port}: {err}", file=sys.stderr)
@@ -320,7 +346,8 @@ async def _serve(launch: Launch, supervisor: Supervisor, shutdown: _Shutdown, pr
     shutdown.gateway = gateway
     failed = len(launch.workers) - len(up)
     print(f"pd-gateway up: serving {gateway.url} (models: {', '.join(launch.models)}; "
-          f"{len(up)} worker(s) up, {failed} failed)", flush=True)  # fmt: skip
+          f"{len(up)} worker(s) up, {failed} failed{' and not routed to' if failed else ''})",
+          flush=True)  # fmt: skip
     await _until(shutdown.requested, gateway.task)
     if gateway.task.done():  # ended by itself: nothing to drain
         failure = gateway.task.exception() if not gateway.task.cancelled() else None

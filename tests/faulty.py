@@ -6,14 +6,20 @@ import asyncio
 import json
 from typing import Literal
 
-Behaviour = Literal["silent", "headers-then-silent", "headers-then-close", "garbage-sse", "garbage-json", "close"]
+Behaviour = Literal[
+    "silent", "headers-then-silent", "headers-then-close", "garbage-sse", "garbage-json", "close", "scripted"
+]
 
 MODELS = json.dumps({"object": "list", "data": [{"id": "sim-model", "object": "model"}]}).encode()
 
 
 class FaultyWorker:
-    def __init__(self, behaviour: Behaviour) -> None:
+    def __init__(self, behaviour: Behaviour, script: list[bytes] | None = None, gap_s: float = 0.0) -> None:
+        """`scripted`: the API answer is `script`'s parts, written one by one `gap_s` apart; an
+        empty part is a pause (the worker then waits for ever)."""
         self.behaviour = behaviour
+        self.script = script or []
+        self.gap_s = gap_s
         self.server: asyncio.Server | None = None
         self.api_requests = 0
         self._handlers: set[asyncio.Task] = set()
@@ -68,7 +74,15 @@ class FaultyWorker:
             writer.close()
 
     async def _misbehave(self, writer: asyncio.StreamWriter) -> None:
-        if self.behaviour == "silent":
+        if self.behaviour == "scripted":
+            for part in self.script:
+                if not part:
+                    await asyncio.sleep(3600)
+                writer.write(part)
+                await writer.drain()
+                if self.gap_s:
+                    await asyncio.sleep(self.gap_s)
+        elif self.behaviour == "silent":
             await asyncio.sleep(3600)
         elif self.behaviour == "headers-then-silent":
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")

@@ -86,7 +86,7 @@ async def test_request_id_is_forwarded_and_returned(sim, gateway, client):
     resp2 = await client.post(f"{gw.url}/v1/completions", json={**body, "stream": True})
     generated = resp2.headers["x-request-id"]
     assert len(generated) >= 16
-    assert a.stats.request_ids[-2:] == ["client-rid-1", generated]
+    assert list(a.stats.request_ids)[-2:] == ["client-rid-1", generated]
 
 
 @pytest.mark.parametrize(

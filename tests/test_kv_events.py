@@ -137,3 +137,28 @@ async def test_precise_follows_endpoints_added_after_start_and_stops_for_removed
     finally:
         follow.cancel()
         pub.close(0)
+
+
+@pytest.mark.skipif(not MODEL_DIR.exists(), reason="tiny model not built")
+def test_precise_view_is_bounded_and_forgets_a_worker_whose_events_were_lost_or_restarted() -> None:
+    url = "http://127.0.0.1:9"
+    policy = make_policy("precise_prefix", "replica", {"tokenizer": str(MODEL_DIR), "max_blocks": 100})
+    sub = policy._subscriber(url)
+    hasher = BlockHasher("sha256", 4)
+
+    def publish(seq: int, first_token: int, blocks: int) -> list[int]:
+        tokens = list(range(first_token, first_token + 4 * blocks))
+        hashes = [external(h) for h in hasher.chain(tokens)]
+        sub.handle([b"", seq.to_bytes(8, "big"), batch(stored(hashes, tokens))])
+        return hashes
+
+    for seq in range(10):  # 500 blocks stored, no eviction heard of: the view keeps the newest 100
+        last = publish(seq, 1000 * seq, 50)
+    assert policy.view.blocks(url) == 100
+    assert policy.view.match(last, [url]) == [50]
+    after_gap = publish(12, 20_000, 3)  # batches 10 and 11 were lost: the view restarts from this one
+    assert sub.gaps == 2 and policy.view.blocks(url) == 3
+    assert policy.view.match(last, [url]) == [0] and policy.view.match(after_gap, [url]) == [3]
+    publish(0, 30_000, 2)  # the worker restarted (its sequence began again): its old cache is gone
+    assert sub.restarts == 1 and policy.view.blocks(url) == 2
+    assert policy.view.match(after_gap, [url]) == [0]

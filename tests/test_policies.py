@@ -196,9 +196,22 @@ def test_session_is_sticky_and_keyless_requests_balance() -> None:
     eps = endpoints(4)
     policy = make_policy("session", "replica")
     home = policy.choose(Req(session_key="alice"), eps)
-    home.outstanding = 50
+    home.outstanding = 8  # busier than the rest, within the balance guard: still sticky
     assert all(policy.choose(Req(session_key="alice"), eps) is home for _ in range(5))
     assert policy.choose(Req(), eps) is not home
+
+
+def test_session_stickiness_yields_to_the_balance_guard() -> None:
+    eps = endpoints(4)
+    policy = make_policy("session", "replica")
+    home = policy.choose(Req(session_key="alice"), eps)
+    second = rendezvous("alice", [e for e in eps if e is not home])
+    home.outstanding = 50  # overloaded: over the least loaded by more than 8 and 1.5 times
+    assert all(policy.choose(Req(session_key="alice"), eps) is second for _ in range(5))
+    home.outstanding = 2
+    assert policy.choose(Req(session_key="alice"), eps) is home  # back once the load evens out
+    tight = make_policy("session", "replica", {"balance_abs_threshold": 1, "balance_rel_threshold": 1.0})
+    assert tight.choose(Req(session_key="alice"), eps) is second
 
 
 def test_rendezvous_moves_only_the_removed_or_added_workers_sessions() -> None:

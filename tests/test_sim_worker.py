@@ -151,7 +151,7 @@ async def test_chat_stream_role_chunk_first(sim: StartSim, client: httpx.AsyncCl
     assert (events[0]["prompt_token_ids"], events[0]["prompt_text"]) == (None, None)
     assert [e["choices"][0]["finish_reason"] for e in events[1:3]] == [None, "length"]
     assert events[3]["usage"]["completion_tokens"] == 2
-    assert s.stats.request_ids == ["req-42"]
+    assert list(s.stats.request_ids) == ["req-42"]
 
 
 @pytest.mark.parametrize(

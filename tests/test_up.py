@@ -433,3 +433,34 @@ def test_progress_redraws_in_place_on_a_terminal_and_logs_lines_otherwise() -> N
     worker.state = "stopped"
     plain.changed(worker)  # shutdown is summed up by the caller, not per worker
     assert log.getvalue() == "[up] pd-prefill-0  prefill  :8100   cores 0-15  healthy       1.2s\n"
+
+
+def test_a_worker_whose_port_another_process_holds_fails_and_is_never_routed_to(tmp_path: Path) -> None:
+    topology, _ = sim_topology(tmp_path)
+    port = yaml.safe_load(topology.read_text())["pools"][1]["base_port"]  # dp-replica-0's
+    squatter = subprocess.Popen(
+        [sys.executable, "-m", "workers.sim", "--host", "127.0.0.1", "--port", str(port), "--model", "sim-dp"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        foreign = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_S
+        while bindable(port):  # the squatter is listening
+            assert time.monotonic() < deadline and squatter.poll() is None
+            time.sleep(0.1)
+        up = Up(tmp_path, topology, "--ready-timeout", "10")
+        try:
+            line = up.wait_serving()
+            url = line.split()[3]
+            assert "3 worker(s) up, 1 failed and not routed to" in line
+            assert f"port {port} is already in use by another process" in up.stderr
+            for _ in range(6):
+                assert complete(url, "sim-dp").status_code == 200
+            assert httpx.get(f"{foreign}/sim/stats").json()["requests_total"] == 0
+        finally:
+            assert up.terminate() == 0
+    finally:
+        squatter.terminate()
+        squatter.wait(10)

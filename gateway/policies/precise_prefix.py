@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pd_gateway.precise_prefix")
 
-UNBOUNDED = 1 << 62  # the workers' own caches bound the view: their evictions remove blocks
-
 
 class PrecisePrefix(PrefixPolicy):
     name = "precise_prefix"
@@ -45,14 +43,16 @@ class PrecisePrefix(PrefixPolicy):
         events_port: int = 5557,
         events: dict[str, str] | None = None,
         topic: str = "",
+        max_blocks: int = 262144,
         match_threshold: float = 0.1,
         balance_abs_threshold: int = 8,
         balance_rel_threshold: float = 1.5,
         score: str = "match",
     ) -> None:
-        # The view: worker URL -> the block hashes it holds.
+        # The view: worker URL -> the block hashes it holds. Its evictions remove blocks; the cap
+        # (oldest first) bounds what lost evictions would leave behind.
         super().__init__(
-            role, ChunkTree(UNBOUNDED), match_threshold, balance_abs_threshold, balance_rel_threshold, score
+            role, ChunkTree(max_blocks), match_threshold, balance_abs_threshold, balance_rel_threshold, score
         )
         self.tokenize = PromptTokenizer(tokenizer)
         self.hasher = BlockHasher(hash_algo, block_size or 0, hash_seed)  # 0: learnt from the first event
@@ -78,7 +78,9 @@ class PrecisePrefix(PrefixPolicy):
     def _subscriber(self, url: str) -> Subscriber:
         sub = self.subscribers.get(url)
         if sub is None:
-            sub = self.subscribers[url] = Subscriber(self.endpoint_for(url), partial(self.apply, url), self.topic)
+            sub = self.subscribers[url] = Subscriber(
+                self.endpoint_for(url), partial(self.apply, url), self.topic, on_reset=partial(self.reset, url)
+            )
         return sub
 
     async def _follow(self, endpoints: Sequence[Endpoint]) -> None:
@@ -111,6 +113,11 @@ class PrecisePrefix(PrefixPolicy):
                 self.view.remove(url, event.hashes)
             elif isinstance(event, Cleared):
                 self.view.forget(url)
+
+    def reset(self, url: str) -> None:
+        """The worker's events can no longer be followed (some were lost, or it restarted):
+        what it holds is unknown, so nothing is believed until its next events."""
+        self.view.forget(url)
 
     def _check(self, event: Stored) -> None:
         """Recompute the hashes of a chain's first blocks: the gateway must name blocks as the engine does."""

@@ -129,8 +129,14 @@ class Trace:
         return self.decode_first - self.prefill_done
 
 
+_MAX_TOKENS = 2**53  # beyond it a count is no count (and a float overflows on the way to a metric)
+
+
 def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A worker's token count, or None when it is no sane count (not an int, negative, huge)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_TOKENS:
+        return value
+    return None
 
 
 def usage_of(*runs: bytes) -> dict | None:

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,6 +227,9 @@ class KVStore:
         self._entries.clear()
 
 
+RECENT_IDS = 1024
+
+
 @dataclass
 class SimStats:
     requests_total: int = 0
@@ -234,7 +238,8 @@ class SimStats:
     cancelled: int = 0
     aborted: int = 0  # connections killed on purpose by --fail-after-tokens
     errors: int = 0
-    request_ids: list[str] = field(default_factory=list)
+    # The last RECENT_IDS requests' X-Request-Id (tests read them): a long-lived sim keeps no more.
+    request_ids: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_IDS))
     kv_sent: int = 0
     kv_received: int = 0
     kv_pull_failed: int = 0
@@ -257,4 +262,4 @@ class SimStats:
         self.__dict__.update(fresh.__dict__)
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__, finished=dict(self.finished))
+        return dict(self.__dict__, finished=dict(self.finished), request_ids=list(self.request_ids))
