@@ -12,6 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.cleanups import Cleanups
 from gateway.disagg.nixl_lease import RELEASE_MODEL
 from tests.conftest import wait_until
 from tests.faulty import MODELS
@@ -248,3 +249,18 @@ async def test_sim_prefill_counts_held_kv_in_its_usage_until_freed_or_expired(si
     metrics = (await client.get(f"{p.url}/metrics")).text
     assert _usage(metrics) == 0.0
     assert "vllm:nixl_num_kv_expired_reqs_total" in metrics
+
+
+async def test_lease_releases_are_bounded_in_number_and_time_and_end_with_the_gateway():
+    cleanups = Cleanups(limit=2)
+
+    async def stuck() -> None:
+        await asyncio.sleep(60)
+
+    assert cleanups.spawn("short", stuck, 0.05) and cleanups.spawn("long", stuck, 60)
+    assert not cleanups.spawn("one too many", stuck, 60) and cleanups.dropped == 1
+    await wait_until(lambda: len(cleanups) == 1)  # the short one's deadline fired
+    owner = asyncio.create_task(cleanups.run())
+    await asyncio.sleep(0)
+    owner.cancel()  # the gateway stops
+    await wait_until(lambda: len(cleanups) == 0)
