@@ -146,3 +146,32 @@ async def test_refused_and_abandoned_decodes_leave_no_kv_held_on_the_prefill(rea
     finally:
         await proxy.close()
         print("\nKV lease figures:", json.dumps({k: round(v, 4) for k, v in figures.items()}))
+
+
+async def test_vllm_decode_frees_a_lease_only_when_its_serving_code_refuses(vllm_pd_pair):
+    """Why the gateway checks up front and releases with a model nobody serves: a request the
+    decode's request validators refuse frees nothing on the prefill; one its serving code
+    refuses (an unknown model) frees the prefill's blocks at once."""
+    prefill, decode = vllm_pd_pair.prefill.url, vllm_pd_pair.decode.url
+    async with httpx.AsyncClient(timeout=120) as c:
+        idle = await _usage(c, prefill)
+        p = await c.post(
+            f"{prefill}/v1/completions",
+            json={**_body(999), "max_tokens": 1, "kv_transfer_params": {"do_remote_decode": True}},
+        )
+        params = p.json()["kv_transfer_params"]
+        held = await _usage(c, prefill)
+        assert held > idle
+        refused = await c.post(
+            f"{decode}/v1/completions",
+            json={**_body(999), "stream_options": {"include_usage": True}, "kv_transfer_params": params},
+        )
+        assert refused.status_code == 400
+        await asyncio.sleep(1.0)  # what the validators refused is still held a second later
+        assert await _usage(c, prefill) == held
+        release = await c.post(
+            f"{decode}/v1/completions",
+            json={"model": RELEASE_MODEL, "prompt": "release", "max_tokens": 1, "kv_transfer_params": params},
+        )
+        assert release.status_code == 404
+        print(f"\nlease released by vLLM's decode in {await _back_to_idle(c, prefill, idle):.3f}s")
