@@ -113,13 +113,23 @@ async def test_decode_refusing_connections_gives_the_lease_back_through_another_
     ],
 )
 async def test_what_the_decode_refuses_is_refused_before_the_prefill_runs(sim, gateway, client, extra):
+    await _refused_before_the_prefill(sim, gateway, client, "completions", {**BODY, **extra})
+
+
+async def test_a_chat_decode_refusal_is_refused_before_the_prefill_runs(sim, gateway, client):
+    chat = {"model": "sim-model", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 50}
+    await _refused_before_the_prefill(
+        sim, gateway, client, "chat/completions", {**chat, "max_completion_tokens": 3, "min_tokens": 4}
+    )
+
+
+async def _refused_before_the_prefill(sim, gateway, client, route: str, body: dict) -> None:
     p = await sim(role="prefill")
     d = await sim(role="decode")
     vllm = await sim()  # answers as vLLM 0.32 does
     gw = await gateway(_pool([p.url], [d.url]))
-    body = {**BODY, **extra}
-    want = await client.post(f"{vllm.url}/v1/completions", json=body)
-    got = await client.post(f"{gw.url}/v1/completions", json=body)
+    want = await client.post(f"{vllm.url}/v1/{route}", json=body)
+    got = await client.post(f"{gw.url}/v1/{route}", json=body)
     assert want.status_code == got.status_code == 400
     assert got.json() == want.json()
     assert p.stats.requests_total == 0 and d.stats.requests_total == 0

@@ -40,7 +40,7 @@ async def pull_nixl(params: dict[str, Any], timeout_s: float) -> KVEntry | None:
     try:
         host, port, path = _kv_path(params)
         status, body = await http_get(host, port, path, timeout_s)
-    except (TimeoutError, KeyError, TypeError, ValueError, OSError, httptools.HttpParserError):
+    except (TimeoutError, KeyError, TypeError, ValueError, OverflowError, OSError, httptools.HttpParserError):
         return None
     entry = _entry(status, body)
     if entry is not None and entry.engine_id != params.get("remote_engine_id"):
@@ -55,7 +55,7 @@ async def free_nixl(params: dict[str, Any], timeout_s: float) -> bool:
     try:
         host, port, path = _kv_path(params)
         status, _ = await asyncio.wait_for(request(host, port, "DELETE", path), timeout_s)
-    except (TimeoutError, KeyError, TypeError, ValueError, OSError, httptools.HttpParserError):
+    except (TimeoutError, KeyError, TypeError, ValueError, OverflowError, OSError, httptools.HttpParserError):
         return False
     return status == 200
 
