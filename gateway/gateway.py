@@ -6,6 +6,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from .access_log import AccessLog
+from .cleanups import Cleanups
 from .config import GatewayConfig
 from .errors import GatewayError
 from .health import HealthChecker
@@ -45,12 +46,15 @@ class Gateway:
         self.telemetry = Telemetry(self.pools, self.admission, obs.request_metrics, access)
         self.outlier = OutlierDetector(config.outlier, self.group_of, self.telemetry)
         self.capacity = Capacity()
+        self.cleanups = Cleanups()  # work a request leaves behind (a prefill's KV lease to give back)
         self.worker_metrics = WorkerMetricsPoller(lambda: self.endpoints, self.upstream, config.worker_metrics)
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
-        """What runs while serving besides health checks and the watchdog: the /metrics poller
-        and the policies' own tasks (e.g. KV-event subscribers)."""
-        tasks = [self.worker_metrics.run()] if self.config.worker_metrics.enabled else []
+        """What runs while serving besides health checks and the watchdog: the clean-ups' owner,
+        the /metrics poller and the policies' own tasks (e.g. KV-event subscribers)."""
+        tasks = [self.cleanups.run()]
+        if self.config.worker_metrics.enabled:
+            tasks.append(self.worker_metrics.run())
         for pool in self.pools:
             for role, policy in pool.policies.items():
                 tasks += policy.background(pool.groups[role])

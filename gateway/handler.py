@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from . import replicas
 from .auth import HeaderList, authorization, check_key
 from .context import RequestContext
-from .disagg import PROTOCOLS
+from .disagg import PROTOCOLS, precheck
 from .errors import ClientGone, GatewayError, UpstreamStatus, internal_error, render
 from .gateway import Gateway
 from .limits import read_body
@@ -175,3 +175,5 @@ def _accept(pool: Pool, req: ApiRequest) -> None:
             "multiple_prompts",
             param="prompt",
         )
+    if pool.kind == "pd":
+        precheck.check(req)  # what the decode would refuse, before the prefill does any work

@@ -3,6 +3,7 @@
 P gets a non-streaming one-token copy asking it to keep the KV for a remote decode; its
 answer carries `kv_transfer_params`, which D receives with the original request. D then
 pulls the KV and produces every output token, so its response goes to the client as-is.
+P's kept KV is a lease the gateway gives back when no decode will read it (nixl_lease).
 """
 
 from __future__ import annotations
@@ -12,42 +13,48 @@ import functools
 from starlette.responses import Response
 
 from ..context import RequestContext
-from ..errors import UpstreamError
 from ..payload import dumps, load_json
 from ..pool import Pool
 from ..relay import StreamRelay
 from ..sse import split_events
+from . import nixl_lease
 from .common import merge_usage, merged_response, prefill_body, with_prefill_usage
 
 
 async def prefill(ctx: RequestContext, pool: Pool) -> dict:
+    """P's answer, its kv_transfer_params checked (nixl_lease.checked)."""
     body = prefill_body(ctx.req.body)
     body["stream"] = False
     body.pop("stream_options", None)
     body["kv_transfer_params"] = {"do_remote_decode": True}
     leg = ctx.leg(pool, "prefill")
     await leg.open(ctx.req.path, dumps(body))
+    where = leg.where
     _, answer = await leg.read()
-    if not isinstance(answer.get("kv_transfer_params"), dict):
-        raise UpstreamError("the prefill worker returned no kv_transfer_params; is it a kv_producer?")
+    answer["kv_transfer_params"] = nixl_lease.checked(answer.get("kv_transfer_params"), where)
     return answer
 
 
 async def serve(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:
     req = ctx.req
     answer = await prefill(ctx, pool)
+    lease = answer["kv_transfer_params"]
     body = dict(req.body)
-    body["kv_transfer_params"] = answer["kv_transfer_params"]
+    body["kv_transfer_params"] = lease
     leg = ctx.leg(pool, "decode")
     p_usage: dict = answer.get("usage") or {}
-    if not req.stream:
-        await leg.open(req.path, dumps(body))
-        raw, result = await leg.read()
-        return merged_response(raw, result, p_usage, leg.status, leg.content_type, ctx.request_id)
     transform = None
-    if req.include_usage and with_prefill_usage(p_usage):
+    if req.stream and req.include_usage and with_prefill_usage(p_usage):
         transform = functools.partial(_with_prefill_usage, p_usage=p_usage)
-    return await leg.open_relay(req.path, dumps(body), transform)
+    try:  # until D answers 2xx the lease is the gateway's to give back
+        if req.stream:
+            return await leg.open_relay(req.path, dumps(body), transform)
+        await leg.open(req.path, dumps(body))
+    except BaseException:
+        nixl_lease.give_back(ctx, pool, lease, leg.tried)
+        raise
+    raw, result = await leg.read()
+    return merged_response(raw, result, p_usage, leg.status, leg.content_type, ctx.request_id)
 
 
 def _with_prefill_usage(run: bytes, p_usage: dict) -> bytes:

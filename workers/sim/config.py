@@ -30,6 +30,8 @@ class SimConfig:
     kv_hold_s: float = 30.0
     kv_wait_s: float = 10.0
     fail_after_tokens: int | None = None
+    decode_fault_status: int = 0  # answer this to a request that carries a remote prefill's KV, unread
+    decode_stall_s: float = 0.0  # hang this long before reading a remote prefill's KV (a stuck engine)
     neuron_cores: str | None = None  # claimed exclusively by the CLI (cores.py)
     advertise_host: str | None = None  # the address peers reach it at (a pod IP); default from host
     enable_prefix_caching: bool = True  # on by default, as in vLLM V1
@@ -78,13 +80,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=["both", "prefill", "decode"], default="both")
     p.add_argument("--kv-protocol", choices=["nixl", "neuron-legacy"], default="nixl")
     p.add_argument("--kv-peers", default="", help="comma list of prefill peer URLs (neuron-legacy decode)")
-    p.add_argument("--kv-hold-s", type=float, default=30.0, help="how long a prefill keeps KV waiting for pickup")
+    p.add_argument(
+        "--kv-hold-s",
+        type=float,
+        default=30.0,
+        help="how long a prefill keeps KV waiting for pickup (vLLM's kv_lease_duration, 30 s by default)",
+    )
     p.add_argument("--kv-wait-s", type=float, default=10.0, help="how long a legacy decode waits for KV")
     p.add_argument(
         "--fail-after-tokens",
         type=int,
         default=None,
         help="abort the connection after N token chunks (fault injection)",
+    )
+    p.add_argument(
+        "--decode-fault-status",
+        type=int,
+        default=0,
+        help="answer this HTTP status to every request carrying a remote prefill's kv_transfer_params, "
+        "without reading or freeing its KV (fault injection; 0: off)",
+    )
+    p.add_argument(
+        "--decode-stall-s",
+        type=float,
+        default=0.0,
+        help="hang this long before reading a remote prefill's KV, freeing nothing if cancelled (fault injection)",
     )
     p.add_argument(
         "--neuron-cores",

@@ -168,7 +168,9 @@ class KVEntry:
 
 
 class KVStore:
-    """KV held by a prefill worker until a decode takes it (once) or it expires."""
+    """KV held by a prefill worker (its lease) until a decode takes it (once), a decode's
+    notification frees it unread (`discard`), or it expires after `hold_s` (NixlConnector's
+    kv_lease_duration)."""
 
     def __init__(self, hold_s: float, stats: SimStats) -> None:
         self._hold_s = hold_s
@@ -178,6 +180,10 @@ class KVStore:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def held_tokens(self) -> list[int]:
+        """The prompt tokens of each entry held (for the KV-cache usage gauge)."""
+        return [entry.prompt_tokens for entry, _ in self._entries.values()]
 
     def put(self, entry: KVEntry) -> None:
         old = self._entries.pop(entry.key, None)
@@ -194,6 +200,13 @@ class KVStore:
     def _expire(self, key: str) -> None:
         if self._entries.pop(key, None) is not None:
             self._stats.kv_expired += 1
+
+    def discard(self, key: str) -> bool:
+        """Free an entry no decode will read (the decode's notification without a read)."""
+        if self.take(key) is None:
+            return False
+        self._stats.kv_released += 1
+        return True
 
     def take(self, key: str) -> KVEntry | None:
         item = self._entries.pop(key, None)
@@ -245,6 +258,7 @@ class SimStats:
     kv_pull_failed: int = 0
     kv_wait_timeouts: int = 0
     kv_expired: int = 0
+    kv_released: int = 0  # held KV freed unread by a decode's notification
     local_prefill_tokens: int = 0  # computed here (cache misses)
     local_cache_hit_tokens: int = 0  # found in this worker's prefix cache
     kv_blocks_in_use: int = 0  # KV blocks of the requests in flight (vllm:kv_cache_usage_perc)

@@ -42,7 +42,10 @@ class SimCollector(Collector):
         labels = self._labels()
         yield self._gauge("vllm:num_requests_running", "Number of requests in model execution batches.", s.in_flight)
         yield self._gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", 0)
-        usage = min(1.0, s.kv_blocks_in_use / cache.capacity_blocks) if cache.capacity_blocks else 0.0
+        # Blocks of running requests plus those a prefill holds for a decode to read (vLLM keeps them
+        # allocated until the decode's notification, or the lease's expiry, frees them).
+        in_use = s.kv_blocks_in_use + self._server.kv_held_blocks
+        usage = min(1.0, in_use / cache.capacity_blocks) if cache.capacity_blocks else 0.0
         yield self._gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", usage)
         yield self._counter(
             "vllm:prefix_cache_queries",
@@ -72,6 +75,11 @@ class SimCollector(Collector):
         for reason, value in s.finished.items():
             success.add_metric([*labels, reason], value, created=s.started_at)
         yield success
+        yield self._counter(
+            "vllm:nixl_num_kv_expired_reqs",
+            "Number of requests that had their KV expire. NOTE: This metric is tracked on the P instance.",
+            s.kv_expired,
+        )
 
 
 def new_registry(server: SimServer) -> CollectorRegistry:

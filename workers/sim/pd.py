@@ -29,19 +29,35 @@ def _entry(status: int, body: bytes) -> KVEntry | None:
         return None
 
 
+def _kv_path(params: dict[str, Any]) -> tuple[str, int, str]:
+    """Where a prefill holds the KV that `params` name; raises KeyError, TypeError, ValueError."""
+    rid = str(params["remote_request_id"])
+    return str(params["remote_host"]), int(params["remote_port"]), f"/sim/kv/{quote(rid, safe='')}"
+
+
 async def pull_nixl(params: dict[str, Any], timeout_s: float) -> KVEntry | None:
-    """Read-mode pull of a prefill's KV (the decode side of NixlConnector)."""
+    """Read-mode pull of a prefill's KV (the decode side of NixlConnector): the read frees it."""
     try:
-        host = str(params["remote_host"])
-        port = int(params["remote_port"])
-        rid = str(params["remote_request_id"])
-        status, body = await http_get(host, port, f"/sim/kv/{quote(rid, safe='')}", timeout_s)
-    except (TimeoutError, KeyError, TypeError, ValueError, OSError, httptools.HttpParserError):
+        host, port, path = _kv_path(params)
+        status, body = await http_get(host, port, path, timeout_s)
+    except (TimeoutError, KeyError, TypeError, ValueError, OverflowError, OSError, httptools.HttpParserError):
         return None
     entry = _entry(status, body)
     if entry is not None and entry.engine_id != params.get("remote_engine_id"):
         return None
     return entry
+
+
+async def free_nixl(params: dict[str, Any], timeout_s: float) -> bool:
+    """Tell a prefill that nobody will read the KV that `params` name, so it frees it now: what
+    vLLM's decode sends (a NIXL notification with nothing read) for a request that ends before
+    reading, e.g. one its serving layer refuses."""
+    try:
+        host, port, path = _kv_path(params)
+        status, _ = await asyncio.wait_for(request(host, port, "DELETE", path), timeout_s)
+    except (TimeoutError, KeyError, TypeError, ValueError, OverflowError, OSError, httptools.HttpParserError):
+        return False
+    return status == 200
 
 
 async def _poll_peer(peer: str, request_id: str, wait_s: float) -> KVEntry | None:

@@ -41,6 +41,13 @@ class GenRequest:
     echo: bool = False
     cached_tokens: int = 0  # prompt tokens found in the prefix cache (set by the prefill)
     report_cached: bool = False  # --enable-prompt-tokens-details
+    kv_settled: bool = False  # a remote prefill's KV was read, or is not this worker's to free
+
+    @property
+    def remote_kv(self) -> dict[str, Any] | None:
+        """A remote prefill's kv_transfer_params, when this request is to read its KV (decode side)."""
+        kv = self.kv_params
+        return kv if kv is not None and kv.get("do_remote_prefill") else None
 
     @property
     def response_id(self) -> str:
@@ -101,7 +108,7 @@ def _before_validators(body: dict[str, Any], chat: bool) -> None:
         raise invalid("`logprobs` must be a positive value or -1.", "logprobs", lp)
     if chat and body.get("top_logprobs") is not None and not body.get("logprobs"):
         raise invalid("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
-    if body.get("stream_options") is not None and not body.get("stream"):
+    if body.get("stream_options") and not body.get("stream"):
         raise invalid("Stream options can only be defined when `stream=True`.", "stream_options")
 
 
@@ -225,7 +232,9 @@ def _kv_params(kv: dict[str, Any] | None) -> dict[str, Any] | None:
     return kv
 
 
-def parse_request(body: Any, chat: bool, id_header: str | None, served_model: str, max_model_len: int) -> GenRequest:
+def validate_body(body: Any, chat: bool) -> ChatBody | CompletionBody:
+    """What vLLM checks before its serving code runs (FastAPI, pydantic and the request model's
+    validators): a refusal here frees no remote prefill's KV."""
     if not isinstance(body, dict):  # FastAPI reads the body model from attributes
         raise validation_error(
             [
@@ -238,7 +247,25 @@ def parse_request(body: Any, chat: bool, id_header: str | None, served_model: st
             ]
         )
     _before_validators(body, chat)
-    req = parse_model(ChatBody if chat else CompletionBody, body)
+    model: ChatBody | CompletionBody = parse_model(ChatBody if chat else CompletionBody, body)
+    return model
+
+
+def remote_kv_of(req: ChatBody | CompletionBody) -> dict[str, Any] | None:
+    """The remote prefill's kv_transfer_params of a validated request (None: it reads no KV)."""
+    kv = req.kv_transfer_params
+    return kv if kv is not None and kv.get("do_remote_prefill") else None
+
+
+def parse_request(body: Any, chat: bool, id_header: str | None, served_model: str, max_model_len: int) -> GenRequest:
+    return build_request(validate_body(body, chat), chat, id_header, served_model, max_model_len)
+
+
+def build_request(
+    req: ChatBody | CompletionBody, chat: bool, id_header: str | None, served_model: str, max_model_len: int
+) -> GenRequest:
+    """The serving layer's checks (vLLM's create_completion / create_chat_completion): a refusal
+    here frees a remote prefill's KV (vLLM's _with_kv_transfer_rejection_cleanup)."""
     if req.model and req.model != served_model:
         raise ApiError(404, f"The model `{req.model}` does not exist. Valid aliases: {served_model}.", "model")
     prompts = [_chat_prompt(req)] if isinstance(req, ChatBody) else _prompts(req)

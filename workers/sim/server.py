@@ -8,15 +8,16 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from .api import ApiError, GenRequest, fingerprint, parse_body, parse_request
+from .api import ApiError, GenRequest, fingerprint, parse_body
 from .config import SimConfig
 from .engine import KVEntry, KVStore, SimStats, block_ids, token_text, with_reply
 from .generate import TokenStream, respond_full
 from .httpserver import HttpConnection, Request
 from .metrics import CONTENT_TYPE, new_registry, render
 from .observe import models_body, stats_body
-from .pd import pull_nixl, wait_legacy
+from .pd import free_nixl, pull_nixl, wait_legacy
 from .prefix_cache import PrefixCache, tokenize
+from .request import build_request, remote_kv_of, validate_body
 from .sampling import Choices
 
 log = logging.getLogger("workers.sim")
@@ -76,7 +77,7 @@ class SimServer:
         self.kv_by_id = KVStore(config.kv_hold_s, self.stats)  # nixl: fresh id per prefill
         self.kv_by_request = KVStore(config.kv_hold_s, self.stats)  # legacy: X-Request-Id
         self._conns: set[HttpConnection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._next_block = 0
         slots = config.prefill_concurrency
@@ -112,6 +113,12 @@ class SimServer:
         host = self.config.host
         return "127.0.0.1" if host in ("0.0.0.0", "::", "", "localhost") else host
 
+    @property
+    def kv_held_blocks(self) -> int:
+        """KV blocks this prefill holds for decodes that have not read them yet."""
+        tokens = self.kv_by_id.held_tokens() + self.kv_by_request.held_tokens()
+        return sum(self.prefix_cache.blocks_for(t) for t in tokens)
+
     async def close(self) -> None:
         if self._server is None:
             return
@@ -144,6 +151,9 @@ class SimServer:
         path, method = req.path, req.method
         if path.startswith("/sim/kv/") and method == "GET":
             return self._spawn(conn, self._kv_endpoint(conn, req))
+        if path.startswith("/sim/kv/") and method == "DELETE":
+            freed = self.kv_by_id.discard(unquote(path[len("/sim/kv/") :]))
+            return conn.send_json(200 if freed else 404, {"freed": freed})
         methods = ROUTES.get(path)
         if methods is None:
             return conn.send(404, NOT_FOUND)
@@ -193,12 +203,32 @@ class SimServer:
         try:
             body = parse_body(req.body)
             s.last_request_body = body
-            g = parse_request(body, chat, id_header, self.config.model, self.config.max_model_len)
-            g.report_cached = self.config.enable_prompt_tokens_details
+            model = validate_body(body, chat)  # a refusal up to here frees nothing, as in vLLM
         except ApiError as exc:
             s.errors += 1
             return self._send_error(conn, exc, id_header)
+        try:
+            g = build_request(model, chat, id_header, self.config.model, self.config.max_model_len)
+            g.report_cached = self.config.enable_prompt_tokens_details
+        except ApiError as exc:
+            s.errors += 1
+            self._free_remote_kv(remote_kv_of(model))  # vLLM's _with_kv_transfer_rejection_cleanup
+            return self._send_error(conn, exc, id_header)
+        if g.remote_kv is not None and self.config.decode_fault_status:
+            s.errors += 1  # a decode failing outside vLLM's serving code: nobody frees the KV
+            status = self.config.decode_fault_status
+            return self._send_error(
+                conn, ApiError(status, "Injected decode failure (--decode-fault-status)."), id_header
+            )
         self._spawn(conn, self._generate(conn, g, _Life(s)))
+
+    def _free_remote_kv(self, params: dict[str, Any] | None) -> None:
+        """Tell the prefill that holds a request's KV to free it: the request ends unread."""
+        if params is None or self.config.kv_protocol != "nixl":
+            return
+        task = asyncio.get_running_loop().create_task(free_nixl(params, self.config.kv_wait_s))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _send_error(self, conn: HttpConnection, exc: ApiError, id_header: str | None) -> None:
         conn.send_json(exc.status, exc.to_json(), _id_headers(id_header))
@@ -230,9 +260,11 @@ class SimServer:
                 )
         except ApiError as exc:
             life.end("error")
+            self._free_unread(g)
             self._send_error(conn, exc, g.id_header)
         except asyncio.CancelledError:
             life.end("cancelled")
+            self._free_unread(g)
         except Exception:  # a simulator bug answers (or drops the stream), never hangs
             log.exception("sim worker: request failed")
             life.end("error")
@@ -240,6 +272,13 @@ class SimServer:
                 conn.abort()
             else:
                 self._send_error(conn, ApiError(500, "Internal error in the simulated worker."), g.id_header)
+
+    def _free_unread(self, g: GenRequest) -> None:
+        """A decode request that ends before reading its remote prefill's KV frees it (in vLLM: an
+        aborted request still waiting for its KV tells the prefill it read nothing)."""
+        if g.remote_kv is not None and not g.kv_settled:
+            g.kv_settled = True
+            self._free_remote_kv(g.remote_kv)
 
     async def _prefill(self, g: GenRequest) -> tuple[list[str] | None, dict[str, Any] | None]:
         """Run (or fetch) the prefill.  Returns (k=0 tokens taken from KV, kv_transfer_params
@@ -329,6 +368,10 @@ class SimServer:
     async def _nixl_decode(self, g: GenRequest, kv: dict[str, Any]) -> list[str] | None:
         if self.config.role == "prefill":
             raise ApiError(400, "do_remote_prefill sent to a prefill-only worker.", "kv_transfer_params")
+        if self.config.decode_stall_s > 0:
+            g.kv_settled = True  # a stuck decode: cancelled meanwhile, it frees nothing
+            await asyncio.sleep(self.config.decode_stall_s)
+        g.kv_settled = True  # the read frees the prefill's KV, whatever it finds
         entry = await pull_nixl(kv, self.config.kv_wait_s)
         if entry is None:
             # vLLM falls back to recomputing the prefill locally when the KV read fails.
