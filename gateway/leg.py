@@ -151,14 +151,16 @@ class Leg:
         assert self.resp is not None
         return self.resp.headers.get("content-type", "application/json")
 
-    async def read(self) -> tuple[bytes, dict]:
-        """The whole (non-streaming) JSON body, raw and parsed; releases the endpoint."""
+    async def read(self, expect_json: bool = True) -> tuple[bytes, dict]:
+        """The whole (non-streaming) JSON body, raw and parsed; releases the endpoint.
+        `expect_json=False`: a body of the answer's own content type (text, subtitles), as it is."""
         assert self.resp is not None
         self._unwatch()  # the body has a timer of its own
         raw = None
         try:
             raw = await self.gateway.upstream.read(self.resp)
-            answer = load_json(raw, f"{self.role} worker {self.where}")
+            json_body = expect_json or self.content_type.startswith("application/json")
+            answer = load_json(raw, f"{self.role} worker {self.where}") if json_body else {}
         except UpstreamError as err:
             self._failed(err.message, err.kind if raw is None else "invalid")
             raise

@@ -137,3 +137,14 @@ async def test_form_route_refuses_a_json_body(sim, gateway, client) -> None:
     gw = await gateway([{"name": "p", "workers": [s.url]}])
     resp = await client.post(f"{gw.url}/v1/audio/transcriptions", json={"model": "sim-model"})
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_content_type"
+
+
+async def test_form_route_passes_a_text_answer_as_it_is(sim, gateway, client) -> None:
+    s = await sim()
+    gw = await gateway([{"name": "p", "workers": [s.url]}])
+    files = {"file": ("a.wav", b"RIFF....WAVE", "audio/wav")}
+    form = {"model": "sim-model", "response_format": "text"}
+    direct = await client.post(f"{s.url}/v1/audio/transcriptions", data=form, files=files)
+    via = await client.post(f"{gw.url}/v1/audio/transcriptions", data=form, files=files)
+    assert via.status_code == 200 and via.headers["content-type"].startswith("text/plain")
+    assert via.text == direct.text

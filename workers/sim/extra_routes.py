@@ -195,6 +195,8 @@ class ExtraRoutes:
         if not self.serves(model):
             raise self._unknown(model, False)
         text = completion_text(str(len(req.body)), 0, 4).strip()
+        if fields.get("response_format") in ("text", "srt", "vtt"):
+            return conn.send(200, text.encode(), "text/plain; charset=utf-8")
         conn.send_json(200, {"text": text, "usage": {"type": "duration", "seconds": 1}})
 
     def model_cards(self, created: int) -> list[dict[str, Any]]:
