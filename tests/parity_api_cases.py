@@ -94,8 +94,12 @@ def to_answer(r: httpx.Response) -> dict[str, Any]:
     return {"status": r.status_code, "content_type": ctype.split(";")[0], "body": body}
 
 
-async def ask_async(client: httpx.AsyncClient, base_url: str, case: Case) -> dict[str, Any]:
+async def ask_async(
+    client: httpx.AsyncClient, base_url: str, case: Case, request_id: str | None = None
+) -> dict[str, Any]:
     headers = {"content-type": "application/json"}
+    if request_id is not None:  # vLLM builds some ids from it: the same on both sides of a comparison
+        headers["x-request-id"] = request_id
     return to_answer(await client.post(base_url + case.path, content=case.content(), headers=headers))
 
 
