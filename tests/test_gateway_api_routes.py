@@ -8,6 +8,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from gateway.routes import TABLE
+from tests.conftest import sse_payloads
 from tests.parity_api_cases import CASES, api_shape, ask_async
 
 JSON_CASES = [c for c in CASES if c.case.path not in ("/v1/completions",) and "unknown" not in c.name]
@@ -148,3 +149,14 @@ async def test_form_route_passes_a_text_answer_as_it_is(sim, gateway, client) ->
     via = await client.post(f"{gw.url}/v1/audio/transcriptions", data=form, files=files)
     assert via.status_code == 200 and via.headers["content-type"].startswith("text/plain")
     assert via.text == direct.text
+
+
+async def test_form_route_stream_is_relayed(sim, gateway, client) -> None:
+    s = await sim()
+    gw = await gateway([{"name": "p", "workers": [s.url]}])
+    files = {"file": ("a.wav", b"RIFF....WAVE", "audio/wav")}
+    form = {"model": "sim-model", "stream": "true"}
+    resp = await client.post(f"{gw.url}/v1/audio/transcriptions", data=form, files=files)
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    events = sse_payloads(resp.content)
+    assert events[-1] == "[DONE]" and all(e["object"] == "transcription.chunk" for e in events[:-1])

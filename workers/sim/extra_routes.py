@@ -137,9 +137,14 @@ class ExtraRoutes:
         texts = _texts(body.get("input", body.get("texts")), "input")
         tokens = sum(len(tokenize(t)) for t in texts)
         if path == "/v2/embed":
-            return {"id": f"embd-{_uid()}", "embeddings": {"float": [vector(t) for t in texts]}, "texts": texts,
-                    "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens, "image_tokens": 0}},
-                    "response_type": "embeddings_by_type"}  # fmt: skip
+            meta = {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens, "image_tokens": 0}}
+            return {
+                "id": f"embd-{_uid()}",
+                "embeddings": {"float": [vector(t) for t in texts]},
+                "texts": texts,
+                "meta": meta,
+                "response_type": "embeddings_by_type",
+            }
         if path == "/classify":
             data = [_classified(i, t) for i, t in enumerate(texts)]
             prefix = "classify"
@@ -195,9 +200,24 @@ class ExtraRoutes:
         if not self.serves(model):
             raise self._unknown(model, False)
         text = completion_text(str(len(req.body)), 0, 4).strip()
+        if fields.get("stream", "").lower() == "true":
+            return self._audio_stream(conn, model or self.config.model, text)
         if fields.get("response_format") in ("text", "srt", "vtt"):
             return conn.send(200, text.encode(), "text/plain; charset=utf-8")
         conn.send_json(200, {"text": text, "usage": {"type": "duration", "seconds": 1}})
+
+    @staticmethod
+    def _audio_stream(conn: HttpConnection, model: str, text: str) -> None:
+        """vLLM's transcription stream: one `transcription.chunk` per token, then [DONE]."""
+        head = {"id": f"trsc-{_uid()}", "object": "transcription.chunk", "created": int(time.time()), "model": model}
+        events = []
+        for word in text.split():
+            delta = {"content": " " + word}
+            events.append({**head, "choices": [{"delta": delta, "finish_reason": None, "stop_reason": None}]})
+        events[-1]["choices"][0]["finish_reason"] = "stop"
+        body = b"".join(b"data: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n" for e in events)
+        conn.start_stream(200, "text/event-stream; charset=utf-8", first=body)
+        conn.end_stream(b"data: [DONE]\n\n")
 
     def model_cards(self, created: int) -> list[dict[str, Any]]:
         """The adapters' /v1/models entries: their parent is the served model."""
