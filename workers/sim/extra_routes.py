@@ -210,11 +210,11 @@ class ExtraRoutes:
     def _audio_stream(conn: HttpConnection, model: str, text: str) -> None:
         """vLLM's transcription stream: one `transcription.chunk` per token, then [DONE]."""
         head = {"id": f"trsc-{_uid()}", "object": "transcription.chunk", "created": int(time.time()), "model": model}
+        words = text.split()
         events = []
-        for word in text.split():
-            delta = {"content": " " + word}
-            events.append({**head, "choices": [{"delta": delta, "finish_reason": None, "stop_reason": None}]})
-        events[-1]["choices"][0]["finish_reason"] = "stop"
+        for i, word in enumerate(words):
+            choice = {"delta": {"content": " " + word}, "finish_reason": "stop" if i == len(words) - 1 else None}
+            events.append({**head, "choices": [{**choice, "stop_reason": None}]})
         body = b"".join(b"data: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n" for e in events)
         conn.start_stream(200, "text/event-stream; charset=utf-8", first=body)
         conn.end_stream(b"data: [DONE]\n\n")
