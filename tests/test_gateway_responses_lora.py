@@ -143,3 +143,28 @@ async def test_pd_pool_serves_other_routes_from_a_decode_endpoint(sim, gateway, 
     tok = await client.post(f"{gw.url}/tokenize", json={"model": "sim-model", "prompt": "a b c"})
     assert tok.json()["count"] == 3
     assert p.stats.requests_total == 0
+
+
+def test_response_homes_keep_only_the_newest() -> None:
+    from gateway.response_homes import ResponseHomes
+
+    homes = ResponseHomes(capacity=3)
+    for i in range(5):
+        homes.remember(f"resp_{i}", f"http://w{i}")
+    homes.remember("resp_2", "http://w2")  # seen again: newest now
+    homes.remember(None, "http://x")  # an answer without an id is not remembered
+    assert len(homes) == 3 and homes.home("resp_0") is None and homes.home("resp_1") is None
+    assert homes.home("resp_2") == "http://w2" and homes.home("resp_4") == "http://w4"
+
+
+async def test_adapter_fan_out_says_which_workers_disagreed(sim, gateway, client) -> None:
+    sims, gw = await _replicas(sim, gateway, auth={"admin_keys": ["admin-secret"]})
+    await wait_until(lambda: all(e.healthy for e in gw.gateway.endpoints))
+    load = {"lora_name": "sql-lora", "lora_path": "/adapters/sql"}
+    await client.post(f"{sims[0].url}/v1/load_lora_adapter", json=load)  # already on one of them
+    resp = await client.post(f"{gw.url}/v1/load_lora_adapter", json=load, headers=ADMIN)
+    assert resp.status_code == 502 and resp.json()["error"]["code"] == "partial_failure"
+    assert sims[0].url in resp.json()["error"]["message"] and sims[1].url in resp.json()["error"]["message"]
+    assert all("sql-lora" in s.extra.adapters for s in sims)  # the one that could, did
+    unknown_pool = await client.post(f"{gw.url}/v1/load_lora_adapter?pool=nope", json=load, headers=ADMIN)
+    assert unknown_pool.status_code == 404
