@@ -22,7 +22,9 @@ from .dashboard import dashboard_routes
 from .errors import GatewayError, envelope, internal_error, render
 from .gateway import Gateway
 from .handler import Handler
+from .lora import lora_routes
 from .routes import ROUTES
+from .side_routes import side_routes
 from .telemetry import CONTENT_TYPE_LATEST
 from .writer import AsgiWriter
 
@@ -52,7 +54,10 @@ class FastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            if scope["method"] == "POST" and path in ROUTES:
+            if path in ROUTES:
+                if scope["method"] != "POST":
+                    await _not_allowed(scope, receive, send)
+                    return
                 header_list = scope["headers"]
                 await self.handler(
                     ROUTES[path], dict(header_list), header_list, None, scope, receive, send, AsgiWriter(send)
@@ -90,6 +95,12 @@ async def _without_slash(scope: Scope, receive: Receive, send: Send) -> None:
     await RedirectResponse(target, 307)(scope, receive, send)
 
 
+async def _not_allowed(scope: Scope, receive: Receive, send: Send) -> None:
+    err = GatewayError(405, f"{scope['method']} is not allowed on {scope['path']}; use POST", "method_not_allowed")
+    err.headers["allow"] = "POST"
+    await render(err)(scope, receive, send)
+
+
 def create_app(config: GatewayConfig) -> FastPath:
     gateway = Gateway(config)
 
@@ -120,6 +131,8 @@ def create_app(config: GatewayConfig) -> FastPath:
     app.state.gateway = gateway
     app.include_router(admin_routes(gateway))
     app.include_router(dashboard_routes(gateway))
+    app.include_router(side_routes(gateway))
+    app.include_router(lora_routes(gateway))
     _add_status_routes(app, gateway)
     _add_error_handlers(app)
     return FastPath(app, Handler(gateway))

@@ -25,7 +25,14 @@ def choose(
 
     Raises Saturated when only full ones are left, and a 503 when none is healthy."""
     candidates, available = [], False
-    for e in pool.groups.get(role, ()):
+    group = pool.groups.get(role, ())
+    # A model some workers list and others not (a LoRA adapter loaded on a few) goes to those
+    # (and to any whose list is not known yet).
+    model = request.model
+    narrow = any(model in e.model_ids for e in group)
+    for e in group:
+        if narrow and e.model_ids and model not in e.model_ids:
+            continue
         if e.healthy and not e.draining and e not in exclude:
             available = True
             if e.outstanding < per_worker_limit:

@@ -175,6 +175,24 @@ class WorkerMetrics(_Strict):
     timeout_s: float = Field(1.0, gt=0)
 
 
+class SplitTarget(_Strict):
+    model: str = Field(min_length=1)
+    weight: int = Field(ge=0)
+
+
+class Split(_Strict):
+    """A public model name whose requests go to served models by weight (a canary); a session
+    key (X-Session-Id, else `user`) keeps each session on one of them."""
+
+    split: list[SplitTarget] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> Split:
+        if not sum(t.weight for t in self.split):
+            raise ValueError("a split needs some weight above 0")
+        return self
+
+
 class GatewayConfig(_Strict):
     listen: Listen = Listen()
     timeouts: Timeouts = Timeouts()
@@ -190,6 +208,8 @@ class GatewayConfig(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one object per line, access lines included
     observability: Observability = Observability()
+    # Public model names: another served name (an alias), or a weighted split between several.
+    aliases: dict[str, str | Split] = {}
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Coroutine
 from typing import Any
 
 from .access_log import AccessLog
+from .aliases import ModelNames
 from .cleanups import Cleanups
 from .config import GatewayConfig
 from .errors import GatewayError
@@ -13,8 +15,10 @@ from .health import HealthChecker
 from .http1 import header_lines
 from .limits import Admission, Capacity
 from .logs import clip
+from .models_list import model_cards
 from .outlier import OutlierDetector
 from .pool import Endpoint, Pool
+from .response_homes import ResponseHomes
 from .telemetry import Telemetry
 from .upstream import Upstream
 from .watchdog import Watchdog
@@ -47,6 +51,9 @@ class Gateway:
         self.outlier = OutlierDetector(config.outlier, self.group_of, self.telemetry)
         self.capacity = Capacity()
         self.cleanups = Cleanups()  # work a request leaves behind (a prefill's KV lease to give back)
+        self.responses = ResponseHomes()
+        self.names = ModelNames(config.aliases)
+        self.started = int(time.time())  # the `created` of the model entries the gateway makes
         self.worker_metrics = WorkerMetricsPoller(lambda: self.endpoints, self.upstream, config.worker_metrics)
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
@@ -68,21 +75,24 @@ class Gateway:
         return next(p for p in self.pools if p.name == ep.pool).groups[ep.role]
 
     def pool_for(self, model: str) -> Pool:
+        """The pool serving `model`; no model (where vLLM takes none): the only pool."""
+        if not model and len(self.pools) == 1:
+            return self.pools[0]
         for pool in self.pools:
             if pool.serves(model):
                 return pool
         raise GatewayError(404, f"The model `{clip(model)}` does not exist.", "model_not_found", param="model")
 
-    def worker_headers(self, pool: Pool, request_id: str) -> bytes:
-        """The header lines of a request to one of the pool's workers."""
-        return self._headers[pool.name] + b"x-request-id: %s\r\n" % request_id.encode("ascii")
+    def worker_headers(self, pool: Pool, request_id: str, content_type: bytes | None = None) -> bytes:
+        """The header lines of a request to one of the pool's workers (JSON, unless a form's
+        `content_type` is given)."""
+        head = self._headers[pool.name]
+        if content_type is not None:
+            head = head.replace(b"content-type: application/json\r\n", b"content-type: %s\r\n" % content_type)
+        return head + b"x-request-id: %s\r\n" % request_id.encode("ascii")
 
     def model_cards(self) -> list[dict]:
-        seen: dict[str, dict] = {}
-        for pool in self.pools:
-            for card in pool.model_cards():
-                seen.setdefault(card["id"], card)
-        return list(seen.values())
+        return model_cards(self.pools, self.config.aliases, self.started)
 
     @property
     def ready(self) -> bool:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from . import replicas
+from . import passthrough, replicas
 from .auth import HeaderList, authorization, check_key
 from .context import RequestContext
 from .disagg import PROTOCOLS, precheck
@@ -36,7 +36,7 @@ from .logs import safe
 from .pool import Pool
 from .relay import StreamRelay
 from .requests import ApiRequest, parse_request
-from .routes import Route
+from .routes import SPECS, Route
 from .writer import Writer
 
 log = logging.getLogger("pd_gateway")
@@ -100,7 +100,10 @@ class Handler:
             await ctx.admit()
             session = headers.get(b"x-session-id")
             session_key = session.decode("latin-1") if session else None
-            ctx.parsed(parse_request(ctx.route, raw, self.config.limits, session_key))
+            content_type = headers.get(b"content-type", b"")
+            req = parse_request(ctx.route, raw, self.config.limits, session_key, content_type)
+            self.gateway.names.rewrite(req)  # an alias or split: the served name
+            ctx.parsed(req)
             pool = self.gateway.pool_for(ctx.req.model)
             ctx.routed(pool)
             _accept(pool, ctx.req)
@@ -121,6 +124,8 @@ class Handler:
 
     @staticmethod
     async def dispatch(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:
+        if not SPECS[ctx.route].pd:
+            return await passthrough.serve(ctx, pool)
         if pool.kind == "replicas":
             return await replicas.serve(ctx, pool)
         assert pool.protocol is not None

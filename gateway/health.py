@@ -31,11 +31,22 @@ class HealthChecker:
         reason = "answered /health with a non-200 status"
         try:
             ok = await self.upstream.get_ok(ep.url + "/health", self.config.timeout_s)
-            if ok and (not ep.models or not ep.healthy):
-                ep.set_models(await self._models(ep))
+            if ok:  # every check: adapters come and go (LoRA routing reads them)
+                await self._refresh_or_keep(ep)
         except Exception as err:  # any failure to answer is a failed check
             reason, ok = repr(err), False
         self._record(ep, ok, reason)
+
+    async def _refresh_or_keep(self, ep: Endpoint) -> None:
+        """A worker's model list; one it failed to give now keeps the last (none yet: a failure)."""
+        try:
+            await self.refresh_models(ep)
+        except Exception:
+            if not ep.models:
+                raise
+
+    async def refresh_models(self, ep: Endpoint) -> None:
+        ep.set_models(await self._models(ep))
 
     async def _models(self, ep: Endpoint) -> list[dict]:
         data = await self.upstream.get_json(ep.url + "/v1/models", self.config.timeout_s)

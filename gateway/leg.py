@@ -8,6 +8,7 @@ or pushes its stream of SSE events to a consumer from the socket callback (`stre
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from .http1 import Response
 from .payload import load_json
 from .pool import Endpoint, Pool, Role
 from .relay import OnEnd, OnRun, StreamRelay
+from .routes import SPECS
 from .sse import DONE, EventFramer
 from .telemetry import usage_of
 from .watchdog import Watched
@@ -25,6 +27,8 @@ from .watchdog import Watched
 if TYPE_CHECKING:
     from .context import RequestContext
 
+# The last event of a stream of named events (/v1/responses), which has no [DONE].
+_LAST_NAMED = re.compile(rb"(^|\n)event: (response\.(completed|incomplete|failed)|error)\n")
 _QUEUED_RUNS = 64  # runs an async consumer may fall behind before the worker is held back
 
 
@@ -64,6 +68,7 @@ class Leg:
         self.last = b""  # the last run of events read
         self._prev = b""  # the run before it: a stream's usage may sit there, before a lone [DONE]
         self.trace = ctx.trace
+        self.named_events = SPECS[ctx.route].named_events  # `event:` lines allowed, no [DONE]
         self._consumer: tuple[OnRun, OnEnd] | None = None
         self._on_sent: Callable[[], None] | None = None
         self._replay: asyncio.Task | None = None
@@ -99,7 +104,7 @@ class Leg:
             self.trace.leg_sent(self.role, ep.url)
         url = ep.url + self.request[0]
         upstream = self.gateway.upstream
-        headers = self.gateway.worker_headers(self.pool, self.ctx.request_id)
+        headers = self.gateway.worker_headers(self.pool, self.ctx.request_id, self.ctx.req.content_type)
         try:
             await upstream.answer(await upstream.post(url, self.request[1], headers, self._sent))
         except Retryable:
@@ -146,14 +151,16 @@ class Leg:
         assert self.resp is not None
         return self.resp.headers.get("content-type", "application/json")
 
-    async def read(self) -> tuple[bytes, dict]:
-        """The whole (non-streaming) JSON body, raw and parsed; releases the endpoint."""
+    async def read(self, expect_json: bool = True) -> tuple[bytes, dict]:
+        """The whole (non-streaming) JSON body, raw and parsed; releases the endpoint.
+        `expect_json=False`: a body of the answer's own content type (text, subtitles), as it is."""
         assert self.resp is not None
         self._unwatch()  # the body has a timer of its own
         raw = None
         try:
             raw = await self.gateway.upstream.read(self.resp)
-            answer = load_json(raw, f"{self.role} worker {self.where}")
+            json_body = expect_json or self.content_type.startswith("application/json")
+            answer = load_json(raw, f"{self.role} worker {self.where}") if json_body else {}
         except UpstreamError as err:
             self._failed(err.message, err.kind if raw is None else "invalid")
             raise
@@ -190,7 +197,7 @@ class Leg:
                     w.progress += 1
                 return None
             w.progress += 1
-            if not run.startswith(b"data:"):
+            if not run.startswith(b"data:") and not (self.named_events and run.startswith(b"event:")):
                 self.garbage = f"sent something that is not an SSE data event: {run[:80]!r}"
                 resp.close()
                 return None
@@ -215,7 +222,7 @@ class Leg:
             reason, kind = self.garbage, "invalid"
         elif exc is not None:
             reason = f"broke off the stream: {exc}"
-        elif self.timed_out or self.aborted or not self.last.endswith(DONE):
+        elif self.timed_out or self.aborted or not self._ended_whole():
             reason = "the worker ended the stream before [DONE]"
             if self.timed_out:
                 kind = "timeout"
@@ -236,6 +243,12 @@ class Leg:
             yield run
 
     # Outcomes ---------------------------------------------------------------------
+
+    def _ended_whole(self) -> bool:
+        """The stream's own last event came: [DONE], or a response's final event."""
+        if self.named_events:
+            return _LAST_NAMED.search(self.last) is not None
+        return self.last.endswith(DONE)
 
     @property
     def timed_out(self) -> bool:

@@ -113,12 +113,7 @@ class Pool:
         return all(any(e.routable for e in group) for group in self.groups.values())
 
     def serves(self, model: str) -> bool:
-        if self.config.models:
-            return model in self.config.models
+        """A configured name, or one a worker lists (its model, or a LoRA adapter it loaded)."""
+        if model in self.config.models:
+            return True
         return any(model in e.model_ids for group in self.groups.values() for e in group)
-
-    def model_cards(self) -> list[dict]:
-        """Model objects for /v1/models: configured names, else what the workers report."""
-        if self.config.models:
-            return [{"id": m, "object": "model", "owned_by": "pd-gateway"} for m in self.config.models]
-        return [m for e in self.endpoints if e.healthy for m in e.models]

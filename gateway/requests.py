@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from .config import Limits
 from .errors import bad_request
+from .forms import form_fields
 from .payload import dumps
-from .routes import PATHS, Route
+from .routes import PATHS, SPECS, Route
 
 
 @dataclass
@@ -23,6 +24,7 @@ class ApiRequest:
     include_usage: bool
     prompt_tokens: int  # an estimate, for prefill load balancing
     session_header: str | None = None  # the client's X-Session-Id
+    content_type: bytes | None = None  # a form's own (multipart); None: JSON
     _prefix_text: str | None = field(default=None, repr=False)
 
     @property
@@ -84,7 +86,7 @@ def render_prefix(route: Route, body: dict) -> str:
             text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
             parts.append(f"<|{m.get('role', '')}|>{text}")
         return "".join(parts)
-    prompt = body.get("prompt")
+    prompt = body.get("prompt", body.get("input"))
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
@@ -121,7 +123,11 @@ def _check_messages(messages: object) -> int:
     return sum(len(json.dumps(m.get("content", ""))) for m in messages)
 
 
-def parse_request(route: Route, raw: bytes, limits: Limits, session_header: str | None = None) -> ApiRequest:
+def parse_request(
+    route: Route, raw: bytes, limits: Limits, session_header: str | None = None, content_type: bytes = b""
+) -> ApiRequest:
+    if SPECS[route].kind == "multipart":
+        return _parse_form(route, raw, content_type, session_header)
     try:
         return _parse(route, raw, limits, session_header)
     except RecursionError:
@@ -151,8 +157,34 @@ def _load(raw: bytes) -> dict:
     return body
 
 
+def _parse_other(route: Route, raw: bytes, body: dict, session_header: str | None) -> ApiRequest:
+    """A route other than completions and chat: the model (optional where vLLM has it so) and
+    whether it streams; the rest is the worker's to judge."""
+    model = body.get("model")
+    if model is None:
+        model = ""
+    elif not isinstance(model, str) or not model:
+        raise bad_request("'model' must be a non-empty string", "model")
+    stream = body.get("stream") if SPECS[route].streams else None
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean", "stream")
+    return ApiRequest(route, raw, body, model, bool(stream), False, max(1, len(raw) // 4), session_header)
+
+
+def _parse_form(route: Route, raw: bytes, content_type: bytes, session_header: str | None) -> ApiRequest:
+    fields = form_fields(raw, content_type)
+    stream = fields.get("stream", "false").strip().lower() in ("true", "1")
+    body: dict = {"model": fields["model"]} if "model" in fields else {}
+    model = body.get("model", "")
+    req = ApiRequest(route, raw, body, model, stream, False, max(1, len(raw) // 4096), session_header)
+    req.content_type = content_type
+    return req
+
+
 def _parse(route: Route, raw: bytes, limits: Limits, session_header: str | None) -> ApiRequest:
     body = _load(raw)
+    if route not in ("completions", "chat"):
+        return _parse_other(route, raw, body, session_header)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("'model' is required and must be a non-empty string", "model")

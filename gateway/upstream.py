@@ -72,6 +72,25 @@ class Upstream:
         finally:
             resp.release()
 
+    async def call(
+        self, method: str, url: str, headers: bytes, body: bytes, timeout_s: float
+    ) -> tuple[int, str, bytes]:
+        """One whole request within `timeout_s`: status, content type and body (the routes
+        relayed whole: stored responses, admin fan-out, audio forms)."""
+        resp: Response | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                resp = await self._send(method, url, headers, body)
+                await resp.head
+                return resp.status, resp.headers.get("content-type", "application/json"), await resp.read()
+        except TimeoutError:
+            raise UpstreamTimeout(f"worker {url} did not answer within {timeout_s:g}s") from None
+        except ConnectionBroken as err:
+            raise NoAnswer.about(url, err) from None
+        finally:
+            if resp is not None:
+                resp.release()
+
     async def get(self, url: str, timeout_s: float) -> tuple[int, bytes]:
         """A GET's status and body (health checks, model lists)."""
         resp: Response | None = None

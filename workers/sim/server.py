@@ -8,9 +8,11 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from .api import ApiError, GenRequest, fingerprint, parse_body
+from .api import VLLM_VERSION, ApiError, GenRequest, fingerprint, parse_body
 from .config import SimConfig
 from .engine import KVEntry, KVStore, SimStats, block_ids, token_text, with_reply
+from .extra_routes import PATHS as EXTRA_PATHS
+from .extra_routes import ExtraRoutes
 from .generate import TokenStream, respond_full
 from .httpserver import HttpConnection, Request
 from .metrics import CONTENT_TYPE, new_registry, render
@@ -32,6 +34,7 @@ ROUTES: dict[str, set[str]] = {
     "/sim/reset": {"POST"},
     "/v1/completions": {"POST"},
     "/v1/chat/completions": {"POST"},
+    **{path: {"POST"} for path in EXTRA_PATHS},
 }
 
 
@@ -85,6 +88,7 @@ class SimServer:
         self.prefix_cache = PrefixCache(config.prefix_cache_blocks, config.block_size, config.enable_prefix_caching)
         self.metrics = new_registry(self)
         self.system_fingerprint = fingerprint(config.model, config.max_model_len)
+        self.extra = ExtraRoutes(self)
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> SimServer:
@@ -154,6 +158,8 @@ class SimServer:
         if path.startswith("/sim/kv/") and method == "DELETE":
             freed = self.kv_by_id.discard(unquote(path[len("/sim/kv/") :]))
             return conn.send_json(200 if freed else 404, {"freed": freed})
+        if path.startswith("/v1/responses/"):
+            return self._stored_response(conn, path, method)
         methods = ROUTES.get(path)
         if methods is None:
             return conn.send(404, NOT_FOUND)
@@ -161,15 +167,27 @@ class SimServer:
             return conn.send(405, b'{"detail":"Method Not Allowed"}')
         if path in ("/v1/completions", "/v1/chat/completions"):
             return self._accept(conn, req, chat=path == "/v1/chat/completions")
+        if path in EXTRA_PATHS:
+            return self.extra.handle(conn, req)
         self._simple(conn, path)
+
+    def _stored_response(self, conn: HttpConnection, path: str, method: str) -> None:
+        rest = path[len("/v1/responses/") :]
+        if method == "GET" and "/" not in rest:
+            return self.extra.responses.retrieve(conn, unquote(rest))
+        if method == "POST" and rest.endswith("/cancel") and rest.count("/") == 1:
+            return self.extra.responses.cancel(conn, unquote(rest[: -len("/cancel")]))
+        conn.send(404, NOT_FOUND)
 
     def _simple(self, conn: HttpConnection, path: str) -> None:
         if path in ("/health", "/ping"):
             conn.send(200, b"")
         elif path == "/version":
-            conn.send_json(200, {"version": "sim"})
+            conn.send_json(200, {"version": VLLM_VERSION})
         elif path == "/v1/models":
-            conn.send_json(200, models_body(self.config))
+            body = models_body(self.config)
+            body["data"] += self.extra.model_cards(body["data"][0]["created"])
+            conn.send_json(200, body)
         elif path == "/metrics":
             conn.send(200, render(self.metrics), CONTENT_TYPE)
         elif path == "/sim/stats":
@@ -208,7 +226,8 @@ class SimServer:
             s.errors += 1
             return self._send_error(conn, exc, id_header)
         try:
-            g = build_request(model, chat, id_header, self.config.model, self.config.max_model_len)
+            served = _model_of(body) if self.extra.serves(_model_of(body)) else None  # an adapter loaded here
+            g = build_request(model, chat, id_header, served or self.config.model, self.config.max_model_len)
             g.report_cached = self.config.enable_prompt_tokens_details
         except ApiError as exc:
             s.errors += 1
@@ -405,6 +424,11 @@ class SimServer:
         self.stats.kv_received += 1
         self.stats.external_prefill_tokens += g.total_prompt_tokens
         return entry.first_tokens
+
+
+def _model_of(body: object) -> str | None:
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else None
 
 
 def _id_headers(id_header: str | None) -> list[tuple[str, str]]:
