@@ -92,3 +92,30 @@ def test_the_first_config_example_is_valid_config(doc: str) -> None:
     example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     config = parse_config(yaml.safe_load(example))
     assert [p.kind for p in config.pools] == ["replicas", "pd"]
+
+
+def _config_fields(model: type, prefix: str = "") -> list[str]:
+    """Every field of the gateway config, dotted, into nested sections (pools' and policies' too)."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    out = []
+    for name, field in model.model_fields.items():  # type: ignore[attr-defined]
+        out.append(prefix + name)
+        kinds = [field.annotation, *get_args(field.annotation)]
+        kinds += [a for k in kinds for a in get_args(k)]
+        for kind in kinds:
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                out += _config_fields(kind, f"{prefix}{name}.")
+    return out
+
+
+def test_every_config_field_is_in_the_configuration_guide() -> None:
+    from gateway.config import GatewayConfig
+
+    guide = (ROOT / "docs" / "configuration.md").read_text()
+    spans = " ".join(re.findall(r"`([^`]+)`", _prose(guide)) + FENCE.findall(guide))
+    fields = dict.fromkeys(_config_fields(GatewayConfig))
+    missing = [f for f in fields if not re.search(rf"\b{f.rsplit('.', 1)[-1]}\b", spans)]
+    assert missing == []
