@@ -94,7 +94,7 @@ class Handler:
     ) -> Response | StreamRelay:
         try:
             check_key(authorization(headers, header_list), self.config.auth.api_keys)
-            raw = body if body is not None else await read_body(receive, headers, self.config.limits.max_body_bytes)
+            raw = body if body is not None else await self.read_body(ctx, receive, headers)
             ctx.watch_client(receive)
             await ctx.admit()
             session = headers.get(b"x-session-id")
@@ -117,6 +117,13 @@ class Handler:
             log.exception("rid=%s failed", ctx.request_id)
             return self.refuse(ctx, internal_error())
         return response
+
+    async def read_body(self, ctx: RequestContext, receive: Receive, headers: Mapping[bytes, bytes]) -> bytes:
+        """The body from ASGI `receive`, counted at the front door until the request ends."""
+        front = self.gateway.front
+        raw = await read_body(receive, headers, self.config.limits.max_body_bytes, front)
+        ctx.on_close(lambda: front.give_back(len(raw)))
+        return raw
 
     @staticmethod
     async def dispatch(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:
