@@ -14,10 +14,24 @@ import pytest
 
 from gateway import sse
 from tests.conftest import sse_payloads, wait_until
-from tests.sse_worker import DONE, SseWorker, endless, finite, giant
+from tests.sse_worker import DONE, Script, SseWorker, endless, finite, giant
 
 COMPLETION = {"model": "sim-model", "prompt": "hi", "max_tokens": 3}
 FLOOD = {"model": "flood", "prompt": "hi", "max_tokens": 100000, "stream": True}
+
+
+@pytest.fixture
+async def sse_worker():  # noqa: ANN201
+    started: list[SseWorker] = []
+
+    async def start(script: Script) -> SseWorker:
+        worker = await SseWorker(script).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        await worker.close()
 
 
 def _head(length: int, extra: bytes = b"") -> bytes:
@@ -49,10 +63,10 @@ def _non_reader(port: int, request: bytes) -> socket.socket:
     return s
 
 
-async def _flood_gateway(gateway, sim, **sections: object):
+async def _flood_gateway(gateway, sim, sse_worker, **sections: object):
     """A gateway with a pool whose worker streams 1 KB events without end ("flood") and a
     simulated one for ordinary requests."""
-    flood = await SseWorker(endless).start()
+    flood = await sse_worker(endless)
     a = await sim()
     pools = [{"name": "flood", "workers": [flood.url], "models": ["flood"]}, {"name": "dp", "workers": [a.url]}]
     return flood, a, await gateway(pools, **sections)
@@ -132,9 +146,14 @@ async def test_request_bodies_held_beyond_the_budget_get_a_503(sim, gateway):
     [{"client_write_s": 0.5}, {"total_s": 1.0}],
     ids=["client_write_s", "total_s"],
 )
-async def test_clients_that_never_read_a_stream_give_back_their_slots(sim, gateway, timeouts):
+async def test_clients_that_never_read_a_stream_give_back_their_slots(sim, gateway, sse_worker, timeouts):
     flood, a, gw = await _flood_gateway(
-        gateway, sim, limits={"max_inflight": 4, "queue": 0}, timeouts=timeouts, outlier={"consecutive_failures": 1}
+        gateway,
+        sim,
+        sse_worker,
+        limits={"max_inflight": 4, "queue": 0},
+        timeouts=timeouts,
+        outlier={"consecutive_failures": 1},
     )
     admission = gw.gateway.admission
     stuck = [_non_reader(gw.port, _request(FLOOD)) for _ in range(4)]
@@ -150,8 +169,8 @@ async def test_clients_that_never_read_a_stream_give_back_their_slots(sim, gatew
         s.close()
 
 
-async def test_a_client_that_pauses_reading_does_not_get_its_worker_blamed(sim, gateway):
-    worker = await SseWorker(finite(4 * 1024 * 1024)).start()
+async def test_a_client_that_pauses_reading_does_not_get_its_worker_blamed(gateway, sse_worker):
+    worker = await sse_worker(finite(4 * 1024 * 1024))
     gw = await gateway(
         [{"name": "flood", "workers": [worker.url], "models": ["flood"]}],
         timeouts={"between_chunks_s": 0.2},
@@ -179,8 +198,10 @@ async def test_a_client_that_pauses_reading_does_not_get_its_worker_blamed(sim, 
     assert gw.gateway.telemetry.outcomes["success"] == 1
 
 
-async def test_a_giant_sse_event_ends_its_request_with_a_clear_error_and_others_stream_on(sim, gateway, client):
-    worker = await SseWorker(giant(20 * 1024 * 1024)).start()
+async def test_a_giant_sse_event_ends_its_request_with_a_clear_error_and_others_stream_on(
+    sim, gateway, client, sse_worker
+):
+    worker = await sse_worker(giant(20 * 1024 * 1024))
     a = await sim(itl_ms=5)
     gw = await gateway(
         [{"name": "giant", "workers": [worker.url], "models": ["flood"]}, {"name": "dp", "workers": [a.url]}],
