@@ -1,7 +1,7 @@
 """The OpenAI routes: one request's path through the gateway, step by step.
 
     identify    the request id (the client's, if it is sane)
-    authorize   the API key
+    authorize   the API key (the short path checked it at the head, before the body)
     read body   (the short path has it already)
     watch       from now on a disconnect cancels the request
     admit       an admission slot, or a wait in the queue, or 429
@@ -93,8 +93,10 @@ class Handler:
         receive: Receive,
     ) -> Response | StreamRelay:
         try:
-            check_key(authorization(headers, header_list), self.config.auth.api_keys)
-            raw = body if body is not None else await self.read_body(ctx, receive, headers)
+            if body is None:  # else the short path checked the key at the head (protocol._at_the_door)
+                check_key(authorization(headers, header_list), self.config.auth.api_keys)
+                body = await self.read_body(ctx, receive, headers)
+            raw = body
             ctx.watch_client(receive)
             await ctx.admit()
             session = headers.get(b"x-session-id")
