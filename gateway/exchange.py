@@ -96,7 +96,7 @@ class Exchange:
     def _fail(self) -> None:
         if not self._wrote and not self.transport.is_closing():
             self.transport.write(_SERVER_ERROR)
-        self.transport.close()
+        self.protocol.close_within()
 
     async def receive(self) -> Message:
         """The body went to the gateway directly: `receive` only tells of the end (a disconnect)."""
@@ -239,5 +239,5 @@ class Exchange:
         self.response_complete = True
         self._wake()
         if not self.keep_alive:
-            self.transport.close()
+            self.protocol.close_within()
         self.protocol.on_response_complete()

@@ -117,9 +117,23 @@ class GatewayProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.can_write_eof():
             self.transport.write_eof()
-            self.loop.call_later(_LINGER_S, self.transport.close)
+            self.loop.call_later(_LINGER_S, self.close_within)
         else:
-            self.transport.close()
+            self.close_within()
+
+    def close_within(self) -> None:
+        """Close once what is queued for the client is sent; a client that has not read it all
+        within `timeouts.client_write_s` is dropped (a plain close would wait for it forever,
+        holding the connection)."""
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.close()
+        if transport.get_write_buffer_size():
+            self.loop.call_later(self.write_timeout_s, transport.abort)
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.close_within()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

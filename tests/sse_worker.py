@@ -43,10 +43,12 @@ def giant(event_bytes: int) -> Script:
 
 
 class SseWorker:
-    """Healthy on /health; a 200 event stream made by `script` on any other POST."""
+    """Healthy on /health; a 200 event stream made by `script` on any other POST, or with
+    `json_bytes`, a JSON completion of about that size."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, json_bytes: int = 0) -> None:
         self.script = script
+        self.json_bytes = json_bytes
         self.server: asyncio.Server | None = None
         self.streaming = 0  # answers being written now
         self.ended = 0  # answers over (written whole, or cut off by the gateway)
@@ -83,6 +85,11 @@ class SseWorker:
                 await reader.readexactly(length)
                 if head.startswith(b"GET "):
                     body = MODELS if head.startswith(b"GET /v1/models ") else b""
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                    await writer.drain()
+                    continue
+                if self.json_bytes:
+                    body = b'{"choices":[{"index":0,"text":"%s"}]}' % (b"x" * self.json_bytes)
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
                     await writer.drain()
                     continue

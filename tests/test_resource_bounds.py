@@ -24,8 +24,8 @@ FLOOD = {"model": "flood", "prompt": "hi", "max_tokens": 100000, "stream": True}
 async def sse_worker():  # noqa: ANN201
     started: list[SseWorker] = []
 
-    async def start(script: Script) -> SseWorker:
-        worker = await SseWorker(script).start()
+    async def start(script: Script, json_bytes: int = 0) -> SseWorker:
+        worker = await SseWorker(script, json_bytes).start()
         started.append(worker)
         return worker
 
@@ -167,6 +167,20 @@ async def test_clients_that_never_read_a_stream_give_back_their_slots(sim, gatew
     assert ep.errors == 0 and ep.ejections == 0 and ep.healthy  # the client's fault, not the worker's
     for s in stuck:
         s.close()
+
+
+async def test_a_client_that_never_reads_a_whole_answer_loses_its_connection_after_keep_alive(gateway, sse_worker):
+    worker = await sse_worker(endless, json_bytes=16 * 1024 * 1024)
+    gw = await gateway(
+        [{"name": "big", "workers": [worker.url], "models": ["flood"]}], timeouts={"client_write_s": 0.5}
+    )
+    connections = gw.server.server_state.connections
+    stuck = _non_reader(gw.port, _request({**FLOOD, "stream": False}))
+    await wait_until(lambda: gw.gateway.telemetry.outcomes["success"] == 1, timeout_s=10)  # answered, not read
+    assert len(connections) == 1
+    # The keep-alive timeout closes it; the answer never drains, so it is dropped client_write_s later.
+    await wait_until(lambda: not connections, timeout_s=15)
+    stuck.close()
 
 
 async def test_a_client_that_pauses_reading_does_not_get_its_worker_blamed(gateway, sse_worker):
