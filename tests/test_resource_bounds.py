@@ -141,12 +141,19 @@ async def test_request_bodies_held_beyond_the_budget_get_a_503(sim, gateway):
     await wait_until(lambda: front.body_bytes == 0)
 
 
+def _chunked_request(body: dict) -> bytes:
+    """A request whose body is chunked: it takes uvicorn's own (ASGI) path."""
+    raw = json.dumps(body).encode()
+    head = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+    return head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(raw), raw)
+
+
 @pytest.mark.parametrize(
-    "timeouts",
-    [{"client_write_s": 0.5}, {"total_s": 1.0}],
-    ids=["client_write_s", "total_s"],
+    ("timeouts", "request_of"),
+    [({"client_write_s": 0.5}, _request), ({"total_s": 1.0}, _request), ({"client_write_s": 0.5}, _chunked_request)],
+    ids=["client_write_s", "total_s", "asgi_path"],
 )
-async def test_clients_that_never_read_a_stream_give_back_their_slots(sim, gateway, sse_worker, timeouts):
+async def test_clients_that_never_read_a_stream_give_back_their_slots(sim, gateway, sse_worker, timeouts, request_of):
     flood, a, gw = await _flood_gateway(
         gateway,
         sim,
@@ -156,7 +163,7 @@ async def test_clients_that_never_read_a_stream_give_back_their_slots(sim, gatew
         outlier={"consecutive_failures": 1},
     )
     admission = gw.gateway.admission
-    stuck = [_non_reader(gw.port, _request(FLOOD)) for _ in range(4)]
+    stuck = [_non_reader(gw.port, request_of(FLOOD)) for _ in range(4)]
     await wait_until(lambda: admission.inflight == 4)
     await wait_until(lambda: admission.inflight == 0 and flood.streaming == 0, timeout_s=10)
     assert flood.ended == 4  # the worker saw each stream cancelled
