@@ -255,3 +255,30 @@ def test_the_event_framer_finds_events_split_anywhere_and_bounds_an_unfinished_o
     with pytest.raises(sse.EventTooLarge):
         for _ in range(10):
             framer.feed(b"data: " + b"x" * 200)
+
+
+@pytest.mark.parametrize("protocol", ["nixl", "neuron-legacy"])
+async def test_non_reading_clients_of_a_pd_pool_give_back_their_slots_and_cancel_both_legs(sim, gateway, protocol):
+    long = {"itl_ms": 0, "max_model_len": 2_000_000}
+    p = await sim(role="prefill", kv_protocol=protocol, **long)
+    d = await sim(role="decode", kv_protocol=protocol, kv_peers=[p.url], **long)
+    gw = await gateway(
+        [{"name": "pd", "kind": "pd", "protocol": protocol, "prefill": [p.url], "decode": [d.url]}],
+        limits={"max_inflight": 2, "queue": 0},
+        timeouts={"client_write_s": 0.5},
+        outlier={"consecutive_failures": 1},
+    )
+    admission = gw.gateway.admission
+    request = {**COMPLETION, "max_tokens": 1_000_000, "stream": True}
+    stuck = [_non_reader(gw.port, _request(request)) for _ in range(2)]
+    await wait_until(lambda: admission.inflight == 2)
+    await wait_until(lambda: admission.inflight == 0, timeout_s=10)
+    await wait_until(lambda: d.stats.in_flight == 0 and p.stats.in_flight == 0)
+    assert gw.gateway.telemetry.outcomes["client_timeout"] == 2
+    for ep in gw.gateway.pools[0].endpoints:
+        assert ep.errors == 0 and ep.ejections == 0 and ep.healthy, ep.url
+    async with httpx.AsyncClient(timeout=10) as c:
+        resp = await c.post(f"{gw.url}/v1/completions", json={**COMPLETION, "stream": True})
+    assert resp.status_code == 200 and sse_payloads(resp.content)[-1] == "[DONE]"
+    for s in stuck:
+        s.close()
