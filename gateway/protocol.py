@@ -156,8 +156,9 @@ class GatewayProtocol(HttpToolsProtocol):
                 self._refuse(431, f"the request head exceeds {self.limits.max_header_bytes} bytes", "head_too_large")
 
     def send_400_response(self, msg: str) -> None:
+        """A head httptools refuses (a bad Content-Length, say): 400 in the OpenAI envelope."""
         if not self._refused:
-            super().send_400_response(msg)
+            self._refuse(400, f"the request is not valid HTTP/1.1: {msg}", "invalid_http")
 
     def eof_received(self) -> None:
         if self._refused:

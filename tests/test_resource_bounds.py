@@ -87,6 +87,12 @@ async def test_a_keyless_client_is_refused_at_its_head_before_any_body_is_read(s
     status, _ = await _answer(reader)
     writer.close()
     assert status == 413
+    for bad in (b"abc", b"-1", b"5\r\ncontent-length: 7000000"):  # refused by the parser, in the envelope
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %s\r\n\r\n{" % bad)
+        status, answer = await _answer(reader)
+        writer.close()
+        assert status == 400 and json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "invalid_http"
     # The ASGI path (a chunked body) checks the key before it reads the body.
     refused = await client.post(f"{gw.url}/v1/completions", content=_chunked(*[b"x" * 65536] * 64))
     assert refused.status_code == 401
