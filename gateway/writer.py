@@ -49,11 +49,16 @@ class AsgiWriter:
         return self._pending
 
     def abort(self) -> None:
-        """An ASGI server offers no way to drop a connection: the pending send is cancelled and
-        nothing more is sent (the server closes the connection once the application returns)."""
+        """ASGI has no way to drop a connection: the pending send is cancelled, nothing more is
+        sent, and under uvicorn (whose `send` is a method of its request cycle, which holds the
+        transport) the connection is dropped at once; a plain close would wait for the client to
+        read what is queued, forever."""
         self._aborted = True
         if self._pending is not None:
             self._pending.cancel()
+        transport = getattr(getattr(self.send, "__self__", None), "transport", None)
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
 
     async def finish(self, data: bytes = b"") -> None:
         if not self._aborted:
