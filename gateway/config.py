@@ -35,6 +35,9 @@ class Timeouts(_Strict):
     first_byte_s: float = Field(600.0, gt=0)
     between_chunks_s: float = Field(120.0, gt=0)
     total_s: float = Field(3600.0, gt=0)
+    # A write to the client that has not drained within this ends the request (the client's
+    # fault: its slot and its worker are freed, the worker is not blamed).
+    client_write_s: float = Field(30.0, gt=0)
 
 
 class HealthCheck(_Strict):
@@ -74,6 +77,12 @@ class Limits(_Strict):
     body_timeout_s: float = Field(60.0, gt=0)  # between two reads of the body
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     max_headers: int = Field(256, ge=8)
+    # The front door: connections open at once, and request bodies held at once (from the
+    # head that announces one to the request's end); beyond either, 503 and close.
+    max_connections: int = Field(8192, ge=1)
+    max_buffered_body_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    # One SSE event from a worker (a bigger one ends the stream with an error, never the worker's fault).
+    max_event_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
 
 Access = Literal["open", "key", "admin", "off"]

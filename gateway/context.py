@@ -3,7 +3,7 @@
 A `RequestContext` is made when the request's head is read and closed when its response is
 over, however it ends. `close()` is the one place that gives back what the request took: its
 admission slot, its legs' endpoint leases and upstream connections, the client watch, and
-any clean-up a protocol registered with `on_close`.
+any clean-up a protocol registered with `on_close` (the body's count at the front door, say).
 """
 
 from __future__ import annotations
@@ -76,6 +76,15 @@ class RequestContext:
         """Cancel every upstream request of this one (the workers see them cancelled)."""
         for leg in self._legs:
             leg.abort(reason)
+
+    def drop_client(self, reason: str) -> None:
+        """The client stopped reading: every leg is cancelled and its connection dropped. The
+        request then ends on its own (no disconnect cancels it), as the client's fault."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self.abort(reason)
+        self.writer.abort()
 
     def _client_gone(self) -> None:
         if self.finished:

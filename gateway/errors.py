@@ -9,6 +9,7 @@
     └── UpstreamStatus                                      a worker answered non-2xx: a 4xx goes to the
                                                             client as-is, a 3xx or 5xx becomes a 502
     ClientGone                                              the client went away; nothing is sent
+    ClientStalled                                           the client stopped reading; it is dropped
 
 Everything else that escapes a request is a bug, answered as a 500 by `render`. Clients see
 the OpenAI envelope `{"error": {"message", "type", "param", "code"}}`, as a response
@@ -123,6 +124,11 @@ class UpstreamStatus(GatewayError):
 
 class ClientGone(Exception):
     """The client disconnected before its response started."""
+
+
+class ClientStalled(Exception):
+    """A write to the client did not drain in time (`timeouts.client_write_s`, or the request's
+    total timeout came first): the client's fault, never the worker's."""
 
 
 def envelope(message: str, status: int, code: str | None = None, param: str | None = None) -> dict:

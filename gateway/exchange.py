@@ -2,7 +2,11 @@
 
 The head is rendered once and written with the first body part (one syscall and one client
 wake-up less per response); a streamed event is written from the callback that read it from
-the worker, unless the client is slower than the worker (then the relay is told to wait).
+the worker, unless the client is slower than the worker (then the relay is told to wait, and
+bounds that wait: `abort` drops a client that does not read).
+
+The exchange owns its request body's count at the front door (`hold_body`) until the handler
+is done with the body, or until the connection is lost before the body was complete.
 """
 
 from __future__ import annotations
@@ -54,9 +58,22 @@ class Exchange:
         self._chunked = True
         self._remaining: int | None = None
         self._gone: asyncio.Future[None] | None = None
+        self._held = 0  # body bytes counted at the front door
+        self._running = False
+
+    def hold_body(self, size: int) -> None:
+        """The body's `size` bytes were counted at the front door: given back when it is dropped."""
+        self._held = size
+
+    def _release_body(self) -> None:
+        if self._held:
+            self.protocol.front.give_back(self._held)  # type: ignore[union-attr]
+            self._held = 0
 
     async def run(self, app: FastPath) -> None:
+        self._running = True
         body = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+        self.parts = []
         scope = {
             "type": "http",
             "method": "POST",
@@ -73,11 +90,13 @@ class Exchange:
             if not self.response_complete and not self.disconnected:
                 log.error("ASGI callable returned without completing response.")
                 self._fail()
+        finally:
+            self._release_body()
 
     def _fail(self) -> None:
         if not self._wrote and not self.transport.is_closing():
             self.transport.write(_SERVER_ERROR)
-        self.transport.close()
+        self.protocol.close_within()
 
     async def receive(self) -> Message:
         """The body went to the gateway directly: `receive` only tells of the end (a disconnect)."""
@@ -91,6 +110,16 @@ class Exchange:
         self._streaming = False
         if not self.response_complete:
             self.disconnected = True
+        if not self._running:  # the body never reached the handler
+            self._release_body()
+        self._wake()
+
+    def abort(self) -> None:
+        """Drop the client (it stopped reading): what is queued for it is discarded, and the
+        connection is closed at once (a plain close would wait for the client to read it all)."""
+        self._streaming = False
+        self.disconnected = True
+        self.transport.abort()
         self._wake()
 
     def _wake(self) -> None:
@@ -127,6 +156,16 @@ class Exchange:
         if self._flow.write_paused and not self.disconnected:
             await self._flow.drain()
 
+    async def _drain_within(self) -> None:
+        """`_drain` for a whole response, bounded by `timeouts.client_write_s` (a stream's
+        waits are the relay's to bound)."""
+        if self._flow.write_paused and not self.disconnected:
+            try:
+                async with asyncio.timeout(self.protocol.write_timeout_s):
+                    await self._flow.drain()
+            except TimeoutError:
+                self.abort()
+
     def _write(self, data: bytes, last: bool) -> None:
         if self.disconnected or self.response_complete:
             return
@@ -159,12 +198,8 @@ class Exchange:
         if message["type"] == "http.response.start":
             self.start(message["status"], message.get("headers", []))
         elif message["type"] == "http.response.body":
-            more = message.get("more_body", False)
-            if more:
-                await self._drain()
-                self._write(message.get("body", b""), False)
-            else:
-                await self.finish(message.get("body", b""))
+            await self._drain_within()
+            self._write(message.get("body", b""), not message.get("more_body", False))
         else:
             raise RuntimeError(f"Unexpected ASGI message '{message['type']}'.")
 
@@ -204,5 +239,5 @@ class Exchange:
         self.response_complete = True
         self._wake()
         if not self.keep_alive:
-            self.transport.close()
+            self.protocol.close_within()
         self.protocol.on_response_complete()

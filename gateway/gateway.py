@@ -13,7 +13,7 @@ from .config import GatewayConfig
 from .errors import GatewayError
 from .health import HealthChecker
 from .http1 import header_lines
-from .limits import Admission, Capacity
+from .limits import Admission, Capacity, FrontDoor
 from .logs import clip
 from .models_list import model_cards
 from .outlier import OutlierDetector
@@ -45,6 +45,7 @@ class Gateway:
         self.health = HealthChecker(lambda: self.endpoints, self.upstream, config.health)
         limits = config.limits
         self.admission = Admission(limits.max_inflight, limits.queue, limits.queue_timeout_s)
+        self.front = FrontDoor(limits.max_connections, limits.max_buffered_body_bytes)
         obs = config.observability
         access = AccessLog(config.log_format) if obs.access_log else None
         self.telemetry = Telemetry(self.pools, self.admission, obs.request_metrics, access)

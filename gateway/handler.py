@@ -1,7 +1,7 @@
 """The OpenAI routes: one request's path through the gateway, step by step.
 
     identify    the request id (the client's, if it is sane)
-    authorize   the API key
+    authorize   the API key (the short path checked it at the head, before the body)
     read body   (the short path has it already)
     watch       from now on a disconnect cancels the request
     admit       an admission slot, or a wait in the queue, or 429
@@ -94,8 +94,10 @@ class Handler:
     ) -> Response | StreamRelay:
         try:
             _check_cross_origin(headers)
-            check_key(authorization(headers, header_list), self.config.auth.api_keys)
-            raw = body if body is not None else await read_body(receive, headers, self.config.limits.max_body_bytes)
+            if body is None:  # else the short path checked the key at the head (protocol._at_the_door)
+                check_key(authorization(headers, header_list), self.config.auth.api_keys)
+                body = await self.read_body(ctx, receive, headers)
+            raw = body
             ctx.watch_client(receive)
             await ctx.admit()
             session = headers.get(b"x-session-id")
@@ -121,6 +123,13 @@ class Handler:
             log.exception("rid=%s failed", ctx.request_id)
             return self.refuse(ctx, internal_error())
         return response
+
+    async def read_body(self, ctx: RequestContext, receive: Receive, headers: Mapping[bytes, bytes]) -> bytes:
+        """The body from ASGI `receive`, counted at the front door until the request ends."""
+        front = self.gateway.front
+        raw = await read_body(receive, headers, self.config.limits.max_body_bytes, front)
+        ctx.on_close(lambda: front.give_back(len(raw)))
+        return raw
 
     @staticmethod
     async def dispatch(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:

@@ -8,6 +8,7 @@ or pushes its stream of SSE events to a consumer from the socket callback (`stre
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +21,7 @@ from .payload import load_json
 from .pool import Endpoint, Pool, Role
 from .relay import OnEnd, OnRun, StreamRelay
 from .routes import SPECS
-from .sse import DONE, EventFramer
+from .sse import DONE, EventFramer, EventTooLarge
 from .telemetry import usage_of
 from .watchdog import Watched
 
@@ -65,6 +66,7 @@ class Leg:
         self.tried: set[Endpoint] = set()
         self.request = ("", b"")
         self.garbage: str | None = None
+        self.oversized = False  # garbage that is no fault of the worker's: an event too large to relay
         self.last = b""  # the last run of events read
         self._prev = b""  # the run before it: a stream's usage may sit there, before a lone [DONE]
         self.trace = ctx.trace
@@ -185,13 +187,18 @@ class Leg:
     def _push(self, resp: Response, on_run: OnRun, on_end: OnEnd) -> None:
         w = self.watched
         assert w is not None
-        framer = EventFramer()
+        framer = EventFramer(self.gateway.config.limits.max_event_bytes)
         between = self.ctx.deadline.between_chunks_s
 
         def on_data(data: bytes) -> asyncio.Future | None:
             if self.garbage:
                 return None
-            run = framer.feed(data)
+            try:
+                run = framer.feed(data)
+            except EventTooLarge as err:
+                self.garbage, self.oversized = f"sent {err}", True
+                resp.close()
+                return None
             if not run:
                 if self.last:  # before the first whole event, bytes are no progress: first_byte_s holds
                     w.progress += 1
@@ -205,7 +212,10 @@ class Leg:
             if not self.last and self.trace is not None:
                 self.trace.first_run(self.role)
             self._prev, self.last = self.last, run
-            return on_run(run)
+            wait = on_run(run)
+            if wait is not None and not wait.done():
+                _held_by_consumer(w, wait, between)
+            return wait
 
         def ended(exc: Exception | None) -> None:
             outcome = self._outcome(exc)
@@ -218,6 +228,8 @@ class Leg:
 
     def _outcome(self, exc: Exception | None) -> UpstreamError | None:
         kind = "broken_stream"
+        if self.oversized:  # what was asked for does not fit: not the worker's fault
+            return UpstreamError(f"{self.role} worker {self.where} {self.garbage}", 502, "event_too_large")
         if self.garbage:
             reason, kind = self.garbage, "invalid"
         elif exc is not None:
@@ -295,6 +307,18 @@ class Leg:
             self.lease.give_back()
         if self.resp is not None:
             self.resp.release()
+
+
+def _held_by_consumer(w: Watched, wait: asyncio.Future, between_s: float) -> None:
+    """The consumer (the client, in the end) is slower than the worker: while it catches up,
+    the worker's silence is not the worker's (the relay bounds that wait)."""
+    w.stall_s = math.inf
+
+    def caught_up(_: asyncio.Future) -> None:
+        w.stall_s = between_s
+        w.progress += 1
+
+    wait.add_done_callback(caught_up)
 
 
 class _RunQueue:

@@ -4,6 +4,11 @@ Bounds, on every route: the head must arrive within `limits.header_timeout_s` of
 byte and the body may idle at most `limits.body_timeout_s` (else 408 and close), and a head
 over `limits.max_header_bytes` or `limits.max_headers` is refused (431).
 
+Front door, before any byte of a body is read: a connection over `limits.max_connections` is
+answered 503 and closed; a POST to an OpenAI route is refused at its head (and the connection
+closed) when its API key is wrong (401), its Content-Length is over `limits.max_body_bytes`
+(413), or the bodies already held would pass `limits.max_buffered_body_bytes` (503).
+
 Short path: a POST to an OpenAI route with a Content-Length body (what every client sends)
 skips the ASGI scope, uvicorn's request cycle and the body's trip through `receive`: the
 handler is called once the body is complete, and writes through an `Exchange`. Everything
@@ -25,8 +30,10 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .app import FastPath
-from .errors import envelope
+from .auth import authorization, check_key
+from .errors import GatewayError, envelope
 from .exchange import Exchange
+from .limits import body_too_large
 from .routes import ROUTES, Route
 
 TESTED_UVICORN = ((0, 55),)  # (major, minor) releases this module was tested with
@@ -49,6 +56,9 @@ class GatewayProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.gateway = self.app if isinstance(self.app, FastPath) else None
         self.limits = self.gateway.config.limits if self.gateway is not None else None
+        self.front = self.gateway.handler.gateway.front if self.gateway is not None else None
+        self._counted = False  # this connection is counted at the front door
+        self.write_timeout_s = self.gateway.config.timeouts.client_write_s if self.gateway is not None else 30.0
         # One timer per connection, re-armed only when it fires early: each phase of a request
         # moves `_deadline` (an attribute write) instead of cancelling and creating a timer.
         self._timer: asyncio.TimerHandle | None = None
@@ -81,7 +91,11 @@ class GatewayProtocol(HttpToolsProtocol):
             return  # a response is on its way (the late part is a pipelined request): let it finish
         self._refuse(408, "the request did not arrive in time", "request_timeout")
 
-    def _refuse(self, status: int, message: str, code: str) -> None:
+    def _refuse_with(self, err: GatewayError) -> None:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in err.headers.items())
+        self._refuse(err.status, err.message, err.code or str(err.status), extra.encode("latin-1"))
+
+    def _refuse(self, status: int, message: str, code: str, extra: bytes = b"") -> None:
         if self._refused or self.transport.is_closing():
             return
         self._refused = True
@@ -91,6 +105,7 @@ class GatewayProtocol(HttpToolsProtocol):
                 (
                     STATUS_LINE[status],
                     b"content-type: application/json\r\n",
+                    extra,
                     b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body),
                     body,
                 )
@@ -102,12 +117,32 @@ class GatewayProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.can_write_eof():
             self.transport.write_eof()
-            self.loop.call_later(_LINGER_S, self.transport.close)
+            self.loop.call_later(_LINGER_S, self.close_within)
         else:
-            self.transport.close()
+            self.close_within()
+
+    def close_within(self) -> None:
+        """Close once what is queued for the client is sent; a client that has not read it all
+        within `timeouts.client_write_s` is dropped (a plain close would wait for it forever,
+        holding the connection)."""
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.close()
+        if transport.get_write_buffer_size():
+            self.loop.call_later(self.write_timeout_s, transport.abort)
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.close_within()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.front is not None:
+            refused = self.front.connect()
+            if refused is not None:
+                self._refuse_with(refused)
+                return
+            self._counted = True
         if self.limits is not None:
             self._wait(self.limits.header_timeout_s)  # a connection that never sends a byte
 
@@ -121,8 +156,9 @@ class GatewayProtocol(HttpToolsProtocol):
                 self._refuse(431, f"the request head exceeds {self.limits.max_header_bytes} bytes", "head_too_large")
 
     def send_400_response(self, msg: str) -> None:
+        """A head httptools refuses (a bad Content-Length, say): 400 in the OpenAI envelope."""
         if not self._refused:
-            super().send_400_response(msg)
+            self._refuse(400, f"the request is not valid HTTP/1.1: {msg}", "invalid_http")
 
     def eof_received(self) -> None:
         if self._refused:
@@ -137,6 +173,8 @@ class GatewayProtocol(HttpToolsProtocol):
     # The short path -------------------------------------------------------------------
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
         if self.limits is not None:
             # The head's bytes are bounded as they arrive (data_received), its count here; and its
             # bytes again, for a head that arrived whole in one read (the parser saw it at once).
@@ -153,7 +191,13 @@ class GatewayProtocol(HttpToolsProtocol):
             super().on_headers_complete()
             return
         route, headers, version = short
-        self.cycle = Exchange(self, route, headers, version, self.parser.should_keep_alive())  # type: ignore[assignment]
+        refused = self._at_the_door(headers)
+        if refused is not None:
+            self._refuse_with(refused)  # what is left of this read is dropped (on_body, on_message_complete)
+            return
+        exchange = Exchange(self, route, headers, version, self.parser.should_keep_alive())
+        exchange.hold_body(int(headers[b"content-length"]))
+        self.cycle = exchange  # type: ignore[assignment]
 
     def _short_route(self) -> tuple[Route, dict[bytes, bytes], str] | None:
         """The route, headers (as the gateway reads them) and HTTP version of a short-path request."""
@@ -170,9 +214,24 @@ class GatewayProtocol(HttpToolsProtocol):
         length = headers.get(b"content-length")
         if b"transfer-encoding" in headers or length is None or not length.isdigit():
             return None
-        return (route, headers, version) if int(length) <= self.gateway.body_limit else None
+        return route, headers, version
+
+    def _at_the_door(self, headers: dict[bytes, bytes]) -> GatewayError | None:
+        """Why a short-path request is refused before its body is read: its key, its size, or
+        the bodies the gateway holds already; None: it may come in (its body is then counted)."""
+        assert self.gateway is not None and self.front is not None
+        try:
+            check_key(authorization(headers, self.headers), self.gateway.config.auth.api_keys)
+        except GatewayError as err:
+            return err
+        size = int(headers[b"content-length"])
+        if size > self.gateway.body_limit:
+            return body_too_large(self.gateway.body_limit)
+        return self.front.take(size)
 
     def on_body(self, body: bytes) -> None:
+        if self._refused:
+            return
         if self.limits is not None:
             self._wait(self.limits.body_timeout_s)
         if isinstance(self.cycle, Exchange):
@@ -182,6 +241,8 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._deadline = None
+        if self._refused:
+            return
         exchange = self.cycle
         if not isinstance(exchange, Exchange):
             super().on_message_complete()
@@ -193,6 +254,9 @@ class GatewayProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline = None
+        if self._counted and self.front is not None:
+            self._counted = False
+            self.front.disconnect()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -1,4 +1,10 @@
-"""The streamed response: each run of SSE events goes to the client as soon as it exists."""
+"""The streamed response: each run of SSE events goes to the client as soon as it exists.
+
+A client slower than its worker makes the relay wait (the worker is held back meanwhile); one
+that does not drain a write within `timeouts.client_write_s`, or by the request's total
+deadline, is dropped: the stream ends as `client_timeout`, its legs are cancelled and nothing
+counts against the worker.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from starlette.types import Receive, Scope, Send
 
-from .errors import GatewayError, UpstreamError, render, sse_event
+from .errors import ClientStalled, GatewayError, UpstreamError, render, sse_event
 
 if TYPE_CHECKING:
     from .context import RequestContext
@@ -53,7 +59,7 @@ class StreamRelay:
         self._relay = _Pushed(self, source) if hasattr(source, "stream") else _Pulled(self, source)  # type: ignore[arg-type]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        relay, writer = self._relay, self.ctx.writer
+        relay = self._relay
         try:
             try:
                 await relay.first()
@@ -62,10 +68,12 @@ class StreamRelay:
                 await render(err, self.ctx.request_id)(scope, receive, send)
                 return
             await relay.rest()
-            await writer.finish()
+            await self._finish(b"")
         except UpstreamError as err:
             self.outcome = "stream_error"
-            await writer.finish(sse_event(err))
+            await self._finish(sse_event(err))
+        except ClientStalled:
+            self.outcome = "client_timeout"
         except asyncio.CancelledError:
             # The client left (the handler sees to that), or the server is shutting down past
             # its drain deadline: then the stream ends properly.
@@ -75,10 +83,29 @@ class StreamRelay:
                 self.outcome = "shutdown"
             relay.stop()
             if relay.started and not self.ctx.disconnected:
-                await writer.finish(sse_event(_SHUTTING_DOWN))
+                await self._finish(sse_event(_SHUTTING_DOWN))
             raise
         finally:
             await relay.close()
+
+    async def _finish(self, data: bytes) -> None:
+        """The stream's last write, within `timeouts.client_write_s`."""
+        try:
+            async with asyncio.timeout(self.ctx.deadline.client_write_s):
+                await self.ctx.writer.finish(data)
+        except TimeoutError:
+            self.outcome = "client_timeout"
+            self.ctx.drop_client("the client did not read the end of its stream")
+
+
+def client_write_bound(ctx: RequestContext) -> tuple[float, str]:
+    """When a write to the client that has not drained yet ends the request (loop time), and why."""
+    d = ctx.deadline
+    write_s = d.client_write_s
+    by_write = asyncio.get_running_loop().time() + write_s
+    if d.total_at < by_write:
+        return d.total_at, "the request exceeded its total timeout while the client was not reading"
+    return by_write, f"the client read nothing for {write_s:g}s"
 
 
 _SHUTTING_DOWN = GatewayError(503, "the gateway is shutting down; the stream was cut short", "shutting_down")
@@ -105,8 +132,14 @@ class _Pulled:
 
     async def _write(self, run: bytes) -> None:
         wait = self.ctx.writer.event(run)
-        if wait is not None:
-            await wait
+        if wait is not None and not wait.done():
+            at, reason = client_write_bound(self.ctx)
+            try:
+                async with asyncio.timeout_at(at):
+                    await wait
+            except TimeoutError:
+                self.ctx.drop_client(reason)
+                raise ClientStalled(reason) from None
 
     def stop(self) -> None:
         pass
@@ -140,10 +173,26 @@ class _Pushed:
                 self.started = True
                 self.writer.start(200, self.headers)
                 self._first.set_result(None)
-            return self.writer.event(run)
+            wait = self.writer.event(run)
         except Exception:
             self.stop()
             raise
+        if wait is not None and not wait.done():
+            self._bound(wait)
+        return wait
+
+    def _bound(self, wait: asyncio.Future) -> None:
+        """The client is slower than the worker: it has until `client_write_bound` to drain."""
+        at, reason = client_write_bound(self.ctx)
+        timer = asyncio.get_running_loop().call_at(at, self._stalled, reason)
+        wait.add_done_callback(lambda _: timer.cancel())
+
+    def _stalled(self, reason: str) -> None:
+        if self._done.done():
+            return
+        self.stopped = True
+        self.ctx.drop_client(reason)
+        self._done.set_exception(ClientStalled(reason))
 
     def _on_end(self, err: UpstreamError | None) -> None:
         if not self._first.done():
@@ -165,5 +214,6 @@ class _Pushed:
         self.ctx.abort("the stream to the client ended")
 
     async def close(self) -> None:
-        if self._first.done() and not self._first.cancelled():
-            self._first.exception()  # retrieved, whether or not first() was awaited
+        for future in (self._first, self._done):
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved, whether or not it was awaited

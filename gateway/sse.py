@@ -10,26 +10,50 @@ DONE = b"data: [DONE]\n\n"
 _SEP = b"\n\n"
 
 
+class EventTooLarge(Exception):
+    """An event (or what is not yet one) grew past the framer's limit."""
+
+
 class EventFramer:
-    """Cuts an arbitrary byte stream into runs of complete events."""
+    """Cuts an arbitrary byte stream into runs of complete events.
 
-    __slots__ = ("_tail",)
+    Linear in the bytes fed: an unfinished event is kept as a list of parts, and each read is
+    searched only for its own separators (and one that straddles the previous read's end).
+    An unfinished event over `limit` bytes raises EventTooLarge."""
 
-    def __init__(self) -> None:
-        self._tail = b""
+    __slots__ = ("_parts", "_size", "limit")
+
+    def __init__(self, limit: int = 8 * 1024 * 1024) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.limit = limit
 
     def feed(self, data: bytes) -> bytes:
         """Return the complete events available so far (possibly several, possibly b"")."""
-        if not self._tail and data.endswith(_SEP):
+        parts = self._parts
+        if not parts and data.endswith(_SEP):
             return data  # the common case: one read is one or more whole events
-        data = self._tail + data
         cut = data.rfind(_SEP)
-        if cut < 0:
-            self._tail = data
+        if cut >= 0:
+            cut += len(_SEP)
+        elif parts and parts[-1].endswith(b"\n") and data.startswith(b"\n"):
+            cut = 1  # the separator straddles the two reads
+        else:
+            self._keep(data)
             return b""
-        cut += len(_SEP)
-        self._tail = data[cut:]
-        return data[:cut]
+        run = b"".join((*parts, data[:cut])) if parts else data[:cut]
+        parts.clear()
+        self._size = 0
+        if cut < len(data):
+            self._keep(data[cut:])
+        return run
+
+    def _keep(self, data: bytes) -> None:
+        if data:
+            self._parts.append(data)
+            self._size += len(data)
+            if self._size > self.limit:
+                raise EventTooLarge(f"an SSE event exceeds {self.limit} bytes")
 
 
 def split_events(run: bytes) -> list[bytes]:

@@ -31,7 +31,10 @@ class RecordingWriter:
 
 async def test_an_armed_relay_sends_the_head_and_first_event_from_the_callback_itself():
     writer, leg = RecordingWriter(), FakeLeg()
-    ctx = SimpleNamespace(request_id="rid-1", writer=writer, disconnected=False, abort=lambda reason: None)
+    deadline = SimpleNamespace(client_write_s=30.0, total_at=float("inf"))
+    ctx = SimpleNamespace(
+        request_id="rid-1", writer=writer, disconnected=False, abort=lambda reason: None, deadline=deadline
+    )
     relay = StreamRelay(leg, ctx)
     assert leg.on_run(b"data: 1\n\n") is None  # the worker's first event, read in its callback
     assert [c[0] for c in writer.calls] == ["start", "event"]  # before any task ran
