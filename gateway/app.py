@@ -94,6 +94,7 @@ def create_app(config: GatewayConfig) -> FastPath:
             if discovery is not None:
                 await discovery.stop()
             await gateway.upstream.close()
+            await asyncio.to_thread(gateway.tracing.close)  # the last spans go out
 
     docs = config.auth.docs != "off"
     app = FastAPI(

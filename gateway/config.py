@@ -94,6 +94,27 @@ class Observability(_Strict):
     access_log: bool = True  # one line per request on the `pd_gateway.access` logger
 
 
+class Tracing(_Strict):
+    """W3C trace context on every leg; spans exported over OTLP/HTTP when `otlp_endpoint` is set."""
+
+    # e.g. http://otel-collector:4318/v1/traces; None: the client's traceparent is passed on as it
+    # came and nothing of OpenTelemetry is loaded
+    otlp_endpoint: str | None = None
+    service_name: str = "pd-gateway"
+    sample_ratio: float = Field(1.0, ge=0, le=1)  # of requests that come without a sampled parent
+    headers: dict[str, str] = {}  # sent with each export (a collector's auth, say)
+    export_interval_s: float = Field(5.0, gt=0)  # spans are batched and sent this often
+    max_queue: int = Field(4096, ge=1)  # spans waiting for export; beyond it new ones are dropped
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, url: str | None) -> str | None:
+        if url is not None:
+            _check_url(url)
+            check_extra("tracing", "tracing.otlp_endpoint")
+        return url
+
+
 def _check_url(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"worker URL must start with http:// or https://, got {url!r}")
@@ -189,6 +210,7 @@ class GatewayConfig(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one object per line, access lines included
     observability: Observability = Observability()
+    tracing: Tracing = Tracing()
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:

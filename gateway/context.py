@@ -9,7 +9,7 @@ any clean-up a protocol registered with `on_close`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from .deadline import Deadline
@@ -41,6 +41,11 @@ class RequestContext:
         self._cleanups: list[Callable[[], object]] = []
         self._watch: ClientWatch | None = None
         self.trace = gateway.telemetry.start(request_id, route)  # None when per-request telemetry is off
+        self.propagate = b""  # the client's trace context for every leg, when the gateway does not trace
+
+    def join_trace(self, headers: Mapping[bytes, bytes]) -> None:
+        """Continue the client's W3C trace (or start one); see telemetry.tracing."""
+        self.propagate = self.gateway.tracing.join(self.trace, headers)
 
     async def admit(self) -> None:
         """Take an admission slot (waiting in the queue if need be); the deadline starts now."""

@@ -13,7 +13,7 @@ from .http1 import header_lines
 from .limits import Admission, Capacity
 from .outlier import OutlierDetector
 from .pool import Endpoint, Pool
-from .telemetry import Telemetry
+from .telemetry import Telemetry, Tracing
 from .upstream import Upstream
 from .watchdog import Watchdog
 from .worker_metrics import WorkerMetricsPoller
@@ -41,7 +41,8 @@ class Gateway:
         self.admission = Admission(limits.max_inflight, limits.queue, limits.queue_timeout_s)
         obs = config.observability
         access = AccessLog(config.log_format) if obs.access_log else None
-        self.telemetry = Telemetry(self.pools, self.admission, obs.request_metrics, access)
+        self.tracing = Tracing(config.tracing)
+        self.telemetry = Telemetry(self.pools, self.admission, obs.request_metrics, access, self.tracing)
         self.outlier = OutlierDetector(config.outlier, self.group_of, self.telemetry)
         self.capacity = Capacity()
         self.worker_metrics = WorkerMetricsPoller(lambda: self.endpoints, self.upstream, config.worker_metrics)

@@ -70,6 +70,7 @@ class Handler:
     ) -> None:
         """One request; `body` is None when it is still to be read from `receive`."""
         ctx = RequestContext(self.gateway, route, request_id_of(headers), writer)
+        ctx.join_trace(headers)
         response: Response | StreamRelay | None = None
         try:
             response = await self.respond(ctx, headers, header_list, body, receive)
