@@ -16,12 +16,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from .admin import admin_routes
+from .admin_config import config_routes
 from .auth import authorization_of, check_access, check_key
 from .config import GatewayConfig
 from .dashboard import dashboard_routes
 from .errors import GatewayError, envelope, internal_error, render
 from .gateway import Gateway
 from .handler import Handler
+from .reload import Source
 from .routes import ROUTES
 from .telemetry import CONTENT_TYPE_LATEST
 from .writer import AsgiWriter
@@ -45,8 +47,14 @@ class FastPath:
         self.app = app
         self.state = app.state
         self.handler = handler
-        self.config = handler.config
-        self.body_limit = self.config.limits.max_body_bytes
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.handler.config  # a reload swaps it
+
+    @property
+    def body_limit(self) -> int:
+        return self.config.limits.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -77,8 +85,10 @@ def _discovery(gateway: Gateway) -> Discovery | None:
     return discovery
 
 
-def create_app(config: GatewayConfig) -> FastPath:
+def create_app(config: GatewayConfig, source: Source | None = None) -> FastPath:
+    """`source`: reads the config again, for `POST /admin/config/reload` and SIGHUP."""
     gateway = Gateway(config)
+    gateway.reloader.source = source
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,11 +96,13 @@ def create_app(config: GatewayConfig) -> FastPath:
         await gateway.health.check_all()
         tasks = [asyncio.create_task(gateway.health.run()), asyncio.create_task(gateway.watchdog.run())]
         tasks += [asyncio.create_task(job) for job in gateway.background()]
+        gateway.reloader.start()
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            gateway.reloader.stop()
             if discovery is not None:
                 await discovery.stop()
             await gateway.upstream.close()
@@ -106,6 +118,7 @@ def create_app(config: GatewayConfig) -> FastPath:
     )
     app.state.gateway = gateway
     app.include_router(admin_routes(gateway))
+    app.include_router(config_routes(gateway))
     app.include_router(dashboard_routes(gateway))
     _add_status_routes(app, gateway)
     _add_error_handlers(app)

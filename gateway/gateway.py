@@ -13,6 +13,7 @@ from .http1 import header_lines
 from .limits import Admission, Capacity
 from .outlier import OutlierDetector
 from .pool import Endpoint, Pool
+from .reload import Reloader
 from .telemetry import Telemetry, Tracing
 from .upstream import Upstream
 from .watchdog import Watchdog
@@ -46,22 +47,39 @@ class Gateway:
         self.outlier = OutlierDetector(config.outlier, self.group_of, self.telemetry)
         self.capacity = Capacity()
         self.worker_metrics = WorkerMetricsPoller(lambda: self.endpoints, self.upstream, config.worker_metrics)
+        self.reloader = Reloader(self)  # changes without a restart (gateway.reload)
+
+    def use(self, config: GatewayConfig, pools: list[Pool]) -> None:
+        """Serve new requests with `config` and `pools` (gateway.reload builds them); requests
+        in flight keep the pools and endpoints they hold."""
+        self.config, self.pools = config, pools
+        self._headers = {p.name: _pool_headers(p) for p in pools}
+        self.telemetry.state.pools = pools
+        self.health.config, self.outlier.config, self.worker_metrics.config = (
+            config.health,
+            config.outlier,
+            config.worker_metrics,
+        )
+        self.upstream.timeouts = config.timeouts
+        self.upstream.pool.connect_timeout_s = config.timeouts.connect_s
+        limits, a = config.limits, self.admission
+        a.limit, a.queue, a.timeout_s = limits.max_inflight, limits.queue, limits.queue_timeout_s
+        while a.queued and a.inflight < a.limit:  # room made: the waiters get it now
+            a.inflight += 1
+            a.leave()
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         """What runs while serving besides health checks and the watchdog: the /metrics poller
-        and the policies' own tasks (e.g. KV-event subscribers)."""
-        tasks = [self.worker_metrics.run()] if self.config.worker_metrics.enabled else []
-        for pool in self.pools:
-            for role, policy in pool.policies.items():
-                tasks += policy.background(pool.groups[role])
-        return tasks
+        (the policies' own tasks, e.g. KV-event subscribers, are the reloader's: they follow the pools)."""
+        return [self.worker_metrics.run()] if self.config.worker_metrics.enabled else []
 
     @property
     def endpoints(self) -> list[Endpoint]:
         return [e for p in self.pools for e in p.endpoints]
 
     def group_of(self, ep: Endpoint) -> list[Endpoint]:
-        return next(p for p in self.pools if p.name == ep.pool).groups[ep.role]
+        pool = next((p for p in self.pools if p.name == ep.pool), None)
+        return pool.groups[ep.role] if pool is not None else [ep]  # a pool reloaded away
 
     def pool_for(self, model: str) -> Pool:
         for pool in self.pools:
@@ -71,7 +89,8 @@ class Gateway:
 
     def worker_headers(self, pool: Pool, request_id: str) -> bytes:
         """The header lines of a request to one of the pool's workers."""
-        return self._headers[pool.name] + b"x-request-id: %s\r\n" % request_id.encode("ascii")
+        head = self._headers.get(pool.name) or _pool_headers(pool)  # (a pool reloaded away)
+        return head + b"x-request-id: %s\r\n" % request_id.encode("ascii")
 
     def model_cards(self) -> list[dict]:
         seen: dict[str, dict] = {}

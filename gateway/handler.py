@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from . import replicas
 from .auth import HeaderList, authorization, check_key
+from .config import GatewayConfig
 from .context import RequestContext
 from .disagg import PROTOCOLS
 from .errors import ClientGone, GatewayError, UpstreamStatus, internal_error, render
@@ -55,7 +56,10 @@ def request_id_of(headers: Mapping[bytes, bytes]) -> str:
 class Handler:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.config = gateway.config
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.gateway.config  # a reload swaps it
 
     async def __call__(
         self,

@@ -59,7 +59,8 @@ class Telemetry:
         `tracing`: exports the spans of each finished request when it is on."""
         self.registry = CollectorRegistry()
         self.families = Families(self.registry)
-        self.registry.register(PoolStateCollector(pools, admission))
+        self.state = PoolStateCollector(pools, admission)  # its pools follow a reload
+        self.registry.register(self.state)
         self.request_metrics = request_metrics
         self.access_log = access_log
         self.tracing = tracing if tracing is not None and tracing.on else None
