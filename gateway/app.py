@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from .admin import admin_routes
 from .admin_config import config_routes
-from .auth import authorization_of, check_access, check_key
+from .auth import authorization_of, check_access
 from .config import GatewayConfig
 from .dashboard import dashboard_routes
 from .errors import GatewayError, envelope, internal_error, render
@@ -126,12 +126,11 @@ def create_app(config: GatewayConfig, source: Source | None = None) -> FastPath:
 
 
 def _add_status_routes(app: FastAPI, gateway: Gateway) -> None:
-    auth = gateway.config.auth
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         try:
-            check_key(authorization_of(request.scope["headers"]), auth.api_keys)
+            gateway.tenants.identify(authorization_of(request.scope["headers"]))
         except GatewayError as err:
             return render(err)
         return JSONResponse({"object": "list", "data": gateway.model_cards()})
@@ -150,6 +149,7 @@ def _add_status_routes(app: FastAPI, gateway: Gateway) -> None:
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         try:
+            auth = gateway.config.auth  # as reloaded
             check_access(auth.metrics, auth, authorization_of(request.scope["headers"]), "metrics")
         except GatewayError as err:
             return render(err)

@@ -87,6 +87,22 @@ class Auth(_Strict):
     docs: Access = "key"
 
 
+class Tenant(_Strict):
+    """Who an API key belongs to, and what it may use (gateway/tenants.py)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    api_keys: list[str] = Field(min_length=1)
+    # Higher classes are served first from the queue; within a class, tenants share capacity
+    # by their token work, in proportion to `weight`.
+    priority: int = Field(0, ge=0, le=9)
+    weight: float = Field(1.0, gt=0)
+    # Budgets, None: none. Over one: 429 with Retry-After.
+    max_concurrent: int | None = Field(None, ge=1)  # requests in flight or queued at once
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)  # prompt + completion, from usage
+    burst_s: float = Field(10.0, gt=0)  # the per-minute budgets may be spent this many seconds' worth at once
+
+
 class Observability(_Strict):
     """Per-request telemetry; both off leaves only the gauges and rare-event counters on /metrics."""
 
@@ -211,6 +227,7 @@ class GatewayConfig(_Strict):
     log_format: Literal["text", "json"] = "text"  # json: one object per line, access lines included
     observability: Observability = Observability()
     tracing: Tracing = Tracing()
+    tenants: list[Tenant] = []
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -218,6 +235,14 @@ class GatewayConfig(_Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"pool names must be unique; repeated: {sorted(dup)}")
+        tenants = [t.name for t in self.tenants]
+        if len(set(tenants)) != len(tenants):
+            raise ValueError(
+                f"tenant names must be unique; repeated: {sorted({n for n in tenants if tenants.count(n) > 1})}"
+            )
+        keys = [k for t in self.tenants for k in t.api_keys] + self.auth.api_keys
+        if len(set(keys)) != len(keys):
+            raise ValueError("an API key belongs to one tenant (or to auth.api_keys) only")
         return self
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .deadline import Deadline
 from .gateway import Gateway
 from .leg import Leg
+from .tenants import TenantState, tokens_of
 from .writer import Writer
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ class RequestContext:
         self.finished = False  # the response is complete: a disconnect now is the normal end
         self._task = asyncio.current_task()
         self._admitted = False
+        self.tenant: TenantState | None = None  # whose API key it is (gateway.tenants)
+        self._work = 0
         self._legs: list[Leg] = []
         self._cleanups: list[Callable[[], object]] = []
         self._watch: ClientWatch | None = None
@@ -47,9 +50,11 @@ class RequestContext:
         """Continue the client's W3C trace (or start one); see telemetry.tracing."""
         self.propagate = self.gateway.tracing.join(self.trace, headers)
 
-    async def admit(self) -> None:
-        """Take an admission slot (waiting in the queue if need be); the deadline starts now."""
-        await self.gateway.admission.enter()
+    async def admit(self, body_bytes: int = 0) -> None:
+        """Take an admission slot (waiting in the queue if need be); the deadline starts now.
+        `body_bytes` estimates the request's prompt for its tenant's share (gateway.tenants)."""
+        self._work = body_bytes // 4
+        await self.gateway.admission.enter(self.tenant, self._work)
         self._admitted = True
         if self.trace is not None:
             self.trace.admitted()
@@ -102,7 +107,7 @@ class RequestContext:
         self._legs.clear()
         if self._admitted:
             self._admitted = False
-            self.gateway.admission.leave()
+            self.gateway.admission.leave(self.tenant, tokens_of(self.trace, self._work))
 
 
 class ClientWatch:

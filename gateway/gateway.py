@@ -10,11 +10,13 @@ from .config import GatewayConfig
 from .errors import GatewayError
 from .health import HealthChecker
 from .http1 import header_lines
-from .limits import Admission, Capacity
+from .limits import Capacity
 from .outlier import OutlierDetector
 from .pool import Endpoint, Pool
 from .reload import Reloader
 from .telemetry import Telemetry, Tracing
+from .telemetry.tenant_state import TenantCollector
+from .tenants import TenantAdmission
 from .upstream import Upstream
 from .watchdog import Watchdog
 from .worker_metrics import WorkerMetricsPoller
@@ -38,12 +40,16 @@ class Gateway:
         t = config.timeouts
         self.watchdog = Watchdog(period_s=min(1.0, t.first_byte_s / 4, t.between_chunks_s / 4))
         self.health = HealthChecker(lambda: self.endpoints, self.upstream, config.health)
-        limits = config.limits
-        self.admission = Admission(limits.max_inflight, limits.queue, limits.queue_timeout_s)
+        self.admission = TenantAdmission(config)  # limits.max_inflight, the queue, the tenants' budgets
+        self.tenants = self.admission
         obs = config.observability
         access = AccessLog(config.log_format) if obs.access_log else None
         self.tracing = Tracing(config.tracing)
         self.telemetry = Telemetry(self.pools, self.admission, obs.request_metrics, access, self.tracing)
+        self.telemetry.registry.register(TenantCollector(self.admission))
+        self._per_request = self.telemetry.enabled
+        # Tenants' token budgets and shares count from each request's usage: its trace.
+        self.telemetry.enabled = self._per_request or bool(config.tenants)
         self.outlier = OutlierDetector(config.outlier, self.group_of, self.telemetry)
         self.capacity = Capacity()
         self.worker_metrics = WorkerMetricsPoller(lambda: self.endpoints, self.upstream, config.worker_metrics)
@@ -62,11 +68,8 @@ class Gateway:
         )
         self.upstream.timeouts = config.timeouts
         self.upstream.pool.connect_timeout_s = config.timeouts.connect_s
-        limits, a = config.limits, self.admission
-        a.limit, a.queue, a.timeout_s = limits.max_inflight, limits.queue, limits.queue_timeout_s
-        while a.queued and a.inflight < a.limit:  # room made: the waiters get it now
-            a.inflight += 1
-            a.leave()
+        self.admission.configure(config)
+        self.telemetry.enabled = self._per_request or bool(config.tenants)
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         """What runs while serving besides health checks and the watchdog: the /metrics poller

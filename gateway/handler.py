@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from . import replicas
-from .auth import HeaderList, authorization, check_key
+from .auth import HeaderList, authorization
 from .config import GatewayConfig
 from .context import RequestContext
 from .disagg import PROTOCOLS
@@ -98,10 +98,10 @@ class Handler:
         receive: Receive,
     ) -> Response | StreamRelay:
         try:
-            check_key(authorization(headers, header_list), self.config.auth.api_keys)
+            ctx.tenant = self.gateway.tenants.identify(authorization(headers, header_list))
             raw = body if body is not None else await read_body(receive, headers, self.config.limits.max_body_bytes)
             ctx.watch_client(receive)
-            await ctx.admit()
+            await ctx.admit(len(raw))
             session = headers.get(b"x-session-id")
             session_key = session.decode("latin-1") if session else None
             ctx.parsed(parse_request(ctx.route, raw, self.config.limits, session_key))
