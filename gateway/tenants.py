@@ -9,14 +9,16 @@ when /v1 is open, belongs to the default tenant, which has no budgets). Admissio
    the tenant's finished requests: a tenant over it waits until the budget has refilled);
 2. a slot of `limits.max_inflight` if one is free and nobody waits;
 3. else the queue (`limits.queue` places, `limits.queue_timeout_s`): when a slot frees, the
-   highest `priority` class with someone waiting is served first; within a class, the tenant
-   that has had the least token work per `weight` (a virtual token counter, as in "Fairness
-   in Serving Large Language Models", Sheng et al., OSDI 2024). A tenant that starts waiting
-   is lifted to the least counter of those already waiting in its class, so it can neither
-   bank idle time nor be held back for what it used while nobody else waited.
+   highest `priority` class with someone waiting is served first; within a class, weighted
+   fair queueing by token work (start-time fair queueing, Goyal et al. 1996): each waiter
+   is tagged with a virtual start = max(the class's virtual time, its tenant's last finish
+   tag), and its tenant's finish tag moves on by its work / `weight`; the least start tag
+   is served next and becomes the class's virtual time. A tenant with a long backlog has
+   tags far ahead; one that starts waiting starts at the virtual time, so it is served
+   within about one request of the backlog, and it cannot bank credit while idle.
 
-A request's work is charged twice: its prompt estimate (body bytes / 4) when admitted, its
-completion tokens when it ends.
+A request's work is its prompt estimate (body bytes / 4) plus its tenant's usual completion
+length (a moving average of the completion tokens of its finished requests).
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ class TenantState:
     def __init__(self, config: Tenant | None) -> None:
         self.name = config.name if config is not None else ""
         self.inflight = 0
-        self.waiting: deque[tuple[asyncio.Future[None], int]] = deque()
-        self.counter = 0.0  # token work served / weight
+        self.waiting: deque[tuple[float, int, asyncio.Future[None]]] = deque()  # (start tag, seq, slot)
+        self.finish = 0.0  # finish tag of its last queued request: virtual token work / weight
+        self.expected = 0.0  # completion tokens of its requests, a moving average: charged when queued
         self.admitted = 0
         self.rejected: Counter[str] = Counter()  # reason -> requests refused
         self.prompt_tokens = 0
@@ -116,7 +119,7 @@ class TenantState:
         prompt, completion = tokens
         self.prompt_tokens += prompt
         self.completion_tokens += completion
-        self.counter += completion / self.weight
+        self.expected += (completion - self.expected) / 8
         if self.tokens is not None:
             self.tokens.wait_s()  # refill up to now before spending
             self.tokens.level -= prompt + completion
@@ -152,11 +155,13 @@ class TenantAdmission(Admission):
         self._api_keys: list[str] = []
         self._backlogged: list[TenantState] = []  # tenants with someone waiting
         self._queued = 0
+        self._seq = 0
+        self._virtual: dict[int, float] = {}  # priority class -> start tag of its last dispatched waiter
         self.configure(config)
 
     def configure(self, config: GatewayConfig) -> None:
         """Apply a (re)loaded config: keys, tenants, limits. Tenants that stay keep their
-        counters and budget levels; requests of a removed one finish on its old state."""
+        fair-queue tags and budget levels; requests of a removed one finish on its old state."""
         limits = config.limits
         self.limit, self.queue, self.timeout_s = limits.max_inflight, limits.queue, limits.queue_timeout_s
         states: dict[str, TenantState] = {}
@@ -196,7 +201,7 @@ class TenantAdmission(Admission):
         t = tenant or self.default
         t.check_budgets()
         if self.inflight < self.limit and not self._queued:
-            self._admit(t, work)
+            self._admit(t)
             return
         if self._queued >= self.queue:
             t.rejected["queue_full"] += 1
@@ -228,23 +233,25 @@ class TenantAdmission(Admission):
 
     # The queue --------------------------------------------------------------------------
 
-    def _admit(self, t: TenantState, work: int) -> None:
+    def _admit(self, t: TenantState) -> None:
         self.inflight += 1
         t.inflight += 1
         t.admitted += 1
-        t.counter += work / t.weight
 
     def _enqueue(self, t: TenantState, slot: asyncio.Future[None], work: int) -> None:
+        """Tag the waiter: it starts when the class's virtual time or its tenant's last finish
+        tag is reached, whichever is later; its own work moves the tenant's tag on."""
+        now = self._virtual.get(t.priority, 0.0)
+        start = max(now, t.finish)
+        t.finish = start + (work + t.expected) / t.weight
+        self._seq += 1
         if not t.waiting:
-            peers = [o.counter for o in self._backlogged if o.priority == t.priority]
-            if peers:  # no credit banked while idle, no debt carried from uncontended times
-                t.counter = min(max(t.counter, min(peers)), max(peers))
             self._backlogged.append(t)
-        t.waiting.append((slot, work))
+        t.waiting.append((start, self._seq, slot))
         self._queued += 1
 
     def _dequeue(self, t: TenantState, slot: asyncio.Future[None]) -> None:
-        for i, (waiter, _) in enumerate(t.waiting):
+        for i, (_, _, waiter) in enumerate(t.waiting):
             if waiter is slot:
                 del t.waiting[i]
                 self._queued -= 1
@@ -253,13 +260,14 @@ class TenantAdmission(Admission):
             self._backlogged.remove(t)
 
     def _dispatch(self) -> None:
-        """Hand one free slot to the first waiter of the highest class's least-served tenant."""
-        t = min(self._backlogged, key=lambda s: (-s.priority, s.counter))
-        slot, work = t.waiting.popleft()
+        """Hand one free slot to the waiter of the highest class with the least start tag."""
+        t = min(self._backlogged, key=lambda s: (-s.priority, s.waiting[0][0], s.waiting[0][1]))
+        start, _, slot = t.waiting.popleft()
         self._queued -= 1
         if not t.waiting:
             self._backlogged.remove(t)
-        self._admit(t, work)
+        self._virtual[t.priority] = start
+        self._admit(t)
         slot.set_result(None)
 
 
