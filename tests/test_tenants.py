@@ -177,3 +177,24 @@ async def test_tenants_change_on_reload(sim, gateway, client):
     assert (await client.post(url, json=body, headers=_key("k1"))).status_code == 401
     assert (await client.post(url, json=body, headers=_key("k2"))).status_code == 200  # a new budget
     assert gw.gateway.tenants.states["a"].admitted == 2  # the same tenant, its counts kept
+
+
+async def test_one_tenants_requests_wait_in_order_and_a_cancelled_waiter_takes_no_slot():
+    adm = _admission(queue=3)
+    await adm.enter()
+    second, third = asyncio.ensure_future(adm.enter(None, 50)), asyncio.ensure_future(adm.enter(None, 1))
+    gone = asyncio.ensure_future(adm.enter())
+    await wait_until(lambda: adm.queued == 3)
+    with pytest.raises(GatewayError) as err:  # the queue is full
+        await adm.enter()
+    assert err.value.status == 429 and err.value.headers["retry-after"] == "1"
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    assert adm.queued == 2
+    adm.leave()
+    await second  # first come, first served within a tenant, whatever the work
+    assert not third.done() and adm.inflight == 1  # the slot was handed over, not given back
+    adm.leave()
+    await third
+    adm.leave()
+    assert adm.inflight == 0 and adm.queued == 0 and adm.default.inflight == 0
