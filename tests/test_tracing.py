@@ -200,3 +200,16 @@ def test_an_endpoint_without_the_extra_names_it(monkeypatch):
                 "tracing": {"otlp_endpoint": "http://127.0.0.1:9"},
             }
         )
+
+
+async def test_neuron_legacy_legs_each_get_their_own_span_as_parent(receiver, sim, gateway, client):
+    p = await sim(role="prefill", kv_protocol="neuron-legacy")
+    d = await sim(role="decode", kv_protocol="neuron-legacy", kv_peers=[p.url])
+    pools = [{"name": "pd", "kind": "pd", "protocol": "neuron-legacy", "prefill": [p.url], "decode": [d.url]}]
+    gw = await gateway(pools, tracing={"otlp_endpoint": receiver.url, "export_interval_s": 0.05})
+    r = await client.post(f"{gw.url}/v1/completions", json=BODY, headers={"traceparent": TRACEPARENT})
+    assert r.status_code == 200
+    await wait_until(lambda: {"prefill", "decode"} <= {s["name"] for s in receiver.trace(CLIENT_TRACE)}, timeout_s=5)
+    spans = {s["name"]: s for s in receiver.trace(CLIENT_TRACE)}
+    for worker, role in ((p, "prefill"), (d, "decode")):
+        assert worker.stats.last_request_headers["traceparent"] == f"00-{CLIENT_TRACE}-{spans[role]['span_id']}-01"
