@@ -138,6 +138,10 @@ def _refuse_discovery_changes(before: dict[str, Pool], new: GatewayConfig) -> No
     """Checked before any pool is touched: a refused config changes nothing."""
     for i, config in enumerate(new.pools):
         old = before.get(config.name)
+        if old is None and config.discovery is not None:
+            raise ConfigError(
+                f"config field 'pools.{i}.discovery': a pool found by discovery is added only with a restart"
+            )
         if old is not None and old.config != config and (old.config.discovery or config.discovery):
             raise ConfigError(
                 f"config field 'pools.{i}.discovery': a pool found by discovery changes only with a restart"

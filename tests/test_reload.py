@@ -15,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from gateway.config import ConfigError
 from tests.conftest import FAST_HEALTH, sse_payloads, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,3 +206,13 @@ async def test_a_changed_pool_is_rebuilt_with_its_endpoints_state_and_a_removed_
     assert r.status_code == 404
     done = await on_two
     assert done.status_code == 200 and sse_payloads(done.content)[-1] == "[DONE]"
+
+
+async def test_pools_found_by_discovery_change_only_with_a_restart(sim, gateway):
+    a = await sim()
+    gw = await _start(gateway, [a.url], "k1")
+    base = {**_config([a.url], "k1"), "listen": {"host": "127.0.0.1", "port": 0}}
+    found = {"name": "k8s", "kind": "pd", "protocol": "nixl", "discovery": "kubernetes"}
+    with pytest.raises(ConfigError, match=r"'pools.1.discovery'.*restart"):
+        gw.gateway.reloader.apply_data({**base, "pools": [*base["pools"], found]})
+    assert [p.name for p in gw.gateway.pools] == ["dp"] and gw.gateway.reloader.generation == 0
