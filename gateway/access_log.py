@@ -23,7 +23,7 @@ def fields(trace: Trace, total_s: float) -> dict[str, object]:
     """The line's fields, in order; times in milliseconds, absent values as None."""
     return {
         "request_id": trace.request_id,
-        "trace_id": trace.spans.trace_id if trace.spans is not None else None,
+        "trace_id": trace.trace_id,
         "route": trace.route,
         "model": trace.model or None,
         "pool": trace.pool or None,

@@ -167,10 +167,13 @@ async def test_a_retried_leg_is_a_span_of_its_own(receiver, sim, gateway, client
     assert len(prefills) == 4 + len(failed)
 
 
-async def test_without_an_endpoint_the_clients_context_passes_through_unchanged(sim, gateway, client):
+async def test_without_an_endpoint_the_clients_context_passes_through_unchanged(sim, gateway, client, caplog):
     _, d, gw = await _pd(sim, gateway, None)
     headers = {"traceparent": TRACEPARENT, "tracestate": "vendor=abc"}
-    await client.post(f"{gw.url}/v1/completions", json=BODY, headers=headers)
+    with caplog.at_level("INFO", logger="pd_gateway.access"):
+        await client.post(f"{gw.url}/v1/completions", json=BODY, headers=headers)
+        await wait_until(lambda: any(r.name == "pd_gateway.access" for r in caplog.records))
+    assert f"trace_id={CLIENT_TRACE}" in next(r.message for r in caplog.records if r.name == "pd_gateway.access")
     assert d.stats.last_request_headers["traceparent"] == TRACEPARENT
     assert d.stats.last_request_headers["tracestate"] == "vendor=abc"
     await client.post(f"{gw.url}/v1/completions", json=BODY, headers={"traceparent": "00-zz-bad"})

@@ -40,16 +40,18 @@ def parse_traceparent(value: bytes | None) -> tuple[str, str, bool] | None:
     return trace_id, parent, bool(int(flags, 16) & 1)
 
 
-def passthrough(headers: Mapping[bytes, bytes]) -> bytes:
-    """The client's trace context as header lines for the workers, unchanged (tracing off)."""
+def passthrough(headers: Mapping[bytes, bytes]) -> tuple[bytes, str | None]:
+    """The client's trace context as header lines for the workers, unchanged (tracing off),
+    and its trace id."""
     parent = headers.get(b"traceparent")
-    if parent is None or parse_traceparent(parent) is None:
-        return b""
+    given = parse_traceparent(parent)
+    if parent is None or given is None:
+        return b"", None
     out = b"traceparent: " + parent.strip() + b"\r\n"
     state = headers.get(b"tracestate")
     if state and _TRACESTATE.fullmatch(state):
         out += b"tracestate: " + state + b"\r\n"
-    return out
+    return out, given[0]
 
 
 class Attempt:

@@ -40,6 +40,7 @@ class Trace:
         "outcome",
         "stream",
         "spans",
+        "trace_id",
     )
 
     def __init__(self, request_id: str, route: str) -> None:
@@ -64,6 +65,7 @@ class Trace:
         self.outcome = ""
         self.stream = False
         self.spans: SpanLog | None = None  # set when tracing is on (Tracing.join)
+        self.trace_id: str | None = None  # the W3C trace it belongs to: the gateway's, or the client's passed on
 
     # Called by the request path --------------------------------------------------------
 

@@ -33,8 +33,12 @@ class Tracing:
         """Start the request's trace. Returns the header lines every leg sends when the trace
         is not the gateway's own (tracing off); with tracing on each attempt gets its own."""
         if not self.on or trace is None:
-            return passthrough(headers)
+            lines, trace_id = passthrough(headers)
+            if trace is not None:
+                trace.trace_id = trace_id  # for the access line
+            return lines
         trace.spans = SpanLog(headers, self.config.sample_ratio)
+        trace.trace_id = trace.spans.trace_id
         return b""
 
     def finished(self, trace: Trace, end: float) -> None:
