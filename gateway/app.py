@@ -67,7 +67,8 @@ class FastPath:
                 return
             if path in DOCS_PATHS:
                 try:
-                    check_access(self.config.auth.docs, self.config.auth, authorization_of(scope["headers"]), "docs")
+                    auth, identify = self.config.auth, self.handler.gateway.tenants.identify
+                    check_access(auth.docs, auth, authorization_of(scope["headers"]), "docs", identify)
                 except GatewayError as err:
                     await render(err)(scope, receive, send)
                     return
@@ -150,7 +151,8 @@ def _add_status_routes(app: FastAPI, gateway: Gateway) -> None:
     async def metrics(request: Request) -> Response:
         try:
             auth = gateway.config.auth  # as reloaded
-            check_access(auth.metrics, auth, authorization_of(request.scope["headers"]), "metrics")
+            header = authorization_of(request.scope["headers"])
+            check_access(auth.metrics, auth, header, "metrics", gateway.tenants.identify)
         except GatewayError as err:
             return render(err)
         return Response(gateway.telemetry.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -104,7 +104,7 @@ async def test_over_its_request_budget_a_tenant_gets_429_with_retry_after(sim, g
         sim,
         {"name": "flood", "api_keys": ["kf"], "requests_per_minute": 60, "burst_s": 2},
         {"name": "calm", "api_keys": ["kc"]},
-        auth={"api_keys": ["plain"], "admin_keys": ["adm"]},
+        auth={"api_keys": ["plain"], "admin_keys": ["adm"], "metrics": "key"},
     )
     url = f"{gw.url}/v1/completions"
     body = {**STREAM, "stream": False}
@@ -121,7 +121,8 @@ async def test_over_its_request_budget_a_tenant_gets_429_with_retry_after(sim, g
         assert (await client.post(url, json=body, headers=_key(key))).status_code == 200
     assert (await client.post(url, json=body, headers=_key("unknown"))).status_code == 401
     assert (await client.get(f"{gw.url}/v1/models", headers=_key("kc"))).status_code == 200
-    metrics = (await client.get(f"{gw.url}/metrics")).text
+    assert (await client.get(f"{gw.url}/metrics")).status_code == 401
+    metrics = (await client.get(f"{gw.url}/metrics", headers=_key("kc"))).text  # a tenant's key is an API key
     assert 'pd_gateway_tenant_rejected_total{reason="requests_per_minute",tenant="flood"} 1.0' in metrics
     assert 'pd_gateway_tenant_requests_total{tenant="flood"} 2.0' in metrics
     assert 'pd_gateway_tenant_requests_total{tenant="calm"} 1.0' in metrics
