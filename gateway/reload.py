@@ -129,9 +129,11 @@ class Reloader:
 
 
 def _refuse_restart_only(old: GatewayConfig, new: GatewayConfig) -> None:
-    for field in RESTART_ONLY:
-        if getattr(old, field) != getattr(new, field):
-            raise ConfigError(f"config field '{field}': changes only with a restart (the running value is kept)")
+    changed = [f for f in RESTART_ONLY if getattr(old, f) != getattr(new, f)]
+    if old.worker_metrics.enabled != new.worker_metrics.enabled:  # the poller runs or not from the start
+        changed.append("worker_metrics.enabled")
+    if changed:
+        raise ConfigError(f"config field '{changed[0]}': changes only with a restart (the running value is kept)")
 
 
 def _refuse_discovery_changes(before: dict[str, Pool], new: GatewayConfig) -> None:
