@@ -87,6 +87,7 @@ class Reloader:
         self.generation += 1
         summary = {
             "generation": self.generation,
+            "in_flight": gw.admission.inflight,  # requests that go on with what they started with
             "pools": [p.name for p in pools],
             "added_pools": sorted(set(p.name for p in pools) - set(before)),
             "removed_pools": sorted(set(before) - {p.name for p in pools}),
