@@ -1,5 +1,6 @@
 # The gateway: `docker build -t pd-gateway:0.1.0 .` (deploy/k8s/base names this image).
-# Slim and non-root; no vLLM, no torch: the gateway only routes. The k8s extra: pod discovery.
+# Slim and non-root; no vLLM, no torch: the gateway only routes. Extras: k8s (pod discovery),
+# tracing (OTLP export of spans, off unless tracing.otlp_endpoint is set).
 # scripts/user_path.py builds a wheel from exactly these COPY lines and runs the entrypoint.
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -8,7 +9,7 @@ COPY gateway gateway
 COPY workers workers
 COPY pdcli pdcli
 COPY loadtest loadtest
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[k8s]'
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[k8s,tracing]'
 
 FROM python:3.11-slim
 RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin gateway

@@ -2,6 +2,7 @@
 
     python -m bench.gateway_variant --telemetry off --listen 9000 --upstream 8000
     python -m bench.gateway_variant --telemetry logged --listen 9000 --upstream 8000
+    python -m bench.gateway_variant --telemetry traced --listen 9000 --upstream 8000
     python -m bench.gateway_variant --telemetry baseline --checkout DIR --listen 9000 --upstream 8000
 
 `off`: no per-request metrics and no access log (`observability: {request_metrics: false,
@@ -12,7 +13,9 @@ heap on huge pages as usual), on a `replicas` pool in front of the upstream work
 benchmark's own limits; the relay benchmark runs the same load through them as through the
 gateway, so that the telemetry's cost per chunk is read off one run. `baseline`: the gateway
 of another checkout of this project (DIR, e.g. a `git worktree` of an older commit) with its
-own defaults, so that a change's before and after are read off one run.
+own defaults, so that a change's before and after are read off one run. `traced`: metrics on
+(access lines skipped, as in the measured gateway) and every request traced and its spans
+exported over OTLP/HTTP to `bench.otlp_sink`, a child process on the port after `--listen`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -31,6 +35,7 @@ TELEMETRY = {
     "off": ({"request_metrics": False, "access_log": False}, "warning"),
     "logged": ({"request_metrics": True, "access_log": True}, "info"),
     "baseline": ({}, "warning"),
+    "traced": ({"request_metrics": True, "access_log": False}, "warning"),
 }
 
 
@@ -44,6 +49,8 @@ def config(listen: int, upstream: int, telemetry: str) -> dict:
     }
     if observability:  # a baseline checkout may predate the section
         out["observability"] = observability
+    if telemetry == "traced":
+        out["tracing"] = {"otlp_endpoint": f"http://{HOST}:{listen + 1}/v1/traces", "export_interval_s": 1}
     return out
 
 
@@ -67,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.write(fd, (json.dumps(config(args.listen, args.upstream, args.telemetry)) + "\n").encode())
     os.close(fd)
     env = dict(os.environ)
+    if args.telemetry == "traced":  # the sink outlives this exec and exits with the gateway
+        subprocess.Popen([sys.executable, "-m", "bench.otlp_sink", "--port", str(args.listen + 1)])
     if args.checkout:  # `-m` imports from the working directory first: the baseline's packages
         os.chdir(args.checkout)
         env["PYTHONPATH"] = args.checkout

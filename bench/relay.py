@@ -97,10 +97,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-pd-client", action="store_true", help="skip the client-run P->D baseline of the PD scenario")
     p.add_argument(
         "--refs",
-        default=",".join(REFERENCES),
+        default=",".join(k for k in REFERENCES if k != "gw-trace"),
         help="reference relays run on the gateway's core in the relay scenarios: "
         + "; ".join(f"{k}: {what}, {why}" for k, (_, what, why) in REFERENCES.items())
-        + " (default: all; '' for none)",
+        + " (default: all but gw-trace; '' for none)",
     )
     p.add_argument(
         "--baseline",

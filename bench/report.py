@@ -31,6 +31,11 @@ REFERENCES = {
         "the gateway writing its access log",
         "what writing the access lines costs",
     ),
+    "gw-trace": (
+        "bench.gateway_variant --telemetry traced",
+        "the gateway tracing every request, spans exported over OTLP/HTTP",
+        "what tracing costs",
+    ),
     "base": (
         "bench.gateway_variant --telemetry baseline",
         "the gateway of another checkout (--baseline DIR)",

@@ -25,6 +25,7 @@ def fields(trace: Trace, total_s: float) -> dict[str, object]:
     """The line's fields, in order; times in milliseconds, absent values as None."""
     return {
         "request_id": trace.request_id,
+        "trace_id": trace.trace_id,
         "route": trace.route,
         "model": clip(trace.model) or None,  # the client's value: bounded
         "pool": trace.pool or None,

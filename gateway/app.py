@@ -16,13 +16,15 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from .admin import admin_routes
-from .auth import authorization_of, check_access, check_key
+from .admin_config import config_routes
+from .auth import authorization_of, check_access
 from .config import GatewayConfig
 from .dashboard import dashboard_routes
 from .errors import GatewayError, envelope, internal_error, render
 from .gateway import Gateway
 from .handler import Handler
 from .lora import lora_routes
+from .reload import Source
 from .routes import ROUTES
 from .side_routes import side_routes
 from .telemetry import CONTENT_TYPE_LATEST
@@ -47,9 +49,15 @@ class FastPath:
         self.app = app
         self.state = app.state
         self.handler = handler
-        self.config = handler.config
-        self.body_limit = self.config.limits.max_body_bytes
         self.paths = {path for r in app.routes if isinstance(path := getattr(r, "path", None), str)}
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.handler.config  # a reload swaps it
+
+    @property
+    def body_limit(self) -> int:
+        return self.config.limits.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -65,7 +73,8 @@ class FastPath:
                 return
             if path in DOCS_PATHS:
                 try:
-                    check_access(self.config.auth.docs, self.config.auth, authorization_of(scope["headers"]), "docs")
+                    auth, identify = self.config.auth, self.handler.gateway.tenants.identify
+                    check_access(auth.docs, auth, authorization_of(scope["headers"]), "docs", identify)
                 except GatewayError as err:
                     await render(err)(scope, receive, send)
                     return
@@ -101,8 +110,10 @@ async def _not_allowed(scope: Scope, receive: Receive, send: Send) -> None:
     await render(err)(scope, receive, send)
 
 
-def create_app(config: GatewayConfig) -> FastPath:
+def create_app(config: GatewayConfig, source: Source | None = None) -> FastPath:
+    """`source`: reads the config again, for `POST /admin/config/reload` and SIGHUP."""
     gateway = Gateway(config)
+    gateway.reloader.source = source
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,14 +121,17 @@ def create_app(config: GatewayConfig) -> FastPath:
         await gateway.health.check_all()
         tasks = [asyncio.create_task(gateway.health.run()), asyncio.create_task(gateway.watchdog.run())]
         tasks += [asyncio.create_task(job) for job in gateway.background()]
+        gateway.reloader.start()
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            gateway.reloader.stop()
             if discovery is not None:
                 await discovery.stop()
             await gateway.upstream.close()
+            await asyncio.to_thread(gateway.tracing.close)  # the last spans go out
 
     docs = config.auth.docs != "off"
     app = FastAPI(
@@ -130,6 +144,7 @@ def create_app(config: GatewayConfig) -> FastPath:
     app.router.redirect_slashes = False  # FastPath redirects, relatively
     app.state.gateway = gateway
     app.include_router(admin_routes(gateway))
+    app.include_router(config_routes(gateway))
     app.include_router(dashboard_routes(gateway))
     app.include_router(side_routes(gateway))
     app.include_router(lora_routes(gateway))
@@ -139,12 +154,11 @@ def create_app(config: GatewayConfig) -> FastPath:
 
 
 def _add_status_routes(app: FastAPI, gateway: Gateway) -> None:
-    auth = gateway.config.auth
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         try:
-            check_key(authorization_of(request.scope["headers"]), auth.api_keys)
+            gateway.tenants.identify(authorization_of(request.scope["headers"]))
         except GatewayError as err:
             return render(err)
         return JSONResponse({"object": "list", "data": gateway.model_cards()})
@@ -163,7 +177,9 @@ def _add_status_routes(app: FastAPI, gateway: Gateway) -> None:
     @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics(request: Request) -> Response:
         try:
-            check_access(auth.metrics, auth, authorization_of(request.scope["headers"]), "metrics")
+            auth = gateway.config.auth  # as reloaded
+            header = authorization_of(request.scope["headers"])
+            check_access(auth.metrics, auth, header, "metrics", gateway.tenants.identify)
         except GatewayError as err:
             return render(err)
         return Response(gateway.telemetry.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .config import Auth
 from .errors import GatewayError
@@ -43,12 +43,18 @@ def check_key(header: str | None, keys: list[str], what: str = "API key") -> Non
         raise GatewayError(401, f"missing or invalid {what}; send 'Authorization: Bearer <key>'", "invalid_api_key")
 
 
-def check_access(access: str, auth: Auth, header: str, what: str) -> None:
+def check_access(
+    access: str, auth: Auth, header: str, what: str, api_key: Callable[[str], object] | None = None
+) -> None:
     """Guard a non-API route (metrics, docs) by its `Access` setting: open, an API key, an admin
-    key, or off (404). With no keys of the asked kind configured, the route is open."""
+    key, or off (404). With no keys of the asked kind configured, the route is open. `api_key`
+    checks an API key (a tenant's included) in place of `auth.api_keys`."""
     if access == "off":
         raise GatewayError(404, f"{what} is turned off (auth.{what}: off)", "not_found")
     if access == "key":
-        check_key(header, auth.api_keys)
+        if api_key is not None:
+            api_key(header)
+        else:
+            check_key(header, auth.api_keys)
     elif access == "admin":
         check_key(header, auth.admin_keys, "admin key")

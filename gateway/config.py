@@ -97,11 +97,48 @@ class Auth(_Strict):
     docs: Access = "key"
 
 
+class Tenant(_Strict):
+    """Who an API key belongs to, and what it may use (gateway/tenants.py)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    api_keys: list[str] = Field(min_length=1)
+    # Higher classes are served first from the queue; within a class, tenants share capacity
+    # by their token work, in proportion to `weight`.
+    priority: int = Field(0, ge=0, le=9)
+    weight: float = Field(1.0, gt=0)
+    # Budgets, None: none. Over one: 429 with Retry-After.
+    max_concurrent: int | None = Field(None, ge=1)  # requests in flight or queued at once
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)  # prompt + completion, from usage
+    burst_s: float = Field(10.0, gt=0)  # the per-minute budgets may be spent this many seconds' worth at once
+
+
 class Observability(_Strict):
     """Per-request telemetry; both off leaves only the gauges and rare-event counters on /metrics."""
 
     request_metrics: bool = True  # per-request histograms and counters
     access_log: bool = True  # one line per request on the `pd_gateway.access` logger
+
+
+class Tracing(_Strict):
+    """W3C trace context on every leg; spans exported over OTLP/HTTP when `otlp_endpoint` is set."""
+
+    # e.g. http://otel-collector:4318/v1/traces; None: the client's traceparent is passed on as it
+    # came and nothing of OpenTelemetry is loaded
+    otlp_endpoint: str | None = None
+    service_name: str = "pd-gateway"
+    sample_ratio: float = Field(1.0, ge=0, le=1)  # of requests that come without a sampled parent
+    headers: dict[str, str] = {}  # sent with each export (a collector's auth, say)
+    export_interval_s: float = Field(5.0, gt=0)  # spans are batched and sent this often
+    max_queue: int = Field(4096, ge=1)  # spans waiting for export; beyond it new ones are dropped
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, url: str | None) -> str | None:
+        if url is not None:
+            _check_url(url)
+            check_extra("tracing", "tracing.otlp_endpoint")
+        return url
 
 
 def _check_url(url: str) -> str:
@@ -219,6 +256,8 @@ class GatewayConfig(_Strict):
     observability: Observability = Observability()
     # Public model names: another served name (an alias), or a weighted split between several.
     aliases: dict[str, str | Split] = {}
+    tracing: Tracing = Tracing()
+    tenants: list[Tenant] = []
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
@@ -226,6 +265,14 @@ class GatewayConfig(_Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"pool names must be unique; repeated: {sorted(dup)}")
+        tenants = [t.name for t in self.tenants]
+        if len(set(tenants)) != len(tenants):
+            raise ValueError(
+                f"tenant names must be unique; repeated: {sorted({n for n in tenants if tenants.count(n) > 1})}"
+            )
+        keys = [k for t in self.tenants for k in t.api_keys] + self.auth.api_keys
+        if len(set(keys)) != len(keys):
+            raise ValueError("an API key belongs to one tenant (or to auth.api_keys) only")
         return self
 
 

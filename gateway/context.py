@@ -9,12 +9,13 @@ any clean-up a protocol registered with `on_close` (the body's count at the fron
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from .deadline import Deadline
 from .gateway import Gateway
 from .leg import Leg
+from .tenants import TenantState, tokens_of
 from .writer import Writer
 
 if TYPE_CHECKING:
@@ -37,14 +38,23 @@ class RequestContext:
         self.finished = False  # the response is complete: a disconnect now is the normal end
         self._task = asyncio.current_task()
         self._admitted = False
+        self.tenant: TenantState | None = None  # whose API key it is (gateway.tenants)
+        self._work = 0
         self._legs: list[Leg] = []
         self._cleanups: list[Callable[[], object]] = []
         self._watch: ClientWatch | None = None
         self.trace = gateway.telemetry.start(request_id, route)  # None when per-request telemetry is off
+        self.propagate = b""  # the client's trace context for every leg, when the gateway does not trace
 
-    async def admit(self) -> None:
-        """Take an admission slot (waiting in the queue if need be); the deadline starts now."""
-        await self.gateway.admission.enter()
+    def join_trace(self, headers: Mapping[bytes, bytes]) -> None:
+        """Continue the client's W3C trace (or start one); see telemetry.tracing."""
+        self.propagate = self.gateway.tracing.join(self.trace, headers)
+
+    async def admit(self, body_bytes: int = 0) -> None:
+        """Take an admission slot (waiting in the queue if need be); the deadline starts now.
+        `body_bytes` estimates the request's prompt for its tenant's share (gateway.tenants)."""
+        self._work = body_bytes // 4
+        await self.gateway.admission.enter(self.tenant, self._work)
         self._admitted = True
         if self.trace is not None:
             self.trace.admitted()
@@ -106,7 +116,7 @@ class RequestContext:
         self._legs.clear()
         if self._admitted:
             self._admitted = False
-            self.gateway.admission.leave()
+            self.gateway.admission.leave(self.tenant, tokens_of(self.trace, self._work))
 
 
 class ClientWatch:

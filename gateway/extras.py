@@ -12,12 +12,13 @@ from importlib.util import find_spec
 GATEWAY_EXTRAS: dict[str, tuple[str, ...]] = {
     "precise": ("transformers", "cbor2", "zmq", "msgspec"),
     "k8s": ("lightkube",),
+    "tracing": ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"),
 }
 
 
 def missing_extra(extra: str, modules: tuple[str, ...], feature: str) -> str | None:
     """None when every module is installed; else one line naming the extra to install."""
-    absent = [m for m in modules if find_spec(m) is None]
+    absent = [m for m in modules if not _found(m)]
     if not absent:
         return None
     return f"{feature} needs the '{extra}' extra (missing: {', '.join(absent)}): pip install 'pd-gateway[{extra}]'"
@@ -28,3 +29,10 @@ def check_extra(extra: str, feature: str) -> None:
     line = missing_extra(extra, GATEWAY_EXTRAS[extra], feature)
     if line is not None:
         raise ValueError(line)
+
+
+def _found(module: str) -> bool:
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or blocked in sys.modules
+        return False

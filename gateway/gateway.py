@@ -13,13 +13,16 @@ from .config import GatewayConfig
 from .errors import GatewayError
 from .health import HealthChecker
 from .http1 import header_lines
-from .limits import Admission, Capacity, FrontDoor
+from .limits import Capacity, FrontDoor
 from .logs import clip
 from .models_list import model_cards
 from .outlier import OutlierDetector
 from .pool import Endpoint, Pool
+from .reload import Reloader
 from .response_homes import ResponseHomes
-from .telemetry import Telemetry
+from .telemetry import Telemetry, Tracing
+from .telemetry.tenant_state import TenantCollector
+from .tenants import TenantAdmission
 from .upstream import Upstream
 from .watchdog import Watchdog
 from .worker_metrics import WorkerMetricsPoller
@@ -43,12 +46,18 @@ class Gateway:
         t = config.timeouts
         self.watchdog = Watchdog(period_s=min(1.0, t.first_byte_s / 4, t.between_chunks_s / 4))
         self.health = HealthChecker(lambda: self.endpoints, self.upstream, config.health)
-        limits = config.limits
-        self.admission = Admission(limits.max_inflight, limits.queue, limits.queue_timeout_s)
+        self.admission = TenantAdmission(config)  # limits.max_inflight, the queue, the tenants' budgets
+        self.tenants = self.admission
+        limits = config.limits  # the front door's caps hold until a restart (reload keeps them)
         self.front = FrontDoor(limits.max_connections, limits.max_buffered_body_bytes)
         obs = config.observability
         access = AccessLog(config.log_format) if obs.access_log else None
-        self.telemetry = Telemetry(self.pools, self.admission, obs.request_metrics, access)
+        self.tracing = Tracing(config.tracing)
+        self.telemetry = Telemetry(self.pools, self.admission, obs.request_metrics, access, self.tracing)
+        self.telemetry.registry.register(TenantCollector(self.admission))
+        self._per_request = self.telemetry.enabled
+        # Tenants' token budgets and shares count from each request's usage: its trace.
+        self.telemetry.enabled = self._per_request or bool(config.tenants)
         self.outlier = OutlierDetector(config.outlier, self.group_of, self.telemetry)
         self.capacity = Capacity()
         self.cleanups = Cleanups()  # work a request leaves behind (a prefill's KV lease to give back)
@@ -56,16 +65,31 @@ class Gateway:
         self.names = ModelNames(config.aliases)
         self.started = int(time.time())  # the `created` of the model entries the gateway makes
         self.worker_metrics = WorkerMetricsPoller(lambda: self.endpoints, self.upstream, config.worker_metrics)
+        self.reloader = Reloader(self)  # changes without a restart (gateway.reload)
+
+    def use(self, config: GatewayConfig, pools: list[Pool]) -> None:
+        """Serve new requests with `config` and `pools` (gateway.reload builds them); requests
+        in flight keep the pools and endpoints they hold."""
+        self.config, self.pools = config, pools
+        self._headers = {p.name: _pool_headers(p) for p in pools}
+        self.telemetry.state.pools = pools
+        self.health.config, self.outlier.config, self.worker_metrics.config = (
+            config.health,
+            config.outlier,
+            config.worker_metrics,
+        )
+        self.upstream.timeouts = config.timeouts
+        self.upstream.pool.connect_timeout_s = config.timeouts.connect_s
+        self.admission.configure(config)
+        self.telemetry.enabled = self._per_request or bool(config.tenants)
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
-        """What runs while serving besides health checks and the watchdog: the clean-ups' owner,
-        the /metrics poller and the policies' own tasks (e.g. KV-event subscribers)."""
+        """What runs while serving besides health checks and the watchdog: the clean-ups' owner and
+        the /metrics poller (the policies' own tasks, e.g. KV-event subscribers, are the reloader's:
+        they follow the pools)."""
         tasks = [self.cleanups.run()]
         if self.config.worker_metrics.enabled:
             tasks.append(self.worker_metrics.run())
-        for pool in self.pools:
-            for role, policy in pool.policies.items():
-                tasks += policy.background(pool.groups[role])
         return tasks
 
     @property
@@ -73,7 +97,8 @@ class Gateway:
         return [e for p in self.pools for e in p.endpoints]
 
     def group_of(self, ep: Endpoint) -> list[Endpoint]:
-        return next(p for p in self.pools if p.name == ep.pool).groups[ep.role]
+        pool = next((p for p in self.pools if p.name == ep.pool), None)
+        return pool.groups[ep.role] if pool is not None else [ep]  # a pool reloaded away
 
     def pool_for(self, model: str) -> Pool:
         """The pool serving `model`; no model (where vLLM takes none): the only pool."""
@@ -87,7 +112,7 @@ class Gateway:
     def worker_headers(self, pool: Pool, request_id: str, content_type: bytes | None = None) -> bytes:
         """The header lines of a request to one of the pool's workers (JSON, unless a form's
         `content_type` is given)."""
-        head = self._headers[pool.name]
+        head = self._headers.get(pool.name) or _pool_headers(pool)  # (a pool reloaded away)
         if content_type is not None:
             head = head.replace(b"content-type: application/json\r\n", b"content-type: %s\r\n" % content_type)
         return head + b"x-request-id: %s\r\n" % request_id.encode("ascii")

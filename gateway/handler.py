@@ -26,7 +26,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from . import passthrough, replicas
-from .auth import HeaderList, authorization, check_key
+from .auth import HeaderList, authorization
+from .config import GatewayConfig
 from .context import RequestContext
 from .disagg import PROTOCOLS, precheck
 from .errors import ClientGone, GatewayError, UpstreamStatus, internal_error, render
@@ -55,7 +56,10 @@ def request_id_of(headers: Mapping[bytes, bytes]) -> str:
 class Handler:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.config = gateway.config
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.gateway.config  # a reload swaps it
 
     async def __call__(
         self,
@@ -70,6 +74,7 @@ class Handler:
     ) -> None:
         """One request; `body` is None when it is still to be read from `receive`."""
         ctx = RequestContext(self.gateway, route, request_id_of(headers), writer)
+        ctx.join_trace(headers)
         response: Response | StreamRelay | None = None
         try:
             response = await self.respond(ctx, headers, header_list, body, receive)
@@ -94,12 +99,13 @@ class Handler:
     ) -> Response | StreamRelay:
         try:
             _check_cross_origin(headers)
-            if body is None:  # else the short path checked the key at the head (protocol._at_the_door)
-                check_key(authorization(headers, header_list), self.config.auth.api_keys)
+            # the short path refused an unknown key at the head (protocol._at_the_door); here: whose it is
+            ctx.tenant = self.gateway.tenants.identify(authorization(headers, header_list))
+            if body is None:
                 body = await self.read_body(ctx, receive, headers)
             raw = body
             ctx.watch_client(receive)
-            await ctx.admit()
+            await ctx.admit(len(raw))
             session = headers.get(b"x-session-id")
             session_key = session.decode("latin-1") if session else None
             content_type = headers.get(b"content-type", b"")

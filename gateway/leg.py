@@ -102,11 +102,12 @@ class Leg:
     async def attempt(self, ep: Endpoint) -> None:
         """Send the request to `ep` and wait for its answer's head (a non-2xx raises)."""
         self.lease = Lease(ep, self.tokens, self.gateway.capacity.freed)
-        if self.trace is not None:
-            self.trace.leg_sent(self.role, ep.url)
+        # W3C trace context: this attempt's own span as parent (tracing on), else the client's as it came
+        traced = self.trace.leg_sent(self.role, ep.url) if self.trace is not None else b""
         url = ep.url + self.request[0]
         upstream = self.gateway.upstream
         headers = self.gateway.worker_headers(self.pool, self.ctx.request_id, self.ctx.req.content_type)
+        headers += traced or self.ctx.propagate
         try:
             await upstream.answer(await upstream.post(url, self.request[1], headers, self._sent))
         except Retryable:

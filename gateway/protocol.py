@@ -30,7 +30,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .app import FastPath
-from .auth import authorization, check_key
+from .auth import authorization
 from .errors import GatewayError, envelope
 from .exchange import Exchange
 from .limits import body_too_large
@@ -221,7 +221,8 @@ class GatewayProtocol(HttpToolsProtocol):
         the bodies the gateway holds already; None: it may come in (its body is then counted)."""
         assert self.gateway is not None and self.front is not None
         try:
-            check_key(authorization(headers, self.headers), self.gateway.config.auth.api_keys)
+            tenants = self.gateway.handler.gateway.tenants
+            tenants.identify(authorization(headers, self.headers))  # a tenant's key, or one of auth.api_keys
         except GatewayError as err:
             return err
         size = int(headers[b"content-length"])

@@ -13,8 +13,9 @@ import uvicorn
 
 from . import protocol
 from .app import create_app
-from .config import GatewayConfig
+from .config import ConfigError, GatewayConfig
 from .gateway import Gateway
+from .reload import Source
 
 log = logging.getLogger("pd_gateway")
 
@@ -76,12 +77,24 @@ def http_protocol(config: GatewayConfig) -> type[protocol.GatewayProtocol] | str
     return protocol.GatewayProtocol
 
 
-async def start_gateway(config: GatewayConfig, install_signal_handlers: bool = False) -> RunningGateway:
-    """Start serving on config.listen (port 0 picks a free port); returns once accepting."""
+def _on_hangup(gateway: Gateway) -> None:
+    """SIGHUP: read the config again and apply it; an invalid one changes nothing."""
+    try:
+        gateway.reloader.reload()
+    except ConfigError as err:
+        log.error("config reload refused, the running config is kept: %s", err)
+
+
+async def start_gateway(
+    config: GatewayConfig, install_signal_handlers: bool = False, source: Source | None = None
+) -> RunningGateway:
+    """Start serving on config.listen (port 0 picks a free port); returns once accepting.
+    `source` reads the config again (SIGHUP, `POST /admin/config/reload`)."""
     sock = bind(config.listen.host, config.listen.port)
+    app = create_app(config, source)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config),
+            app,
             http=http_protocol(config),
             loop="none",
             lifespan="on",
@@ -101,6 +114,7 @@ async def start_gateway(config: GatewayConfig, install_signal_handlers: bool = F
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, _on_signal, server)
+        loop.add_signal_handler(signal.SIGHUP, _on_hangup, app.state.gateway)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
 from gateway.access_log import configure_logging
 from gateway.config import ConfigError, GatewayConfig, load_config
@@ -42,10 +43,11 @@ def _overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-async def serve(config: GatewayConfig) -> None:
+async def serve(config: GatewayConfig, source: Callable[[], GatewayConfig] | None = None) -> None:
+    """`source` reads the config again on SIGHUP and `POST /admin/config/reload`."""
     from gateway.server import start_gateway  # uvicorn + FastAPI: loaded only to serve
 
-    gateway = await start_gateway(config, install_signal_handlers=True)
+    gateway = await start_gateway(config, install_signal_handlers=True, source=source)
     await gateway.wait()
 
 
@@ -124,5 +126,5 @@ def run_serve(args: argparse.Namespace, own_process: bool = False) -> int:
         print(config.model_dump_json(indent=2))
         return 0
     configure_logging(config.log_format, config.log_level)
-    _run(serve(config))
+    _run(serve(config, lambda: load_config(args.config, overrides)))
     return 0

@@ -25,6 +25,7 @@ OPTIONAL = (
     "cbor2",
     "lightkube",
     "httpx",
+    "opentelemetry",
 )
 
 

@@ -20,6 +20,7 @@ from ..auth import authorization_of, check_key
 from ..errors import GatewayError, render
 from ..gateway import Gateway
 from ..pool import Endpoint, Pool
+from ..tenants import TenantState
 
 _HARDENING = {"x-frame-options": "DENY", "x-content-type-options": "nosniff"}
 
@@ -69,6 +70,20 @@ def snapshot(gateway: Gateway) -> dict:
         "queued": gateway.admission.queued,
         "requests": dict(telemetry.outcomes),
         "pools": [_pool(p, now, telemetry.recent) for p in gateway.pools],
+        "tenants": [_tenant(t) for t in gateway.tenants.states.values()],
+    }
+
+
+def _tenant(t: TenantState) -> dict:
+    return {
+        "name": t.name,
+        "priority": t.priority,
+        "inflight": t.inflight,
+        "queued": len(t.waiting),
+        "admitted": t.admitted,
+        "rejected": sum(t.rejected.values()),
+        "prompt_tokens": t.prompt_tokens,
+        "completion_tokens": t.completion_tokens,
     }
 
 

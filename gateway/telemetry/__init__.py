@@ -24,8 +24,9 @@ from ..pool import Endpoint, Pool
 from .families import Families
 from .state import PoolStateCollector
 from .trace import Trace, usage_of
+from .tracing import Tracing
 
-__all__ = ["CONTENT_TYPE_LATEST", "Telemetry", "Trace", "outcome_of", "usage_of"]
+__all__ = ["CONTENT_TYPE_LATEST", "Telemetry", "Trace", "Tracing", "outcome_of", "usage_of"]
 
 RECENT = 32  # latencies kept per endpoint for the status page
 
@@ -52,14 +53,18 @@ class Telemetry:
         admission: Admission,
         request_metrics: bool = True,
         access_log: object | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
-        """`access_log`: something with `write(trace, total_s)` (gateway.access_log.AccessLog), or None."""
+        """`access_log`: something with `write(trace, total_s)` (gateway.access_log.AccessLog), or None;
+        `tracing`: exports the spans of each finished request when it is on."""
         self.registry = CollectorRegistry()
         self.families = Families(self.registry)
-        self.registry.register(PoolStateCollector(pools, admission))
+        self.state = PoolStateCollector(pools, admission)  # its pools follow a reload
+        self.registry.register(self.state)
         self.request_metrics = request_metrics
         self.access_log = access_log
-        self.enabled = request_metrics or access_log is not None
+        self.tracing = tracing if tracing is not None and tracing.on else None
+        self.enabled = request_metrics or access_log is not None or self.tracing is not None
         self.recent: dict[str, deque[float]] = {}  # endpoint -> its last TTFTs (prefill: prefill times)
         self.outcomes: Counter[str] = Counter()  # requests by outcome, for the status page
         self._children: dict[tuple, object] = {}  # (family name, *label values) -> its child
@@ -70,7 +75,8 @@ class Telemetry:
     def finish(self, trace: Trace | None, status: int, outcome: str | None = None) -> None:
         if trace is None:
             return
-        total = time.monotonic() - trace.start
+        end = time.monotonic()
+        total = end - trace.start
         trace.status, trace.outcome = status, outcome or outcome_of(status)
         self.outcomes[trace.outcome] += 1
         if self.request_metrics:
@@ -78,6 +84,8 @@ class Telemetry:
         self._remember(trace)
         if self.access_log is not None:
             self.access_log.write(trace, total)  # type: ignore[attr-defined]
+        if self.tracing is not None:
+            self.tracing.finished(trace, end)
 
     def _child(self, family: MetricWrapperBase, *labels: str):  # noqa: ANN202 (a Counter or Histogram child)
         """`family.labels(*labels)`, looked up once: labels() validates and locks on every call."""

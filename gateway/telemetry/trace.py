@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import time
 
+from .spans import SpanLog
+
 _now = time.monotonic
 
 
@@ -37,6 +39,8 @@ class Trace:
         "status",
         "outcome",
         "stream",
+        "spans",
+        "trace_id",
     )
 
     def __init__(self, request_id: str, route: str) -> None:
@@ -60,6 +64,8 @@ class Trace:
         self.status = 0
         self.outcome = ""
         self.stream = False
+        self.spans: SpanLog | None = None  # set when tracing is on (Tracing.join)
+        self.trace_id: str | None = None  # the W3C trace it belongs to: the gateway's, or the client's passed on
 
     # Called by the request path --------------------------------------------------------
 
@@ -73,11 +79,14 @@ class Trace:
     def routed(self, pool: str) -> None:
         self.pool = pool
 
-    def leg_sent(self, role: str, endpoint: str) -> None:
-        """A leg's request went to `endpoint` (again, on a retry)."""
+    def leg_sent(self, role: str, endpoint: str) -> bytes:
+        """A leg's request goes to `endpoint` (again, on a retry); returns the trace context
+        header lines for it (empty when tracing is off)."""
         self.endpoints[role] = endpoint
+        now = _now()
         if role == "prefill" and self.prefill_sent is None:
-            self.prefill_sent = _now()
+            self.prefill_sent = now
+        return b"" if self.spans is None else self.spans.attempt(role, endpoint, now)
 
     def first_run(self, role: str) -> None:
         """A streamed leg's first event arrived from its worker."""
@@ -90,6 +99,8 @@ class Trace:
     def leg_done(self, role: str, events: int, usage: dict | None) -> None:
         """A leg ended cleanly; `events`: the reads that carried its events (streams), `usage`: its usage."""
         now = _now()
+        if self.spans is not None:
+            self.spans.done(role, now, usage)
         if role == "prefill":
             self.prefill_done = now
             return
