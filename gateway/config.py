@@ -122,6 +122,15 @@ class PoolConfig(_Strict):
     decode_policy: PolicyConfig | None = None
     # Workers found by watching Kubernetes pods instead of listed URLs.
     discovery: KubernetesDiscovery | None = None
+    # PD pools (docs/configuration.md, "Prefill/decode availability"): run a request on a decode
+    # as a plain request when no prefill can take it (nixl only) ...
+    decode_local_fallback: bool = True
+    # ... or when its prompt has at most this many tokens not cached on the decode (0: always
+    # disaggregate) ...
+    disaggregate_min_tokens: int = Field(0, ge=0)
+    # ... and continue a stream whose worker failed after its first byte on another, at most
+    # this many times (0: off; the stream ends with an error event).
+    resume_attempts: int = Field(0, ge=0, le=8)
 
     def policy_for(self, role: str) -> PolicyConfig:
         specific = {"prefill": self.prefill_policy, "decode": self.decode_policy}.get(role)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from .context import RequestContext
-from .pool import Pool
+from .pool import Pool, Role
 from .relay import StreamRelay
 
 
-async def serve(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:
+async def serve(ctx: RequestContext, pool: Pool, role: Role = "replica") -> Response | StreamRelay:
+    """`role`: a PD pool's decode serves a request alone as a replica would (disagg.local)."""
     req = ctx.req
-    leg = ctx.leg(pool, "replica", replayable=True)
+    leg = ctx.leg(pool, role, replayable=True)
     if not req.stream:
         await leg.open(req.path, req.raw)
         body, _ = await leg.read()  # read() refuses garbage: it must not pass as a 200

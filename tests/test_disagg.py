@@ -14,11 +14,12 @@ PROMPT = "the disaggregated prefill decode router test prompt"
 CHAT = [{"role": "user", "content": "tell me about tornadoes"}]
 
 
-async def _pd(sim, gateway, protocol: str, **sim_config):
+async def _pd(sim, gateway, protocol: str, fallback: bool = True, **sim_config):
     p = await sim(role="prefill", kv_protocol=protocol, **sim_config)
     d = await sim(role="decode", kv_protocol=protocol, kv_peers=[p.url], **sim_config)
     colo = await sim()
-    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": protocol, "prefill": [p.url], "decode": [d.url]}])
+    pool = {"name": "pd", "kind": "pd", "protocol": protocol, "prefill": [p.url], "decode": [d.url]}
+    gw = await gateway([{**pool, "decode_local_fallback": fallback}])
     return p, d, colo, gw
 
 
@@ -118,7 +119,7 @@ async def test_n_greater_than_one_keeps_every_index(sim, gateway, client, protoc
 
 @pytest.mark.parametrize("protocol", ["nixl", "neuron-legacy"])
 async def test_prefill_down_gives_a_clear_error_and_no_decode_left_waiting(sim, gateway, client, protocol):
-    p, d, _, gw = await _pd(sim, gateway, protocol)
+    p, d, _, gw = await _pd(sim, gateway, protocol, fallback=False)
     await p.close()
     gw.gateway.pools[0].groups["prefill"][0].healthy = True  # died after its last health check
     body = {"model": "sim-model", "prompt": PROMPT, "max_tokens": 5, "stream": True}

@@ -13,21 +13,22 @@ import functools
 from starlette.responses import Response
 
 from ..context import RequestContext
+from ..errors import GatewayError
+from ..leg import Leg
 from ..payload import dumps, load_json
 from ..pool import Pool
 from ..relay import StreamRelay
 from ..sse import split_events
-from . import nixl_lease
+from . import local, nixl_lease
 from .common import merge_usage, merged_response, prefill_body, with_prefill_usage
 
 
-async def prefill(ctx: RequestContext, pool: Pool) -> dict:
+async def prefill(ctx: RequestContext, leg: Leg) -> dict:
     """P's answer, its kv_transfer_params checked (nixl_lease.checked)."""
     body = prefill_body(ctx.req.body)
     body["stream"] = False
     body.pop("stream_options", None)
     body["kv_transfer_params"] = {"do_remote_decode": True}
-    leg = ctx.leg(pool, "prefill")
     await leg.open(ctx.req.path, dumps(body))
     where = leg.where
     _, answer = await leg.read()
@@ -36,8 +37,22 @@ async def prefill(ctx: RequestContext, pool: Pool) -> dict:
 
 
 async def serve(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:
+    fallback = pool.config.decode_local_fallback
+    if fallback and (reason := local.unavailable(pool, ctx.gateway.config.limits.max_inflight_per_worker)):
+        return await local.serve(ctx, pool, reason)
+    leg = ctx.leg(pool, "prefill")
+    try:
+        answer = await prefill(ctx, leg)
+    except GatewayError as err:
+        if not fallback or (reason := local.failed_reason(err, bool(leg.tried))) is None:
+            raise
+        return await local.serve(ctx, pool, reason, err.message)
+    return await _decode(ctx, pool, answer)
+
+
+async def _decode(ctx: RequestContext, pool: Pool, answer: dict) -> Response | StreamRelay:
+    """The decode leg, with the prefill's KV lease."""
     req = ctx.req
-    answer = await prefill(ctx, pool)
     lease = answer["kv_transfer_params"]
     body = dict(req.body)
     body["kv_transfer_params"] = lease
