@@ -122,7 +122,10 @@ class PoolConfig(_Strict):
     decode_policy: PolicyConfig | None = None
     # Workers found by watching Kubernetes pods instead of listed URLs.
     discovery: KubernetesDiscovery | None = None
-    # PD pools (docs/configuration.md, "Prefill/decode availability"): run a request on a decode
+    # PD pools (docs/configuration.md, "Prefill/decode availability"): a list of prompts is
+    # served as one P->D request per prompt (off: refused with a 400) ...
+    split_prompt_lists: bool = True
+    # ... run a request on a decode
     # as a plain request when no prefill can take it (nixl only) ...
     decode_local_fallback: bool = True
     # ... or when its prompt has at most this many tokens not cached on the decode (0: always
