@@ -18,7 +18,14 @@ async def _pd(sim, gateway, protocol: str, fallback: bool = True, **sim_config):
     p = await sim(role="prefill", kv_protocol=protocol, **sim_config)
     d = await sim(role="decode", kv_protocol=protocol, kv_peers=[p.url], **sim_config)
     colo = await sim()
-    pool = {"name": "pd", "kind": "pd", "protocol": protocol, "prefill": [p.url], "decode": [d.url]}
+    pool = {
+        "name": "pd",
+        "kind": "pd",
+        "disaggregate_min_tokens": 0,
+        "protocol": protocol,
+        "prefill": [p.url],
+        "decode": [d.url],
+    }
     gw = await gateway([{**pool, "decode_local_fallback": fallback}])
     return p, d, colo, gw
 
@@ -140,6 +147,7 @@ async def test_ready_needs_both_roles(sim, gateway, client):
             {
                 "name": "pd",
                 "kind": "pd",
+                "disaggregate_min_tokens": 0,
                 "protocol": "nixl",
                 "models": ["sim-model"],
                 "prefill": [p.url],
@@ -169,7 +177,18 @@ async def test_client_disconnect_cancels_both_legs(sim, gateway, protocol):
 async def test_client_disconnect_during_prefill_cancels_prefill(sim, gateway):
     p = await sim(role="prefill", ttft_ms=2000)
     d = await sim(role="decode", kv_peers=[p.url])
-    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}])
+    gw = await gateway(
+        [
+            {
+                "name": "pd",
+                "kind": "pd",
+                "disaggregate_min_tokens": 0,
+                "protocol": "nixl",
+                "prefill": [p.url],
+                "decode": [d.url],
+            }
+        ]
+    )
     async with httpx.AsyncClient(timeout=0.3) as c:
         with pytest.raises(httpx.ReadTimeout):
             await c.post(f"{gw.url}/v1/completions", json={"model": "sim-model", "prompt": PROMPT, "stream": True})
@@ -185,6 +204,7 @@ async def test_xpyd_spreads_prefill_by_prompt_tokens_and_decode_by_requests(sim,
             {
                 "name": "pd",
                 "kind": "pd",
+                "disaggregate_min_tokens": 0,
                 "protocol": "nixl",
                 "prefill": [p.url for p in ps],
                 "decode": [d.url for d in ds],

@@ -23,7 +23,17 @@ SLOW_HEALTH = {"interval_s": 60, "timeout_s": 0.5, "healthy_threshold": 1, "unhe
 
 
 def _pool(prefill: list[str], decode: list[str], **extra: object) -> list[dict]:
-    return [{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": prefill, "decode": decode, **extra}]
+    return [
+        {
+            "name": "pd",
+            "kind": "pd",
+            "disaggregate_min_tokens": 0,
+            "protocol": "nixl",
+            "prefill": prefill,
+            "decode": decode,
+            **extra,
+        }
+    ]
 
 
 async def _released(p) -> None:

@@ -11,7 +11,17 @@ PROMPT = "the decode local fallback test prompt about tornadoes"
 
 
 def _pool(p: str, d: str, **extra: object) -> list[dict]:
-    return [{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p], "decode": [d], **extra}]
+    return [
+        {
+            "name": "pd",
+            "kind": "pd",
+            "disaggregate_min_tokens": 0,
+            "protocol": "nixl",
+            "prefill": [p],
+            "decode": [d],
+            **extra,
+        }
+    ]
 
 
 def _local(gw, reason: str) -> float:

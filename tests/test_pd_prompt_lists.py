@@ -17,7 +17,17 @@ async def _pd(sim, gateway, protocol: str = "nixl", **pool: object):
     d = await sim(role="decode", kv_protocol=protocol, kv_peers=[p.url])
     colo = await sim()
     gw = await gateway(
-        [{"name": "pd", "kind": "pd", "protocol": protocol, "prefill": [p.url], "decode": [d.url], **pool}]
+        [
+            {
+                "name": "pd",
+                "kind": "pd",
+                "disaggregate_min_tokens": 0,
+                "protocol": protocol,
+                "prefill": [p.url],
+                "decode": [d.url],
+                **pool,
+            }
+        ]
     )
     await wait_until(lambda: gw.gateway.ready)
     return p, d, colo, gw
@@ -72,7 +82,18 @@ async def test_a_streamed_prompt_list_is_one_stream_with_indices_and_one_usage_c
 async def test_a_prompt_the_workers_refuse_fails_the_list_with_their_answer(sim, gateway, client):
     p = await sim(role="prefill", max_model_len=64)
     d = await sim(role="decode", max_model_len=64)
-    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}])
+    gw = await gateway(
+        [
+            {
+                "name": "pd",
+                "kind": "pd",
+                "disaggregate_min_tokens": 0,
+                "protocol": "nixl",
+                "prefill": [p.url],
+                "decode": [d.url],
+            }
+        ]
+    )
     for stream in (False, True):
         body = {"model": "sim-model", "prompt": ["short", "word " * 200], "max_tokens": 3, "stream": stream}
         resp = await client.post(f"{gw.url}/v1/completions", json=body)
@@ -87,7 +108,18 @@ async def test_a_client_leaving_a_streamed_list_cancels_every_part(sim, gateway)
 
     p = await sim(role="prefill")
     d = await sim(role="decode", itl_ms=50)
-    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}])
+    gw = await gateway(
+        [
+            {
+                "name": "pd",
+                "kind": "pd",
+                "disaggregate_min_tokens": 0,
+                "protocol": "nixl",
+                "prefill": [p.url],
+                "decode": [d.url],
+            }
+        ]
+    )
     body = {"model": "sim-model", "prompt": PROMPTS, "max_tokens": 200, "stream": True}
     async with httpx.AsyncClient() as c:
         async with c.stream("POST", f"{gw.url}/v1/completions", json=body) as resp:

@@ -19,7 +19,7 @@ from ..payload import dumps, load_json
 from ..pool import Pool
 from ..relay import StreamRelay
 from ..sse import split_events
-from . import local, nixl_lease
+from . import local, nixl_lease, selective
 from .common import merge_usage, merged_response, prefill_body, with_prefill_usage
 
 
@@ -37,6 +37,8 @@ async def prefill(ctx: RequestContext, leg: Leg) -> dict:
 
 
 async def serve(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:
+    if not selective.disaggregate(pool, ctx.req):
+        return await local.serve(ctx, pool, local.SHORT_PROMPT)
     fallback = pool.config.decode_local_fallback
     if fallback and (reason := local.unavailable(pool, ctx.gateway.config.limits.max_inflight_per_worker)):
         return await local.serve(ctx, pool, reason)

@@ -27,6 +27,7 @@ async def pd_gateway(real_gateway, vllm_pd_pair):
             {
                 "name": "pd",
                 "kind": "pd",
+                "disaggregate_min_tokens": 0,
                 "protocol": "nixl",
                 "prefill": [vllm_pd_pair.prefill.url],
                 "decode": [vllm_pd_pair.decode.url],
