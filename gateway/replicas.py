@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
+from . import resume
 from .context import RequestContext
 from .pool import Pool, Role
 from .relay import StreamRelay
@@ -17,4 +18,6 @@ async def serve(ctx: RequestContext, pool: Pool, role: Role = "replica") -> Resp
         await leg.open(req.path, req.raw)
         body, _ = await leg.read()  # read() refuses garbage: it must not pass as a 200
         return Response(body, leg.status, media_type=leg.content_type, headers={"x-request-id": ctx.request_id})
+    if resume.enabled(ctx, pool):
+        return await resume.open_relay(ctx, pool, leg, req.body)
     return await leg.open_relay(req.path, req.raw)

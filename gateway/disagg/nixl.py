@@ -12,6 +12,7 @@ import functools
 
 from starlette.responses import Response
 
+from .. import resume
 from ..context import RequestContext
 from ..errors import GatewayError
 from ..leg import Leg
@@ -64,6 +65,8 @@ async def _decode(ctx: RequestContext, pool: Pool, answer: dict) -> Response | S
     if req.stream and req.include_usage and with_prefill_usage(p_usage):
         transform = functools.partial(_with_prefill_usage, p_usage=p_usage)
     try:  # until D answers 2xx the lease is the gateway's to give back
+        if req.stream and resume.enabled(ctx, pool):
+            return await resume.open_relay(ctx, pool, leg, body, transform)
         if req.stream:
             return await leg.open_relay(req.path, dumps(body), transform)
         await leg.open(req.path, dumps(body))

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,8 +89,37 @@ BLOCK_SIZE = 16
 FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")  # vllm:request_success labels
 
 
-def choice_seed(prompt: str, choice: int) -> bytes:
-    return hashlib.blake2b(f"{choice}\0{prompt}".encode(), digest_size=16).digest()
+_VOCAB_IDS = {w: i for i, w in enumerate(VOCAB)}
+_ID_WORD = re.compile(r"<(\d{1,9})>")
+
+
+def word_id(word: str) -> int:
+    """A word's token id: its VOCAB index, the id a token-id prompt gave it (`<i>`), or an id
+    above the vocabulary derived from its text."""
+    vocab = _VOCAB_IDS.get(word)
+    if vocab is not None:
+        return vocab
+    if word.startswith("<") and (m := _ID_WORD.fullmatch(word)):
+        return int(m.group(1))
+    return len(VOCAB) + zlib.crc32(word.encode()) % 100_000_000
+
+
+def prompt_token_ids(prompt: str) -> list[int]:
+    """The prompt as token ids, one per word (count_tokens), as `return_token_ids` reports them."""
+    return [word_id(w) for w in prompt.split()]
+
+
+def choice_seed(prompt: str, choice: int) -> tuple[bytes, int]:
+    """(seed, offset) of what a choice generates after `prompt`: token k is token offset + k of
+    the generation that the prompt's words before its trailing generated words (VOCAB words)
+    start. So a prompt that is an earlier prompt plus the text (or token ids) generated for it
+    continues that generation exactly, as a model's greedy decoding does."""
+    ids = prompt_token_ids(prompt)
+    base = len(ids)
+    while base and ids[base - 1] < len(VOCAB):
+        base -= 1
+    packed = b"".join(i.to_bytes(4, "little") for i in ids[:base])
+    return hashlib.blake2b(f"{choice}\0".encode() + packed, digest_size=16).digest(), len(ids) - base
 
 
 def token_id(seed: bytes, k: int) -> int:
@@ -97,20 +128,21 @@ def token_id(seed: bytes, k: int) -> int:
 
 
 def token_text(prompt: str, choice: int, k: int) -> str:
-    return " " + VOCAB[token_id(choice_seed(prompt, choice), k)]
+    seed, offset = choice_seed(prompt, choice)
+    return " " + VOCAB[token_id(seed, offset + k)]
 
 
 def completion_text(prompt: str, choice: int, num_tokens: int) -> str:
     """The full text a worker generates for `num_tokens` tokens (public: tests use it)."""
-    seed = choice_seed(prompt, choice)
-    return "".join(" " + VOCAB[token_id(seed, k)] for k in range(num_tokens))
+    seed, offset = choice_seed(prompt, choice)
+    return "".join(" " + VOCAB[token_id(seed, offset + k)] for k in range(num_tokens))
 
 
 def count_tokens(text: str) -> int:
     return max(1, len(text.split()))
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -121,7 +153,7 @@ def _content_text(content: Any) -> str:
 
 def render_chat(messages: list[dict[str, Any]]) -> str:
     """Stand-in for a chat template: one `role: content` line per message."""
-    return "\n".join(f"{m.get('role')}: {_content_text(m.get('content'))}" for m in messages)
+    return "\n".join(f"{m.get('role')}: {content_text(m.get('content'))}" for m in messages)
 
 
 def with_reply(prompt: str, reply: str, chat: bool = True) -> str:

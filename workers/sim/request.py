@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import count_tokens, render_chat
+from .engine import content_text, count_tokens, render_chat
 from .protocol import ApiError, ChatBody, CompletionBody, invalid, parse_model, validation_error
 
 MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
@@ -41,6 +41,7 @@ class GenRequest:
     echo: bool = False
     cached_tokens: int = 0  # prompt tokens found in the prefix cache (set by the prefill)
     report_cached: bool = False  # --enable-prompt-tokens-details
+    return_token_ids: bool = False  # token ids with every choice (and the prompt's, first)
     kv_settled: bool = False  # a remote prefill's KV was read, or is not this worker's to free
 
     @property
@@ -135,7 +136,17 @@ def _token_prompt(ids: list[int]) -> str:
 def _chat_prompt(req: ChatBody) -> str:
     if not req.messages:
         raise ApiError(400, "Cannot apply chat template to an empty conversation. Provide at least one message.")
-    return render_chat([m.model_dump() for m in req.messages])
+    messages = [m.model_dump() for m in req.messages]
+    if not req.continue_final_message:
+        return render_chat(messages)
+    if req.add_generation_prompt:
+        raise ApiError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+    if messages[-1].get("role") != "assistant":
+        raise ApiError(400, "continue_final_message is set but the final message is not an assistant message.")
+    # The final (assistant) message is left open: its text continues the prompt, so a partial
+    # reply generated for the other messages goes on where it stopped (engine.choice_seed).
+    head = render_chat(messages[:-1])
+    return head + content_text(messages[-1].get("content"))
 
 
 def _check_encodable(prompts: list[str]) -> None:
@@ -301,4 +312,5 @@ def build_request(
         include_stop=req.include_stop_str_in_output,
         logprobs=logprobs,
         echo=bool(getattr(req, "echo", False)) and not chat,
+        return_token_ids=bool(req.return_token_ids),
     )
