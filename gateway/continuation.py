@@ -137,6 +137,8 @@ class Progress:
         done = self.generated
         out = {k: v for k, v in body.items() if k != "kv_transfer_params"}
         out["return_token_ids"] = True
+        if not done and not self.text:
+            return out  # nothing generated yet: the request itself
         for key in ("max_tokens", "max_completion_tokens"):
             limit = out.get(key)
             if key == "max_tokens" and limit is None and not self.chat:

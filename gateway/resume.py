@@ -4,10 +4,11 @@ same chunk shape, instead of ending with an error event.
 
 A `ResumableStream` stands between a leg and the relay (it is the relay's push source). It
 passes the worker's runs on as `continuation.Progress` rewrites them, and when the stream ends
-with a failure after the client got something (a worker that died, broke the stream, stalled
-past `between_chunks_s` or sent garbage), it sends the continuation (continuation.py) to
-another endpoint of the pool's serving role as a plain request (a PD pool's decode computes the
-prompt and the text so far itself), at most `resume_attempts` times, and relays that stream.
+with a failure (a worker that died, broke the stream, stalled past `between_chunks_s` or sent
+garbage; before its first event too, which a decode leg could not otherwise replay), it sends
+the continuation (continuation.py) to another endpoint of the pool's serving role as a plain
+request (a PD pool's decode computes the prompt and the text so far itself), at most
+`resume_attempts` times, and relays that stream.
 Where a resume is impossible (continuation.resumable: n > 1, logprobs, tools, echo; the client
 gone; the request's total deadline spent; no continuation possible; the new worker refusing
 it), the stream ends with the error event as before. Counted in
@@ -83,7 +84,7 @@ class ResumableStream:
 
     def _end(self, err: UpstreamError | None) -> None:
         assert self._on_end is not None
-        if err is None or not self._sent or self.ctx.disconnected or self.leg.aborted:
+        if err is None or self.ctx.disconnected or self.leg.aborted:
             self._on_end(err)
             return
         if self.left <= 0 or self.ctx.deadline.remaining_s() <= 0:

@@ -100,3 +100,19 @@ async def test_streams_that_cannot_be_resumed_keep_the_error_event(sim, gateway,
     body = {"model": "sim-model", "prompt": PROMPT, "max_tokens": 12, "stream": True, **extra}
     got = sse_payloads((await client.post(f"{gw.url}/v1/completions", json=body)).content)
     assert len(_errors(got)) == 1 and other.stats.requests_total == 0
+
+
+async def test_a_pd_decode_dying_before_its_first_event_is_resumed_too(sim, gateway, client):
+    p = await sim(role="prefill")
+    dying = await sim(role="decode", fail_after_tokens=0)
+    other = await sim(role="decode")
+    colo = await sim()
+    pool = {"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [dying.url, other.url]}
+    gw = await gateway([{**pool, "resume_attempts": 1, "disaggregate_min_tokens": 0}], worker_metrics=NO_POLL)
+    gw.gateway.pools[0].groups["decode"][1].foreign = 5
+    body = {"model": "sim-model", "prompt": PROMPT, "max_tokens": 6, "stream": True}
+    want = stream_text(sse_payloads((await client.post(f"{colo.url}/v1/completions", json=body)).content))
+    resp = await client.post(f"{gw.url}/v1/completions", json=body)
+    assert resp.status_code == 200, resp.text  # without resume: a 502 (a decode leg is not replayed)
+    got = sse_payloads(resp.content)
+    assert _errors(got) == [] and stream_text(got) == want and dying.stats.aborted == 1
