@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ..errors import GatewayError, UpstreamError
+from ..errors import GatewayError, UpstreamError, sse_event
 from ..payload import dumps, load_json
 from ..relay import StreamRelay
 from ..sse import DONE, event_data, split_events
@@ -51,6 +51,7 @@ class MergedStream:
         self._wake: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task] = []
+        self._over = [False] * parts  # each part's end is queued once
         self._ended = 0
         self._id: str | None = None
         self._usages: list[dict | None] = [None] * parts
@@ -71,7 +72,11 @@ class MergedStream:
         async def send(message: MutableMapping[str, Any]) -> None:  # the relay's own answer: it failed before any event
             failed.append(message)
 
-        await relay(_SCOPE, _never, send)
+        try:
+            await relay(_SCOPE, _never, send)
+        finally:
+            if not self._over[index]:  # it ended without a word (cancelled, a bug): the merge must not wait
+                self.end(index, sse_event(UpstreamError("a prompt's stream ended early")))
         if failed:
             raise refusal_of(failed[0].get("status", 502), b"".join(m.get("body", b"") for m in failed[1:]))
 
@@ -84,7 +89,9 @@ class MergedStream:
         return self._room
 
     def end(self, index: int, error_event: bytes | None) -> None:
-        self._push((index, None, error_event))
+        if not self._over[index]:
+            self._over[index] = True
+            self._push((index, None, error_event))
 
     def _push(self, item: tuple[int, bytes | None, bytes | None]) -> None:
         self._queue.append(item)
