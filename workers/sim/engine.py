@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 import time
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,18 +88,26 @@ FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")  # vllm:requ
 
 
 _VOCAB_IDS = {w: i for i, w in enumerate(VOCAB)}
-_ID_WORD = re.compile(r"<(\d{1,9})>")
 
 
 def word_id(word: str) -> int:
-    """A word's token id: its VOCAB index, the id a token-id prompt gave it (`<i>`), or an id
-    above the vocabulary derived from its text."""
+    """A word's token id: its VOCAB index, else an id above the vocabulary that spells the word
+    (reversible: a token-id prompt reads back as the words it was made of)."""
     vocab = _VOCAB_IDS.get(word)
-    if vocab is not None:
-        return vocab
-    if word.startswith("<") and (m := _ID_WORD.fullmatch(word)):
-        return int(m.group(1))
-    return len(VOCAB) + zlib.crc32(word.encode()) % 100_000_000
+    return vocab if vocab is not None else len(VOCAB) + int.from_bytes(b"\x01" + word.encode(), "big")
+
+
+def id_word(token: int) -> str:
+    """The word of a token id (word_id's inverse; an id no word has reads as `<id>`)."""
+    if token < len(VOCAB):
+        return VOCAB[token]
+    raw = (token - len(VOCAB)).to_bytes((token - len(VOCAB)).bit_length() // 8 + 1, "big").lstrip(b"\x00")
+    try:
+        if raw[:1] == b"\x01" and len(raw) > 1:
+            return raw[1:].decode()
+    except UnicodeDecodeError:
+        pass
+    return f"<{token}>"
 
 
 def prompt_token_ids(prompt: str) -> list[int]:
@@ -114,12 +120,12 @@ def choice_seed(prompt: str, choice: int) -> tuple[bytes, int]:
     the generation that the prompt's words before its trailing generated words (VOCAB words)
     start. So a prompt that is an earlier prompt plus the text (or token ids) generated for it
     continues that generation exactly, as a model's greedy decoding does."""
-    ids = prompt_token_ids(prompt)
-    base = len(ids)
-    while base and ids[base - 1] < len(VOCAB):
+    words = prompt.split()
+    base = len(words)
+    while base and words[base - 1] in _VOCAB_IDS:
         base -= 1
-    packed = b"".join(i.to_bytes(4, "little") for i in ids[:base])
-    return hashlib.blake2b(f"{choice}\0".encode() + packed, digest_size=16).digest(), len(ids) - base
+    text = " ".join(words[:base]) if base < len(words) else " ".join(words)
+    return hashlib.blake2b(f"{choice}\0{text}".encode(), digest_size=16).digest(), len(words) - base
 
 
 def token_id(seed: bytes, k: int) -> int:

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import content_text, count_tokens, render_chat
+from .engine import content_text, count_tokens, id_word, render_chat
 from .protocol import ApiError, ChatBody, CompletionBody, invalid, parse_model, validation_error
 
 MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
@@ -109,6 +109,8 @@ def _before_validators(body: dict[str, Any], chat: bool) -> None:
         raise invalid("`logprobs` must be a positive value or -1.", "logprobs", lp)
     if chat and body.get("top_logprobs") is not None and not body.get("logprobs"):
         raise invalid("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
+    if chat and body.get("continue_final_message") and body.get("add_generation_prompt"):
+        raise invalid("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
     if body.get("stream_options") and not body.get("stream"):
         raise invalid("Stream options can only be defined when `stream=True`.", "stream_options")
 
@@ -129,8 +131,8 @@ def _prompts(req: CompletionBody) -> list[str]:
 
 
 def _token_prompt(ids: list[int]) -> str:
-    """A token-id prompt as sim text: one word per id, so it counts len(ids) tokens."""
-    return " ".join(f"<{i}>" for i in ids)
+    """A token-id prompt as sim text: the word of each id (engine.id_word), len(ids) tokens."""
+    return " ".join(id_word(i) for i in ids)
 
 
 def _chat_prompt(req: ChatBody) -> str:
@@ -139,8 +141,6 @@ def _chat_prompt(req: ChatBody) -> str:
     messages = [m.model_dump() for m in req.messages]
     if not req.continue_final_message:
         return render_chat(messages)
-    if req.add_generation_prompt:
-        raise ApiError(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
     if messages[-1].get("role") != "assistant":
         raise ApiError(400, "continue_final_message is set but the final message is not an assistant message.")
     # The final (assistant) message is left open: its text continues the prompt, so a partial
