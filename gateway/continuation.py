@@ -55,6 +55,7 @@ class Progress:
     finished: bool = False
     attempt: int = 0  # the current worker's stream: 0 the first, then each resume
     resumed: int = 0  # tokens generated before the current worker's stream
+    role_sent: bool = False  # a chat's role chunk reached the client
     _ids_ok: bool = field(default=True, repr=False)
 
     @property
@@ -90,8 +91,10 @@ class Progress:
             self.prompt_ids = ids
         delta = choice.get("delta")
         if isinstance(delta, dict):
-            if self.attempt:
-                delta.pop("role", None)
+            if self.role_sent:
+                delta.pop("role", None)  # a resumed stream's role chunk: the client has one
+            elif delta.get("role"):
+                self.role_sent = True
             piece = delta.get("content") or ""
             news = any(v not in (None, "") for v in delta.values())
         else:

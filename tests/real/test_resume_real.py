@@ -89,3 +89,63 @@ async def test_killing_a_decode_mid_stream_loses_no_stream_and_no_text(one_p_two
     assert errors == []
     assert on_a > 0 and resumed >= 1
     assert same == STREAMS
+
+
+CHAT_STREAMS = 10
+
+
+async def test_killing_a_decode_mid_chat_stream_continues_the_assistant_message(one_p_two_d, real_gateway):
+    """Chat streams are continued from their partial assistant message (continue_final_message,
+    from text): every stream completes with no error event; how many equal the uninterrupted
+    output depends on the text re-tokenizing to the same tokens (printed)."""
+    prefill, a, b = one_p_two_d
+    if a.handle is None or not a.handle.alive():
+        await a.restart()  # the decode the test before killed
+    pool = {"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [prefill.url], "decode": [b.url, a.url]}
+    gw = await real_gateway(
+        [{**pool, "resume_attempts": 2, "disaggregate_min_tokens": 0}],
+        timeouts={"first_byte_s": 120, "between_chunks_s": 30},
+    )
+    await wait_until(lambda: all(e.healthy for e in gw.gateway.pools[0].endpoints), timeout_s=30)
+    bodies = [
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": _prompt(i)}],
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0,
+            "stream": True,
+        }
+        for i in range(CHAT_STREAMS)
+    ]
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=64)) as c:
+        want = [
+            stream_text(sse_payloads((await c.post(f"{gw.url}/v1/chat/completions", json=x)).content)) for x in bodies
+        ]
+        started = [asyncio.Event() for _ in bodies]
+
+        async def one(i: int) -> bytes:
+            chunks = []
+            async with c.stream("POST", f"{gw.url}/v1/chat/completions", json=bodies[i]) as resp:
+                assert resp.status_code == 200
+                async for piece in resp.aiter_bytes():
+                    chunks.append(piece)
+                    if b'"content":"' in piece and b'"role"' not in piece:
+                        started[i].set()
+            return b"".join(chunks)
+
+        tasks = [asyncio.create_task(one(i)) for i in range(CHAT_STREAMS)]
+        b_ep = gw.gateway.pools[0].groups["decode"][0]
+        await wait_until(lambda: sum(e.is_set() for e in started) >= 4 and b_ep.outstanding >= 3, timeout_s=120)
+        on_b = b_ep.outstanding
+        assert b.handle is not None
+        os.killpg(b.handle.pgid, signal.SIGKILL)
+        results = await asyncio.gather(*tasks)
+    got = [sse_payloads(r) for r in results]
+    errors = [p for r in got for p in r if isinstance(p, dict) and "error" in p]
+    resumed = gw.gateway.telemetry.resumed.get(("pd", "resumed"), 0)
+    same = sum(stream_text(g) == w for g, w in zip(got, want, strict=True))
+    roles = [sum(1 for p in g if isinstance(p, dict) for ch in p["choices"] if "role" in ch["delta"]) for g in got]
+    print(f"\nchat: {CHAT_STREAMS} streams, {on_b} on the killed decode; resumed {resumed}, errors {len(errors)}")
+    print(f"chat: identical to the uninterrupted greedy output: {same} of {CHAT_STREAMS}")
+    assert errors == [] and on_b > 0 and resumed >= 1
+    assert roles == [1] * CHAT_STREAMS and all(g[-1] == "[DONE]" for g in got)
