@@ -116,3 +116,26 @@ async def test_a_pd_decode_dying_before_its_first_event_is_resumed_too(sim, gate
     assert resp.status_code == 200, resp.text  # without resume: a 502 (a decode leg is not replayed)
     got = sse_payloads(resp.content)
     assert _errors(got) == [] and stream_text(got) == want and dying.stats.aborted == 1
+
+
+async def test_each_prompt_of_a_list_is_resumed_on_its_own(sim, gateway, client):
+    p = await sim(role="prefill")
+    dying = await sim(role="decode", fail_after_tokens=2)
+    other = await sim(role="decode")
+    colo = await sim()
+    pool = {"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [dying.url, other.url]}
+    gw = await gateway([{**pool, "resume_attempts": 1, "disaggregate_min_tokens": 0}], worker_metrics=NO_POLL)
+    gw.gateway.pools[0].groups["decode"][1].foreign = 5  # both prompts go to the dying decode first
+    body = {"model": "sim-model", "prompt": [PROMPT, PROMPT + " and stones"], "max_tokens": 6, "stream": True}
+    want = sse_payloads((await client.post(f"{colo.url}/v1/completions", json=body)).content)
+    got = sse_payloads((await client.post(f"{gw.url}/v1/completions", json=body)).content)
+
+    def by_index(payloads: list) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for s in payloads:
+            for c in s["choices"] if isinstance(s, dict) else []:
+                out[c["index"]] = out.get(c["index"], "") + c["text"]
+        return out
+
+    assert _errors(got) == [] and by_index(got) == by_index(want)
+    assert dying.stats.aborted == 2 and _metric(gw, "pd", "resumed") == 2
