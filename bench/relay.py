@@ -233,6 +233,7 @@ def _gateway_yaml(
                 "name": "pd",
                 "kind": "pd",
                 "protocol": "nixl",
+                "disaggregate_min_tokens": 0,  # every request takes the P->D path it measures
                 "models": [PD_MODEL],
                 "prefill": [p_url],
                 "decode": [d_url],

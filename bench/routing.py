@@ -90,6 +90,7 @@ async def _start_workers(setup: str) -> tuple[list[SimServer], dict]:
     return prefill + decode, {
         "kind": "pd",
         "protocol": "nixl",
+        "disaggregate_min_tokens": 0,  # every request takes the P->D path it measures
         "prefill": [p.url for p in prefill],
         "decode": [d.url for d in decode],
     }

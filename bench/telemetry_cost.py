@@ -40,6 +40,7 @@ def _telemetry(request_metrics: bool, access: AccessLog | None, traced: bool = F
                     "name": "pd",
                     "kind": "pd",
                     "protocol": "nixl",
+                    "disaggregate_min_tokens": 0,
                     "prefill": ["http://127.0.0.1:2"],
                     "decode": ["http://127.0.0.1:3"],
                 },

@@ -168,6 +168,18 @@ class PoolConfig(_Strict):
     decode_policy: PolicyConfig | None = None
     # Workers found by watching Kubernetes pods instead of listed URLs.
     discovery: KubernetesDiscovery | None = None
+    # PD pools (docs/configuration.md, "Prefill/decode availability"): a list of prompts is
+    # served as one P->D request per prompt (off: refused with a 400) ...
+    split_prompt_lists: bool = True
+    # ... run a request on a decode
+    # as a plain request when no prefill can take it (nixl only) ...
+    decode_local_fallback: bool = True
+    # ... or when its prompt has at most this many tokens not cached on the decode (0: always
+    # disaggregate) ...
+    disaggregate_min_tokens: int = Field(384, ge=0)
+    # ... and continue a stream whose worker failed after its first byte on another, at most
+    # this many times (0: off; the stream ends with an error event).
+    resume_attempts: int = Field(0, ge=0, le=8)
 
     def policy_for(self, role: str) -> PolicyConfig:
         specific = {"prefill": self.prefill_policy, "decode": self.decode_policy}.get(role)
@@ -201,6 +213,14 @@ class PoolConfig(_Strict):
                 raise ValueError("a pd pool needs 'protocol': nixl or neuron-legacy")
             if self.workers:
                 raise ValueError("a pd pool lists 'prefill' and 'decode', not 'workers'")
+        if (
+            self.protocol == "neuron-legacy"
+            and "disaggregate_min_tokens" in self.model_fields_set
+            and self.disaggregate_min_tokens
+        ):
+            raise ValueError(
+                "'disaggregate_min_tokens' needs protocol nixl: a neuron-legacy decode cannot prefill alone"
+            )
         return self
 
 

@@ -79,6 +79,10 @@ class RequestContext:
         self._legs.append(leg)
         return leg
 
+    def adopt(self, leg: Leg) -> None:
+        """A leg made for a part of this request (disagg.prompt_list): aborted and released with it."""
+        self._legs.append(leg)
+
     def on_close(self, cleanup: Callable[[], object]) -> None:
         self._cleanups.append(cleanup)
 

@@ -29,7 +29,7 @@ from . import passthrough, replicas
 from .auth import HeaderList, authorization
 from .config import GatewayConfig
 from .context import RequestContext
-from .disagg import PROTOCOLS, precheck
+from .disagg import PROTOCOLS, precheck, prompt_list
 from .errors import ClientGone, GatewayError, UpstreamStatus, internal_error, render
 from .gateway import Gateway
 from .limits import read_body
@@ -144,6 +144,8 @@ class Handler:
         if pool.kind == "replicas":
             return await replicas.serve(ctx, pool)
         assert pool.protocol is not None
+        if ctx.req.prompt_count > 1:  # each prompt its own P->D request
+            return await prompt_list.serve(ctx, pool, PROTOCOLS[pool.protocol])
         return await PROTOCOLS[pool.protocol](ctx, pool)
 
     def refuse(self, ctx: RequestContext, err: GatewayError) -> Response:
@@ -188,7 +190,7 @@ def _accept(pool: Pool, req: ApiRequest) -> None:
     """What the chosen pool takes of the request: fields the gateway owns, shapes it serves."""
     if not pool.config.trust_kv_transfer_params:
         req.without("kv_transfer_params")
-    if pool.kind == "pd" and req.prompt_count > 1:
+    if pool.kind == "pd" and req.prompt_count > 1 and not pool.config.split_prompt_lists:
         raise GatewayError(
             400,
             f"pool '{pool.name}' (prefill/decode) serves one prompt per request; send each prompt as its own request",

@@ -109,7 +109,10 @@ class Pool:
 
     @property
     def ready(self) -> bool:
-        """Every role of the pool has at least one routable endpoint (healthy, not drained)."""
+        """Every role of the pool has at least one routable endpoint (healthy, not drained); a
+        nixl PD pool with decode-local fallback needs only a decode (disagg.local)."""
+        if self.protocol == "nixl" and self.config.decode_local_fallback:
+            return any(e.routable for e in self.groups.get("decode", ()))
         return all(any(e.routable for e in group) for group in self.groups.values())
 
     def serves(self, model: str) -> bool:

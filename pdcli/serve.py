@@ -72,6 +72,7 @@ async def _embedded(overrides: dict) -> None:
                 "models": ["sim-pd-model"],
                 "prefill": [p.url],
                 "decode": [d.url],
+                "disaggregate_min_tokens": 0,  # the demo shows the P->D path for any prompt
             },
         ],
     )

@@ -25,7 +25,14 @@ async def _pools(sim, gateway):
     gw = await gateway(
         [
             {"name": "dp", "workers": [r.url for r in replicas]},
-            {"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]},
+            {
+                "name": "pd",
+                "kind": "pd",
+                "disaggregate_min_tokens": 0,
+                "protocol": "nixl",
+                "prefill": [p.url],
+                "decode": [d.url],
+            },
         ],
         auth={"admin_keys": [ADMIN]},
     )

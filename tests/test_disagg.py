@@ -14,11 +14,19 @@ PROMPT = "the disaggregated prefill decode router test prompt"
 CHAT = [{"role": "user", "content": "tell me about tornadoes"}]
 
 
-async def _pd(sim, gateway, protocol: str, **sim_config):
+async def _pd(sim, gateway, protocol: str, fallback: bool = True, **sim_config):
     p = await sim(role="prefill", kv_protocol=protocol, **sim_config)
     d = await sim(role="decode", kv_protocol=protocol, kv_peers=[p.url], **sim_config)
     colo = await sim()
-    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": protocol, "prefill": [p.url], "decode": [d.url]}])
+    pool = {
+        "name": "pd",
+        "kind": "pd",
+        "disaggregate_min_tokens": 0,
+        "protocol": protocol,
+        "prefill": [p.url],
+        "decode": [d.url],
+    }
+    gw = await gateway([{**pool, "decode_local_fallback": fallback}])
     return p, d, colo, gw
 
 
@@ -118,7 +126,7 @@ async def test_n_greater_than_one_keeps_every_index(sim, gateway, client, protoc
 
 @pytest.mark.parametrize("protocol", ["nixl", "neuron-legacy"])
 async def test_prefill_down_gives_a_clear_error_and_no_decode_left_waiting(sim, gateway, client, protocol):
-    p, d, _, gw = await _pd(sim, gateway, protocol)
+    p, d, _, gw = await _pd(sim, gateway, protocol, fallback=False)
     await p.close()
     gw.gateway.pools[0].groups["prefill"][0].healthy = True  # died after its last health check
     body = {"model": "sim-model", "prompt": PROMPT, "max_tokens": 5, "stream": True}
@@ -139,6 +147,7 @@ async def test_ready_needs_both_roles(sim, gateway, client):
             {
                 "name": "pd",
                 "kind": "pd",
+                "disaggregate_min_tokens": 0,
                 "protocol": "nixl",
                 "models": ["sim-model"],
                 "prefill": [p.url],
@@ -168,7 +177,18 @@ async def test_client_disconnect_cancels_both_legs(sim, gateway, protocol):
 async def test_client_disconnect_during_prefill_cancels_prefill(sim, gateway):
     p = await sim(role="prefill", ttft_ms=2000)
     d = await sim(role="decode", kv_peers=[p.url])
-    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}])
+    gw = await gateway(
+        [
+            {
+                "name": "pd",
+                "kind": "pd",
+                "disaggregate_min_tokens": 0,
+                "protocol": "nixl",
+                "prefill": [p.url],
+                "decode": [d.url],
+            }
+        ]
+    )
     async with httpx.AsyncClient(timeout=0.3) as c:
         with pytest.raises(httpx.ReadTimeout):
             await c.post(f"{gw.url}/v1/completions", json={"model": "sim-model", "prompt": PROMPT, "stream": True})
@@ -184,6 +204,7 @@ async def test_xpyd_spreads_prefill_by_prompt_tokens_and_decode_by_requests(sim,
             {
                 "name": "pd",
                 "kind": "pd",
+                "disaggregate_min_tokens": 0,
                 "protocol": "nixl",
                 "prefill": [p.url for p in ps],
                 "decode": [d.url for d in ds],

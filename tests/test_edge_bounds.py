@@ -95,7 +95,18 @@ async def test_prompts_times_n_is_bounded_in_the_openai_envelope(sim, gateway, c
 async def test_json_bodies_must_be_utf8(sim, gateway, client, encoding):
     p = await sim(role="prefill", kv_protocol="nixl")
     d = await sim(role="decode", kv_protocol="nixl", kv_peers=[p.url])
-    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}])
+    gw = await gateway(
+        [
+            {
+                "name": "pd",
+                "kind": "pd",
+                "disaggregate_min_tokens": 0,
+                "protocol": "nixl",
+                "prefill": [p.url],
+                "decode": [d.url],
+            }
+        ]
+    )
     await wait_until(lambda: gw.gateway.ready)
     body = json.dumps({"model": "sim-model", "prompt": "hi \\ud800", "max_tokens": 2}).encode(encoding)
     resp = await client.post(f"{gw.url}/v1/completions", content=body, headers={"content-type": "application/json"})

@@ -115,7 +115,15 @@ async def test_garbage_from_a_worker_is_a_clean_error(gateway, client, behaviour
 async def test_prefill_killed_gives_clean_errors_then_recovers(sim, gateway, client):
     p = await sim(role="prefill")
     d = await sim(role="decode")
-    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}])
+    pool = {
+        "name": "pd",
+        "kind": "pd",
+        "disaggregate_min_tokens": 0,
+        "protocol": "nixl",
+        "prefill": [p.url],
+        "decode": [d.url],
+    }
+    gw = await gateway([{**pool, "decode_local_fallback": False}])  # with it: tests/test_pd_fallback.py
     ok = await client.post(f"{gw.url}/v1/completions", json=BODY)
     assert ok.status_code == 200
     port = int(p.url.rsplit(":", 1)[1])

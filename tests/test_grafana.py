@@ -83,7 +83,14 @@ async def test_every_metric_the_dashboard_uses_is_exported(sim, gateway, client)
     gw = await gateway(
         [
             {"name": "dp", "workers": [replica.url]},
-            {"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]},
+            {
+                "name": "pd",
+                "kind": "pd",
+                "disaggregate_min_tokens": 0,
+                "protocol": "nixl",
+                "prefill": [p.url],
+                "decode": [d.url],
+            },
         ]
     )
     for model in ("sim-model", "sim-pd-model"):

@@ -152,10 +152,11 @@ async def test_client_sent_kv_transfer_params_are_dropped_unless_the_pool_trusts
     assert a.stats.last_request_body["kv_transfer_params"]["remote_host"] == "10.6.6.6"
 
 
-async def test_a_pd_pool_answers_a_list_of_prompts_with_a_clear_400(sim, gateway, client):
+async def test_a_pd_pool_without_prompt_lists_answers_a_list_of_prompts_with_a_clear_400(sim, gateway, client):
     p = await sim(role="prefill", kv_protocol="nixl")
     d = await sim(role="decode", kv_protocol="nixl")
-    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}])
+    pool = {"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}
+    gw = await gateway([{**pool, "split_prompt_lists": False}])  # on: tests/test_pd_prompt_lists.py
     resp = await client.post(f"{gw.url}/v1/completions", json={**COMPLETION, "prompt": ["a", "b"]})
     assert resp.status_code == 400
     error = _error(resp)

@@ -22,8 +22,18 @@ BODY = {"model": "sim-model", "prompt": PROMPT, "max_tokens": 4}
 SLOW_HEALTH = {"interval_s": 60, "timeout_s": 0.5, "healthy_threshold": 1, "unhealthy_threshold": 1}
 
 
-def _pool(prefill: list[str], decode: list[str]) -> list[dict]:
-    return [{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": prefill, "decode": decode}]
+def _pool(prefill: list[str], decode: list[str], **extra: object) -> list[dict]:
+    return [
+        {
+            "name": "pd",
+            "kind": "pd",
+            "disaggregate_min_tokens": 0,
+            "protocol": "nixl",
+            "prefill": prefill,
+            "decode": decode,
+            **extra,
+        }
+    ]
 
 
 async def _released(p) -> None:
@@ -214,13 +224,26 @@ async def test_unusable_kv_transfer_params_from_the_prefill_never_reach_the_deco
     prefill = CannedPrefill(params)
     d = await sim(role="decode")
     try:
-        gw = await gateway(_pool([await prefill.start()], [d.url]))
+        gw = await gateway(_pool([await prefill.start()], [d.url], decode_local_fallback=False))
         r = await client.post(f"{gw.url}/v1/completions", json=BODY)
     finally:
         await prefill.close()
     assert r.status_code == 502
     assert "kv_transfer_params" in r.json()["error"]["message"]
     assert d.stats.requests_total == 0
+
+
+async def test_unusable_kv_transfer_params_fall_back_to_a_plain_request_on_the_decode(sim, gateway, client):
+    prefill = CannedPrefill({**GOOD_PARAMS, "remote_port": 70000})
+    d = await sim(role="decode")
+    try:
+        gw = await gateway(_pool([await prefill.start()], [d.url]))
+        r = await client.post(f"{gw.url}/v1/completions", json=BODY)
+    finally:
+        await prefill.close()
+    assert r.status_code == 200, r.text
+    assert "kv_transfer_params" not in d.stats.last_request_body and d.stats.kv_received == 0
+    assert gw.gateway.telemetry.local == {("pd", "prefill_failed"): 1}
 
 
 async def test_well_formed_kv_transfer_params_pass_as_the_prefill_sent_them(sim, gateway, client):

@@ -238,6 +238,7 @@ def test_config_picks_a_policy_per_pd_role_with_its_options() -> None:
                 {
                     "name": "pd",
                     "kind": "pd",
+                    "disaggregate_min_tokens": 0,
                     "protocol": "nixl",
                     "prefill": ["http://p"],
                     "decode": ["http://d"],

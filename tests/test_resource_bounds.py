@@ -270,7 +270,16 @@ async def test_non_reading_clients_of_a_pd_pool_give_back_their_slots_and_cancel
     p = await sim(role="prefill", kv_protocol=protocol, **long)
     d = await sim(role="decode", kv_protocol=protocol, kv_peers=[p.url], **long)
     gw = await gateway(
-        [{"name": "pd", "kind": "pd", "protocol": protocol, "prefill": [p.url], "decode": [d.url]}],
+        [
+            {
+                "name": "pd",
+                "kind": "pd",
+                "protocol": protocol,
+                "prefill": [p.url],
+                "decode": [d.url],
+                "disaggregate_min_tokens": 0,
+            }
+        ],
         limits={"max_inflight": 2, "queue": 0},
         timeouts={"client_write_s": 0.5},
         outlier={"consecutive_failures": 1},

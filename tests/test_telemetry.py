@@ -122,7 +122,18 @@ async def test_a_stream_replayed_on_another_replica_is_counted(sim, gateway, cli
 async def test_pd_requests_observe_the_prefill_leg_and_the_handoff(sim, gateway, client, protocol):
     p = await sim(role="prefill", kv_protocol=protocol, ttft_ms=30)
     d = await sim(role="decode", kv_protocol=protocol, kv_peers=[p.url], itl_ms=2)
-    gw = await gateway([{"name": "pd", "kind": "pd", "protocol": protocol, "prefill": [p.url], "decode": [d.url]}])
+    gw = await gateway(
+        [
+            {
+                "name": "pd",
+                "kind": "pd",
+                "disaggregate_min_tokens": 0,
+                "protocol": protocol,
+                "prefill": [p.url],
+                "decode": [d.url],
+            }
+        ]
+    )
     for _ in range(2):
         resp = await client.post(f"{gw.url}/v1/completions", json={"model": "sim-model", **STREAM})
         assert sse_payloads(resp.content)[-1] == "[DONE]"
@@ -207,7 +218,17 @@ async def test_access_log_json_line(sim, gateway, client, caplog):
     p = await sim(role="prefill", kv_protocol="nixl")
     d = await sim(role="decode", kv_protocol="nixl")
     gw = await gateway(
-        [{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url]}], log_format="json"
+        [
+            {
+                "name": "pd",
+                "kind": "pd",
+                "disaggregate_min_tokens": 0,
+                "protocol": "nixl",
+                "prefill": [p.url],
+                "decode": [d.url],
+            }
+        ],
+        log_format="json",
     )
     resp = await client.post(
         f"{gw.url}/v1/completions", json={"model": "sim-model", **STREAM}, headers={"x-request-id": "trace-7"}

@@ -87,7 +87,17 @@ async def _pd(sim, gateway, receiver: Receiver | None, **pool: object):
     p = await sim(role="prefill", kv_protocol="nixl")
     d = await sim(role="decode", kv_protocol="nixl", kv_peers=[p.url], itl_ms=1)
     tracing = {"otlp_endpoint": receiver.url, "export_interval_s": 0.05} if receiver else {}
-    pools = [{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [p.url], "decode": [d.url], **pool}]
+    pools = [
+        {
+            "name": "pd",
+            "kind": "pd",
+            "protocol": "nixl",
+            "prefill": [p.url],
+            "decode": [d.url],
+            "disaggregate_min_tokens": 0,
+            **pool,
+        }
+    ]
     gw = await gateway(pools, tracing=tracing)
     return p, d, gw
 
@@ -154,7 +164,16 @@ async def test_a_retried_leg_is_a_span_of_its_own(receiver, sim, gateway, client
     p = await sim(role="prefill", kv_protocol="nixl")
     d = await sim(role="decode", kv_protocol="nixl", kv_peers=[p.url])
     dead = "http://127.0.0.1:9"  # the discard port: connection refused
-    pools = [{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [dead, p.url], "decode": [d.url]}]
+    pools = [
+        {
+            "name": "pd",
+            "kind": "pd",
+            "protocol": "nixl",
+            "prefill": [dead, p.url],
+            "decode": [d.url],
+            "disaggregate_min_tokens": 0,
+        }
+    ]
     gw = await gateway(pools, tracing={"otlp_endpoint": receiver.url, "export_interval_s": 0.05})
     gw.gateway.pools[0].groups["prefill"][0].healthy = True  # as if it had just died
     for _ in range(4):

@@ -254,7 +254,7 @@ def test_worker_that_cannot_start_is_reported_and_the_rest_is_served(tmp_path: P
         assert up.state()["pd-prefill-0"]["state"] == "failed"
         assert len(up.state()["pd-prefill-0"]["pids"]) == 3
         assert complete(url, "sim-dp").status_code == 200
-        assert complete(url, "sim-pd").status_code == 503
+        assert complete(url, "sim-pd").status_code == 200  # its decode serves alone (decode-local fallback)
     finally:
         pids = up.all_pids()
         assert up.terminate() == 0

@@ -20,6 +20,7 @@ from ..auth import authorization_of, check_key
 from ..errors import GatewayError, render
 from ..gateway import Gateway
 from ..pool import Endpoint, Pool
+from ..telemetry import Telemetry
 from ..tenants import TenantState
 
 _HARDENING = {"x-frame-options": "DENY", "x-content-type-options": "nosniff"}
@@ -69,8 +70,16 @@ def snapshot(gateway: Gateway) -> dict:
         "inflight": gateway.admission.inflight,
         "queued": gateway.admission.queued,
         "requests": dict(telemetry.outcomes),
-        "pools": [_pool(p, now, telemetry.recent) for p in gateway.pools],
+        "pools": [_pool(p, now, telemetry.recent) | _pd_counts(p, telemetry) for p in gateway.pools],
         "tenants": [_tenant(t) for t in gateway.tenants.states.values()],
+    }
+
+
+def _pd_counts(pool: Pool, telemetry: Telemetry) -> dict:
+    """A PD pool's requests served by a decode alone, by reason, and its streams resumed."""
+    return {
+        "decode_local": {reason: n for (name, reason), n in telemetry.local.items() if name == pool.name},
+        "resumes": {outcome: n for (name, outcome), n in telemetry.resumed.items() if name == pool.name},
     }
 
 

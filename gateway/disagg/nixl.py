@@ -12,22 +12,24 @@ import functools
 
 from starlette.responses import Response
 
+from .. import resume
 from ..context import RequestContext
+from ..errors import GatewayError
+from ..leg import Leg
 from ..payload import dumps, load_json
 from ..pool import Pool
 from ..relay import StreamRelay
 from ..sse import split_events
-from . import nixl_lease
+from . import local, nixl_lease, selective
 from .common import merge_usage, merged_response, prefill_body, with_prefill_usage
 
 
-async def prefill(ctx: RequestContext, pool: Pool) -> dict:
+async def prefill(ctx: RequestContext, leg: Leg) -> dict:
     """P's answer, its kv_transfer_params checked (nixl_lease.checked)."""
     body = prefill_body(ctx.req.body)
     body["stream"] = False
     body.pop("stream_options", None)
     body["kv_transfer_params"] = {"do_remote_decode": True}
-    leg = ctx.leg(pool, "prefill")
     await leg.open(ctx.req.path, dumps(body))
     where = leg.where
     _, answer = await leg.read()
@@ -36,8 +38,24 @@ async def prefill(ctx: RequestContext, pool: Pool) -> dict:
 
 
 async def serve(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:
+    if not selective.disaggregate(pool, ctx.req):
+        return await local.serve(ctx, pool, local.SHORT_PROMPT)
+    fallback = pool.config.decode_local_fallback
+    if fallback and (reason := local.unavailable(pool, ctx.gateway.config.limits.max_inflight_per_worker)):
+        return await local.serve(ctx, pool, reason)
+    leg = ctx.leg(pool, "prefill")
+    try:
+        answer = await prefill(ctx, leg)
+    except GatewayError as err:
+        if not fallback or (reason := local.failed_reason(err, bool(leg.tried))) is None:
+            raise
+        return await local.serve(ctx, pool, reason, err.message)
+    return await _decode(ctx, pool, answer)
+
+
+async def _decode(ctx: RequestContext, pool: Pool, answer: dict) -> Response | StreamRelay:
+    """The decode leg, with the prefill's KV lease."""
     req = ctx.req
-    answer = await prefill(ctx, pool)
     lease = answer["kv_transfer_params"]
     body = dict(req.body)
     body["kv_transfer_params"] = lease
@@ -47,6 +65,8 @@ async def serve(ctx: RequestContext, pool: Pool) -> Response | StreamRelay:
     if req.stream and req.include_usage and with_prefill_usage(p_usage):
         transform = functools.partial(_with_prefill_usage, p_usage=p_usage)
     try:  # until D answers 2xx the lease is the gateway's to give back
+        if req.stream and resume.enabled(ctx, pool):
+            return await resume.open_relay(ctx, pool, leg, body, transform)
         if req.stream:
             return await leg.open_relay(req.path, dumps(body), transform)
         await leg.open(req.path, dumps(body))

@@ -67,6 +67,8 @@ class Telemetry:
         self.enabled = request_metrics or access_log is not None or self.tracing is not None
         self.recent: dict[str, deque[float]] = {}  # endpoint -> its last TTFTs (prefill: prefill times)
         self.outcomes: Counter[str] = Counter()  # requests by outcome, for the status page
+        self.local: Counter[tuple[str, str]] = Counter()  # (pool, reason) -> decode-local requests, ditto
+        self.resumed: Counter[tuple[str, str]] = Counter()  # (pool, outcome) -> mid-stream resumes, ditto
         self._children: dict[tuple, object] = {}  # (family name, *label values) -> its child
 
     def start(self, request_id: str, route: str) -> Trace | None:
@@ -146,6 +148,16 @@ class Telemetry:
         self.families.replays.labels(pool).inc()
         if trace is not None:
             trace.replays += 1
+
+    def decode_local(self, trace: Trace | None, pool: str, reason: str) -> None:
+        """A PD request went to a decode alone (disagg.local's reasons)."""
+        self.families.decode_local.labels(pool, reason).inc()
+        self.local[pool, reason] += 1
+
+    def resume(self, pool: str, outcome: str) -> None:
+        """A stream broke mid-way: `resumed` on another worker, or `gave_up`."""
+        self.families.resumes.labels(pool, outcome).inc()
+        self.resumed[pool, outcome] += 1
 
     def upstream_failed(self, ep: Endpoint, kind: str) -> None:
         self.families.upstream_failures.labels(ep.pool, ep.role, ep.url, kind).inc()

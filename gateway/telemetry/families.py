@@ -83,6 +83,17 @@ class Families:
             "Streams replayed on another replica after a worker broke off before the first event.",
             ("pool",),
         )
+        self.decode_local = count(
+            p + "pd_decode_local",
+            "PD pools: requests served by a decode alone, by reason: no_prefill, prefill_full, prefill_failed "
+            "(decode-local fallback) or short_prompt (selective disaggregation).",
+            ("pool", "reason"),
+        )
+        self.resumes = count(
+            p + "stream_resumes",
+            "Streams continued on another worker after theirs failed mid-stream, by outcome: resumed or gave_up.",
+            ("pool", "outcome"),
+        )
         self.ejections = count(p + "ejections", "Outlier ejections of a worker.", ENDPOINT_LABELS)
         self.upstream_failures = count(
             p + "upstream_failures",

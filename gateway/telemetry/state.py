@@ -48,7 +48,9 @@ class PoolStateCollector(Collector):
         queued.add_metric([], self.admission.queued)
         yield queued
         ready = GaugeMetricFamily(
-            _P + "pool_ready", "1 while every role of the pool has a healthy worker.", labels=["pool"]
+            _P + "pool_ready",
+            "1 while the pool can serve: each role has a healthy worker (nixl PD, decode-local fallback: a decode).",
+            labels=["pool"],
         )
         for pool in self.pools:
             ready.add_metric([pool.name], float(pool.ready))

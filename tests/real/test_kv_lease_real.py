@@ -111,7 +111,16 @@ async def test_refused_and_abandoned_decodes_leave_no_kv_held_on_the_prefill(rea
     figures: dict[str, float] = {}
     try:
         gw = await real_gateway(
-            [{"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [prefill], "decode": [proxy_url]}]
+            [
+                {
+                    "name": "pd",
+                    "kind": "pd",
+                    "disaggregate_min_tokens": 0,
+                    "protocol": "nixl",
+                    "prefill": [prefill],
+                    "decode": [proxy_url],
+                }
+            ]
         )
         async with httpx.AsyncClient(timeout=120) as c:
             idle = await _usage(c, prefill)

@@ -27,6 +27,7 @@ async def pd_gateway(real_gateway, vllm_pd_pair):
             {
                 "name": "pd",
                 "kind": "pd",
+                "disaggregate_min_tokens": 0,
                 "protocol": "nixl",
                 "prefill": [vllm_pd_pair.prefill.url],
                 "decode": [vllm_pd_pair.decode.url],
@@ -103,24 +104,37 @@ async def test_16_concurrent_disaggregated_streams_complete(pd_gateway):
     assert all(len(stream_text(r)) > 0 for r in results)
 
 
-async def test_killing_prefill_gives_clean_errors_then_recovers(pd_gateway, vllm_pd_pair):
+async def test_a_stopped_prefill_falls_back_to_the_decode_then_goes_disaggregated_again(pd_gateway, vllm_pd_pair):
+    """Decode-local fallback: with its prefill stopped the pool keeps answering (the decode
+    computes the prompt itself); once the prefill is back, requests go disaggregated again."""
     body = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 8, "stream": True}
+    local = pd_gateway.gateway.telemetry.local
+    decode = vllm_pd_pair.decode.url
     async with httpx.AsyncClient(timeout=120) as c:
         assert (await c.post(f"{pd_gateway.url}/v1/completions", json=body)).status_code == 200
         running = [asyncio.create_task(c.post(f"{pd_gateway.url}/v1/completions", json=body)) for _ in range(4)]
         await asyncio.sleep(0.05)
         await asyncio.to_thread(vllm_pd_pair.prefill.stop, 0)
         for resp in await asyncio.gather(*running):
-            if resp.status_code == 200:  # finished, or ended with an SSE error event
-                assert sse_payloads(resp.content)[-1] == "[DONE]"
-            else:
-                assert resp.status_code in (502, 503) and resp.json()["error"]["message"]
-        after = await c.post(f"{pd_gateway.url}/v1/completions", json=body)
-        assert after.status_code in (502, 503) and after.json()["error"]["message"]
+            assert resp.status_code == 200, resp.text  # a prefill leg that failed fell back
+            assert sse_payloads(resp.content)[-1] == "[DONE]"
+        for i in range(6):
+            after = await c.post(f"{pd_gateway.url}/v1/completions", json={**body, "prompt": f"{PROMPTS[1]} {i}"})
+            assert after.status_code == 200, after.text
+            assert stream_text(sse_payloads(after.content))
+        assert sum(local.values()) >= 6 and set(local) <= {("pd", "prefill_failed"), ("pd", "no_prefill")}
         await vllm_pd_pair.restart()
         for _ in range(100):
-            if pd_gateway.gateway.ready:
+            if pd_gateway.gateway.pools[0].groups["prefill"][0].healthy:
                 break
             await asyncio.sleep(0.1)
-        again = await c.post(f"{pd_gateway.url}/v1/completions", json=body)
-    assert again.status_code == 200 and sse_payloads(again.content)[-1] == "[DONE]"
+        fallbacks = sum(local.values())
+        before = (await _prompt_tokens_by_source(decode)).get(EXTERNAL, 0)
+        again = await c.post(f"{pd_gateway.url}/v1/completions", json={**body, "prompt": PROMPTS[1] + " again"})
+        assert again.status_code == 200 and sse_payloads(again.content)[-1] == "[DONE]"
+        for _ in range(50):
+            if (await _prompt_tokens_by_source(decode)).get(EXTERNAL, 0) > before:
+                break
+            await asyncio.sleep(0.1)
+    assert sum(local.values()) == fallbacks  # disaggregated again: the KV came over NIXL
+    assert (await _prompt_tokens_by_source(decode)).get(EXTERNAL, 0) > before

@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Any
 
+from . import engine
 from .protocol import ApiError
 from .request import GenRequest, parse_body, parse_request
 from .sampling import Choices, chat_logprobs, completion_logprobs
@@ -31,10 +32,9 @@ def fingerprint(model: str, max_model_len: int) -> str:
 
 
 def prompt_token_ids(prompt: str) -> list[int]:
-    """Stand-in token ids of a prompt (one per word), as echo's first chunk carries them."""
-    return [int.from_bytes(hashlib.blake2b(w.encode(), digest_size=2).digest(), "little") for w in prompt.split()] or [
-        0
-    ]
+    """A prompt's token ids (one per word; engine.prompt_token_ids), as echo's first chunk and
+    `return_token_ids` carry them."""
+    return engine.prompt_token_ids(prompt) or [0]
 
 
 def usage(g: GenRequest, completion_tokens: int, in_stream: bool = False) -> dict[str, Any]:
@@ -64,9 +64,9 @@ def _completion_choice(g: GenRequest, choices: Choices, c: int) -> dict[str, Any
         "logprobs": logprobs,
         "finish_reason": plan.finish_reason,
         "stop_reason": plan.stop_reason,
-        "token_ids": None,
+        "token_ids": _token_ids(g, choices, c),
         "prompt_logprobs": None,
-        "prompt_token_ids": None,
+        "prompt_token_ids": prompt_token_ids(g.prompt_of(c)) if g.return_token_ids else None,
         "routed_experts": None,
     }
 
@@ -89,9 +89,13 @@ def _chat_choice(g: GenRequest, choices: Choices, c: int) -> dict[str, Any]:
         "logprobs": logprobs,
         "finish_reason": plan.finish_reason,
         "stop_reason": plan.stop_reason,
-        "token_ids": None,
+        "token_ids": _token_ids(g, choices, c),
         "routed_experts": None,
     }
+
+
+def _token_ids(g: GenRequest, choices: Choices, c: int) -> list[int] | None:
+    return [choices.token_id(c, k) for k in range(choices.plans[c].count)] if g.return_token_ids else None
 
 
 def full_response(
@@ -111,7 +115,8 @@ def full_response(
         "usage": usage(g, completion_tokens),
     }
     if g.chat:
-        body.update(prompt_logprobs=None, prompt_token_ids=None, prompt_text=None)
+        ids = prompt_token_ids(g.prompts[0]) if g.return_token_ids else None
+        body.update(prompt_logprobs=None, prompt_token_ids=ids, prompt_text=None)
     body.update(kv_transfer_params=kv_params, ec_transfer_params=None, metrics=None)
     return body
 
@@ -144,9 +149,11 @@ class SseFormat:
         if not self._g.chat:
             return b""
         usage = self._usage_field(0)
+        first = _dumps(prompt_token_ids(self._g.prompts[0])) if self._g.return_token_ids else b"null"
         return b"".join(
             self._head + b',"choices":[{"index":%d,"delta":{"role":"assistant","content":""},'
-            b'"logprobs":null,"finish_reason":null}]%s,"prompt_token_ids":null,"prompt_text":null}\n\n' % (i, usage)
+            b'"logprobs":null,"finish_reason":null}]%s,"prompt_token_ids":%s,"prompt_text":null}\n\n'
+            % (i, usage, first if i == 0 else b"null")
             for i in range(self._g.num_choices)
         )
 
@@ -169,16 +176,23 @@ class SseFormat:
         g, plan = self._g, self._choices.plans[choice]
         last = k + 1 == plan.count
         text_json = self._choices.token_json(choice, k)
-        prompt_ids = b"null"
+        prompt_ids, token_ids = b"null", b"null"
         if g.echo and k == 0:
             text_json = _dumps(g.prompt_of(choice) + self._choices.token(choice, 0))
+        if (g.echo or g.return_token_ids) and k == 0:
             prompt_ids = _dumps(prompt_token_ids(g.prompt_of(choice)))
+        if g.return_token_ids:
+            token_ids = b"[%d]" % self._choices.token_id(choice, k)
         self._sent[choice] = k + 1
         if last:
             ends = b',"finish_reason":"%s","stop_reason":%s' % (plan.finish_reason.encode(), _dumps(plan.stop_reason))
         else:
             ends = b',"finish_reason":null' + (b"" if g.chat else b',"stop_reason":null')
-        ids = b',"token_ids":null' if g.chat else b',"prompt_token_ids":%s,"token_ids":null' % prompt_ids
+        ids = (
+            b',"token_ids":%s' % token_ids
+            if g.chat
+            else b',"prompt_token_ids":%s,"token_ids":%s' % (prompt_ids, token_ids)
+        )
         usage = self._usage_field(sum(self._sent))
         # vLLM puts the fingerprint on a choice's last chunk, unless usage follows (then
         # on the usage chunk only) or every chunk carries usage.

@@ -87,8 +87,45 @@ BLOCK_SIZE = 16
 FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")  # vllm:request_success labels
 
 
-def choice_seed(prompt: str, choice: int) -> bytes:
-    return hashlib.blake2b(f"{choice}\0{prompt}".encode(), digest_size=16).digest()
+_VOCAB_IDS = {w: i for i, w in enumerate(VOCAB)}
+
+
+def word_id(word: str) -> int:
+    """A word's token id: its VOCAB index, else an id above the vocabulary that spells the word
+    (reversible: a token-id prompt reads back as the words it was made of)."""
+    vocab = _VOCAB_IDS.get(word)
+    return vocab if vocab is not None else len(VOCAB) + int.from_bytes(b"\x01" + word.encode(), "big")
+
+
+def id_word(token: int) -> str:
+    """The word of a token id (word_id's inverse; an id no word has reads as `<id>`)."""
+    if token < len(VOCAB):
+        return VOCAB[token]
+    raw = (token - len(VOCAB)).to_bytes((token - len(VOCAB)).bit_length() // 8 + 1, "big").lstrip(b"\x00")
+    try:
+        if raw[:1] == b"\x01" and len(raw) > 1:
+            return raw[1:].decode()
+    except UnicodeDecodeError:
+        pass
+    return f"<{token}>"
+
+
+def prompt_token_ids(prompt: str) -> list[int]:
+    """The prompt as token ids, one per word (count_tokens), as `return_token_ids` reports them."""
+    return [word_id(w) for w in prompt.split()]
+
+
+def choice_seed(prompt: str, choice: int) -> tuple[bytes, int]:
+    """(seed, offset) of what a choice generates after `prompt`: token k is token offset + k of
+    the generation that the prompt's words before its trailing generated words (VOCAB words)
+    start. So a prompt that is an earlier prompt plus the text (or token ids) generated for it
+    continues that generation exactly, as a model's greedy decoding does."""
+    words = prompt.split()
+    base = len(words)
+    while base and words[base - 1] in _VOCAB_IDS:
+        base -= 1
+    text = " ".join(words[:base]) if base < len(words) else " ".join(words)
+    return hashlib.blake2b(f"{choice}\0{text}".encode(), digest_size=16).digest(), len(words) - base
 
 
 def token_id(seed: bytes, k: int) -> int:
@@ -97,20 +134,21 @@ def token_id(seed: bytes, k: int) -> int:
 
 
 def token_text(prompt: str, choice: int, k: int) -> str:
-    return " " + VOCAB[token_id(choice_seed(prompt, choice), k)]
+    seed, offset = choice_seed(prompt, choice)
+    return " " + VOCAB[token_id(seed, offset + k)]
 
 
 def completion_text(prompt: str, choice: int, num_tokens: int) -> str:
     """The full text a worker generates for `num_tokens` tokens (public: tests use it)."""
-    seed = choice_seed(prompt, choice)
-    return "".join(" " + VOCAB[token_id(seed, k)] for k in range(num_tokens))
+    seed, offset = choice_seed(prompt, choice)
+    return "".join(" " + VOCAB[token_id(seed, offset + k)] for k in range(num_tokens))
 
 
 def count_tokens(text: str) -> int:
     return max(1, len(text.split()))
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -121,7 +159,7 @@ def _content_text(content: Any) -> str:
 
 def render_chat(messages: list[dict[str, Any]]) -> str:
     """Stand-in for a chat template: one `role: content` line per message."""
-    return "\n".join(f"{m.get('role')}: {_content_text(m.get('content'))}" for m in messages)
+    return "\n".join(f"{m.get('role')}: {content_text(m.get('content'))}" for m in messages)
 
 
 def with_reply(prompt: str, reply: str, chat: bool = True) -> str:

@@ -108,6 +108,7 @@ class _Sampling(_Body):
     min_tokens: int = 0
     prompt_logprobs: int | None = None
     kv_transfer_params: dict[str, Any] | None = None
+    return_token_ids: bool | None = False
 
 
 class CompletionBody(_Sampling):
@@ -130,6 +131,8 @@ class ChatBody(_Sampling):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     echo: bool = False
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> str:

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import count_tokens, render_chat
+from .engine import content_text, count_tokens, id_word, render_chat
 from .protocol import ApiError, ChatBody, CompletionBody, invalid, parse_model, validation_error
 
 MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
@@ -41,6 +41,7 @@ class GenRequest:
     echo: bool = False
     cached_tokens: int = 0  # prompt tokens found in the prefix cache (set by the prefill)
     report_cached: bool = False  # --enable-prompt-tokens-details
+    return_token_ids: bool = False  # token ids with every choice (and the prompt's, first)
     kv_settled: bool = False  # a remote prefill's KV was read, or is not this worker's to free
 
     @property
@@ -108,6 +109,8 @@ def _before_validators(body: dict[str, Any], chat: bool) -> None:
         raise invalid("`logprobs` must be a positive value or -1.", "logprobs", lp)
     if chat and body.get("top_logprobs") is not None and not body.get("logprobs"):
         raise invalid("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
+    if chat and body.get("continue_final_message") and body.get("add_generation_prompt"):
+        raise invalid("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
     if body.get("stream_options") and not body.get("stream"):
         raise invalid("Stream options can only be defined when `stream=True`.", "stream_options")
 
@@ -128,14 +131,22 @@ def _prompts(req: CompletionBody) -> list[str]:
 
 
 def _token_prompt(ids: list[int]) -> str:
-    """A token-id prompt as sim text: one word per id, so it counts len(ids) tokens."""
-    return " ".join(f"<{i}>" for i in ids)
+    """A token-id prompt as sim text: the word of each id (engine.id_word), len(ids) tokens."""
+    return " ".join(id_word(i) for i in ids)
 
 
 def _chat_prompt(req: ChatBody) -> str:
     if not req.messages:
         raise ApiError(400, "Cannot apply chat template to an empty conversation. Provide at least one message.")
-    return render_chat([m.model_dump() for m in req.messages])
+    messages = [m.model_dump() for m in req.messages]
+    if not req.continue_final_message:
+        return render_chat(messages)
+    if messages[-1].get("role") != "assistant":
+        raise ApiError(400, "continue_final_message is set but the final message is not an assistant message.")
+    # The final (assistant) message is left open: its text continues the prompt, so a partial
+    # reply generated for the other messages goes on where it stopped (engine.choice_seed).
+    head = render_chat(messages[:-1])
+    return head + content_text(messages[-1].get("content"))
 
 
 def _check_encodable(prompts: list[str]) -> None:
@@ -301,4 +312,5 @@ def build_request(
         include_stop=req.include_stop_str_in_output,
         logprobs=logprobs,
         echo=bool(getattr(req, "echo", False)) and not chat,
+        return_token_ids=bool(req.return_token_ids),
     )

@@ -29,12 +29,14 @@ class Choices:
 
     def __init__(self, g: GenRequest, first_tokens: list[str] | None) -> None:
         self._g = g
-        self._seeds = [choice_seed(g.prompt_of(c), g.sample_index(c)) for c in range(g.num_choices)]
+        seeds = [choice_seed(g.prompt_of(c), g.sample_index(c)) for c in range(g.num_choices)]
+        self._seeds = [seed for seed, _ in seeds]
+        self._offsets = [offset for _, offset in seeds]  # a continued generation's tokens so far
         self._first = first_tokens or []
         self.plans = [self._plan(c) for c in range(g.num_choices)]
 
     def token_id(self, choice: int, k: int) -> int:
-        return token_id(self._seeds[choice], k)
+        return token_id(self._seeds[choice], self._offsets[choice] + k)
 
     def token(self, choice: int, k: int) -> str:
         """The text of token k as the client receives it (a stop string may cut the last)."""
@@ -47,7 +49,7 @@ class Choices:
         plan = self.plans[choice]
         if (k == 0 and choice < len(self._first)) or (k == plan.count - 1 and plan.last_text is not None):
             return json.dumps(self.token(choice, k)).encode()
-        return VOCAB_JSON[token_id(self._seeds[choice], k)]
+        return VOCAB_JSON[self.token_id(choice, k)]
 
     def text(self, choice: int) -> str:
         return "".join(self.token(choice, k) for k in range(self.plans[choice].count))
@@ -55,7 +57,7 @@ class Choices:
     def _raw(self, choice: int, k: int) -> str:
         if k == 0 and choice < len(self._first):
             return self._first[choice]
-        return " " + VOCAB[token_id(self._seeds[choice], k)]
+        return " " + VOCAB[self.token_id(choice, k)]
 
     def _plan(self, choice: int) -> Plan:
         g = self._g
