@@ -75,6 +75,9 @@ class SimCollector(Collector):
         for reason, value in s.finished.items():
             success.add_metric([*labels, reason], value, created=s.started_at)
         yield success
+        config = self._server.config
+        if config.role == "both" or config.kv_protocol != "nixl":
+            return  # vLLM has the NIXL connector's metrics only where a P/D worker runs one
         yield self._counter(
             "vllm:nixl_num_kv_expired_reqs",
             "Number of requests that had their KV expire. NOTE: This metric is tracked on the P instance.",
