@@ -6,6 +6,8 @@ import asyncio
 import json
 from collections.abc import Callable, Iterator
 
+from tests.raw_worker import RawWorker
+
 Script = Callable[[], Iterator[bytes]]  # the body of one streamed answer, in writes
 
 MODELS = json.dumps({"object": "list", "data": [{"id": "flood", "object": "model"}]}).encode()
@@ -42,63 +44,27 @@ def giant(event_bytes: int) -> Script:
     return script
 
 
-class SseWorker:
+class SseWorker(RawWorker):
     """Healthy on /health; a 200 event stream made by `script` on any other POST, or with
     `json_bytes`, a JSON completion of about that size."""
 
     def __init__(self, script: Script, json_bytes: int = 0) -> None:
+        super().__init__()
         self.script = script
         self.json_bytes = json_bytes
-        self.server: asyncio.Server | None = None
         self.streaming = 0  # answers being written now
         self.ended = 0  # answers over (written whole, or cut off by the gateway)
-        self._tasks: set[asyncio.Task] = set()
 
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def start(self) -> SseWorker:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                await reader.readexactly(length)
-                if head.startswith(b"GET "):
-                    body = MODELS if head.startswith(b"GET /v1/models ") else b""
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
-                    await writer.drain()
-                    continue
-                if self.json_bytes:
-                    body = b'{"choices":[{"index":0,"text":"%s"}]}' % (b"x" * self.json_bytes)
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
-                    await writer.drain()
-                    continue
-                await self._stream(writer)
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            writer.close()
+    async def answer(self, head: bytes, writer: asyncio.StreamWriter) -> bool:
+        if head.startswith(b"GET "):
+            body = MODELS if head.startswith(b"GET /v1/models ") else b""
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        elif self.json_bytes:
+            body = b'{"choices":[{"index":0,"text":"%s"}]}' % (b"x" * self.json_bytes)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        else:
+            await self._stream(writer)
+        return True
 
     async def _stream(self, writer: asyncio.StreamWriter) -> None:
         self.streaming += 1
