@@ -50,6 +50,7 @@ class Gateway:
         """What runs while serving besides health checks and the watchdog: the /metrics poller
         and the policies' own tasks (e.g. KV-event subscribers)."""
         tasks = [self.worker_metrics.run()] if self.config.worker_metrics.enabled else []
+        tasks += self.telemetry.background()
         for pool in self.pools:
             for role, policy in pool.policies.items():
                 tasks += policy.background(pool.groups[role])

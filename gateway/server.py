@@ -50,12 +50,16 @@ def _on_signal(server: uvicorn.Server) -> None:
     server.should_exit = True
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """`reuse_port`: one of several processes' sockets on one port (the kernel spreads the
+    connections over them)."""
     # proto must say TCP: asyncio only sets TCP_NODELAY on accepted sockets whose proto is
     # IPPROTO_TCP, and without it every response's second write waits 40 ms for a delayed ACK.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
@@ -76,9 +80,11 @@ def http_protocol(config: GatewayConfig) -> type[protocol.GatewayProtocol] | str
     return protocol.GatewayProtocol
 
 
-async def start_gateway(config: GatewayConfig, install_signal_handlers: bool = False) -> RunningGateway:
+async def start_gateway(
+    config: GatewayConfig, install_signal_handlers: bool = False, reuse_port: bool = False
+) -> RunningGateway:
     """Start serving on config.listen (port 0 picks a free port); returns once accepting."""
-    sock = bind(config.listen.host, config.listen.port)
+    sock = bind(config.listen.host, config.listen.port, reuse_port)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),

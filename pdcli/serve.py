@@ -23,6 +23,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--between-chunks-timeout", type=float, dest="between_chunks_s")
     p.add_argument("--total-timeout", type=float, dest="total_s")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--processes", type=int, help="gateway processes on the one port (processes); limits are shared out")
     p.add_argument("--check-config", action="store_true", help="validate the config, print it, and exit")
 
 
@@ -39,6 +40,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         out["pools"] = [{"name": "default", "kind": "replicas", "workers": args.worker}]
     if args.log_level:
         out["log_level"] = args.log_level
+    if getattr(args, "processes", None) is not None:
+        out["processes"] = args.processes
     return out
 
 
@@ -124,5 +127,9 @@ def run_serve(args: argparse.Namespace, own_process: bool = False) -> int:
         print(config.model_dump_json(indent=2))
         return 0
     configure_logging(config.log_format, config.log_level)
+    if config.processes > 1:
+        from gateway.processes import serve_processes
+
+        return serve_processes(config)
     _run(serve(config))
     return 0

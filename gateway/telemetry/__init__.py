@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -22,6 +23,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from ..limits import Admission
 from ..pool import Endpoint, Pool
 from .families import Families
+from .shared import SharedState, shared_dir
 from .state import PoolStateCollector
 from .trace import Trace, usage_of
 
@@ -56,7 +58,11 @@ class Telemetry:
         """`access_log`: something with `write(trace, total_s)` (gateway.access_log.AccessLog), or None."""
         self.registry = CollectorRegistry()
         self.families = Families(self.registry)
-        self.registry.register(PoolStateCollector(pools, admission))
+        state = PoolStateCollector(pools, admission)
+        directory = shared_dir()  # one of several gateway processes (gateway/processes.py)
+        self.shared = SharedState(directory, state) if directory else None
+        if self.shared is None:
+            self.registry.register(state)
         self.request_metrics = request_metrics
         self.access_log = access_log
         self.enabled = request_metrics or access_log is not None
@@ -146,4 +152,10 @@ class Telemetry:
         self.families.ejections.labels(ep.pool, ep.role, ep.url).inc()
 
     def exposition(self) -> bytes:
+        if self.shared is not None:
+            return self.shared.exposition()
         return generate_latest(self.registry)
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        """One of several processes: its gauges written for its siblings' scrapes."""
+        return [self.shared.run()] if self.shared is not None else []
