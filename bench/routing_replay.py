@@ -120,6 +120,7 @@ class Replay:
         served = [w.served for w in self.workers]
         return [
             f"{q[49] * 1000:.0f}",
+            f"{q[89] * 1000:.0f}",
             f"{q[98] * 1000:.0f}",
             f"{hits / queries:.1%}",
             f"{max(served) / statistics.fmean(served):.2f}",
