@@ -33,7 +33,7 @@ class PrefixAwareConfig(_Policy):
     max_blocks: int | None = Field(None, ge=1)
     chars_per_token: float = Field(4.0, gt=0)  # converts a reported cache size into chunks
     match_threshold: float = Field(0.5, ge=0, le=1)  # matched fraction of the prompt to follow the cache
-    # requests above the least loaded (None: the mean load per endpoint, at least 2) ...
+    # requests above the least loaded (None: the mean load per endpoint, at least 8) ...
     balance_abs_threshold: int | None = Field(None, ge=0)
     balance_rel_threshold: float = Field(1.5, ge=1)  # ... and times its load: then the cache is not followed
     # match: the deepest match wins; cost: the least queued + uncached prefill tokens (prefix_match.py)
