@@ -2,6 +2,11 @@
 a prefix cache (prefill charged only on the uncached suffix, one prefill at a time).
 
     python -m bench.routing [--quick] [--only multi-turn,shared-prefix,no-sharing] [--setups replicas,2p2d]
+    python -m bench.routing --setups replicas --policies 'prefix_aware,prefix_aware@p2,prefix_aware@r4,sglang'
+
+A policy may name where the gateway runs (bench/routing_fronts.py): `@pN`, one `pd-gateway serve`
+with N processes; `@rN`, N single-process replicas with requests spread in turns; `sglang`, SGLang's
+router (cache_aware, its defaults) when sglang-router is installed.
 
 For each setup (4 replicas; a 2P2D pool: prefill by the policy, decode least_outstanding)
 and workload, fresh workers are started per policy, the workload is sent through the
@@ -24,11 +29,10 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.config import parse_config
-from gateway.server import RunningGateway, start_gateway
 from workers.sim import SimServer, start_sim
 
 from .routing_decision import decision_table
+from .routing_fronts import sglang_installed, split, start_front
 from .routing_workloads import Workload, multi_turn, no_sharing, shared_prefix
 
 MODEL = "sim-model"
@@ -69,6 +73,7 @@ class Result:
         dec = statistics.quantiles(self.decision_us, n=100) if len(self.decision_us) > 1 else [0.0] * 99
         return [
             f"{q[49] * 1000:.0f}",
+            f"{q[89] * 1000:.0f}",
             f"{q[98] * 1000:.0f}",
             f"{self.hit_rate:.1%}",
             f"{max(self.per_worker) / mean:.2f}",
@@ -161,30 +166,37 @@ async def _one_request(client: httpx.AsyncClient, url: str, body: dict) -> float
 
 async def run_one(setup: str, policy: str, workload: Workload) -> Result:
     sims, workers = await _start_workers(setup)
+    spec, mode, _ = split(policy)
     config = {
         "listen": {"host": "127.0.0.1", "port": 0},
         "log_level": "warning",
         "health": {"interval_s": 0.5, "timeout_s": 2.0},
-        "pools": [_pool(setup, policy, workers)],
+        "pools": [_pool(setup, spec, workers) if mode != "sglang" else {}],
     }
-    gw: RunningGateway = await start_gateway(parse_config(config))
-    decisions: list[float] = []
-    pool = gw.gateway.pools[0]
-    _timed(pool.policies["replica" if setup == "replicas" else "prefill"], decisions)
     cache_workers = sims if setup == "replicas" else sims[:2]
     ttft: list[float] = []
+    decisions: list[float] = []
     errors = 0
     try:
+        front = await start_front(policy, config, [s.url for s in sims])
+    except BaseException:
+        for s in sims:
+            await s.close()
+        raise
+    if isinstance(front.policy, dict):  # in this process: its decisions are timed
+        _timed(front.policy["replica" if setup == "replicas" else "prefill"], decisions)
+    sent = 0
+    try:
         async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=256)) as client:
-            while not gw.gateway.ready:
-                await asyncio.sleep(0.05)
 
             async def run_client(index: int, bodies: list[dict]) -> None:
-                nonlocal errors
+                nonlocal errors, sent
                 think = random.Random(index)  # the same pauses under every policy
                 for body in bodies:
                     await asyncio.sleep(think.uniform(0, workload.think_s))
-                    t = await _one_request(client, gw.url, body)
+                    url = front.urls[sent % len(front.urls)]  # replicas: in turns, as a Service
+                    sent += 1
+                    t = await _one_request(client, url, body)
                     if isinstance(t, str):
                         errors += 1
                         if errors == 1:
@@ -197,7 +209,7 @@ async def run_one(setup: str, policy: str, workload: Workload) -> Result:
             wall = time.perf_counter() - start
             scraped = [await _scrape(client, s.url) for s in cache_workers]
     finally:
-        await gw.close()
+        await front.close()
         for s in sims:
             await s.close()
     queries = sum(m.get("vllm:prefix_cache_queries_total", 0.0) for m in scraped)
@@ -211,6 +223,7 @@ HEADER = [
     "workload",
     "policy",
     "TTFT p50 ms",
+    "p90 ms",
     "p99 ms",
     "cache hits",
     "max/mean req",
@@ -253,6 +266,11 @@ async def main_async(args: argparse.Namespace) -> None:
                 continue
             base: float | None = None
             for policy in ["least_outstanding", *args.policies.split(",")]:
+                if split(policy)[1] == "sglang" and setup != "replicas":
+                    continue  # sglang-router's PD mode is not compared here
+                if split(policy)[1] == "sglang" and not sglang_installed():
+                    print(f"  {policy}: skipped, sglang-router is not installed (pip install sglang-router==0.3.2)")
+                    continue
                 result = await run_one(setup, policy, workload)
                 p50 = statistics.median(result.ttft) if result.ttft else float("nan")
                 base = p50 if base is None else base
@@ -260,8 +278,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 print(_table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(_table(rows))
-    print()
-    print(decision_table())
+    if not args.skip_decision:
+        print()
+        print(decision_table())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -272,6 +291,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="workload names, comma-separated (multi-turn, multi-turn-v1, shared-prefix, no-sharing)",
     )
     parser.add_argument("--setups", default="replicas,2p2d")
+    parser.add_argument("--skip-decision", action="store_true", help="leave out the decision-time table")
     parser.add_argument(
         "--policies",
         default=DEFAULT_POLICIES,

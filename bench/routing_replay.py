@@ -25,10 +25,12 @@ from gateway.policies import Policy, make_policy
 from gateway.pool import Endpoint
 from gateway.requests import ApiRequest, parse_request
 from workers.sim.engine import completion_text, render_chat, with_reply
-from workers.sim.prefix_cache import PrefixCache, tokenize
+from workers.sim.prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache, tokenize
 
 from .routing import DEFAULT_POLICIES, SIM, _table, policy_config, workloads
 from .routing_workloads import Workload
+
+CACHE_TOKENS = int(SIM["prefix_cache_blocks"]) * DEFAULT_BLOCK_SIZE  # what each worker's /metrics reports
 
 
 @dataclass
@@ -53,9 +55,18 @@ class Worker:
 
 
 class Replay:
-    def __init__(self, workload: Workload, policy: Policy, workers: int = 4) -> None:
-        self.workload, self.policy = workload, policy
+    """One gateway (`policies` of one), or several replicas taking requests in turns (round robin,
+    as a Service does), each with its own policy and its own count of what it has in flight;
+    the others' requests reach it as the workers' reports would (`foreign`, here exact)."""
+
+    def __init__(self, workload: Workload, policies: list[Policy], workers: int = 4) -> None:
+        self.workload, self.policies = workload, policies
         self.workers = [Worker(Endpoint(f"http://w{i}", "replica", "bench")) for i in range(workers)]
+        self.views = [
+            [Endpoint(f"http://w{i}", "replica", "bench", cache_tokens=CACHE_TOKENS) for i in range(workers)]
+            for _ in policies
+        ]
+        self.received = 0
         self.events: list[tuple[float, int, Callable[[], None]]] = []
         self.seq = 0
         self.now = 0.0
@@ -81,17 +92,23 @@ class Replay:
     def _send(self, think: random.Random, bodies: list[dict], i: int) -> None:
         body = bodies[i]
         request: ApiRequest = parse_request("chat", json.dumps(body).encode(), self.limits, None)
-        eps = [w.endpoint for w in self.workers]
-        chosen = self.policy.choose(request, eps)
-        self.policy.routed(request, chosen)
+        replica = self.received % len(self.policies)
+        self.received += 1
+        policy, eps = self.policies[replica], self.views[replica]
+        for w, e in zip(self.workers, eps, strict=True):
+            e.foreign = w.endpoint.outstanding - e.outstanding
+        chosen = policy.choose(request, eps)
+        policy.routed(request, chosen)
         worker = self.workers[eps.index(chosen)]
         chosen.acquire()
+        worker.endpoint.acquire()
         first = worker.prefill(self.now, body)
         self.ttft.append(first - self.now)
         done = first + (body["max_tokens"] - 1) * SIM["itl_ms"] / 1000
 
         def finish() -> None:
             chosen.release()
+            worker.endpoint.release()
             self._next(think, bodies, i + 1)
 
         self.at(done, finish)
@@ -103,6 +120,7 @@ class Replay:
         served = [w.served for w in self.workers]
         return [
             f"{q[49] * 1000:.0f}",
+            f"{q[89] * 1000:.0f}",
             f"{q[98] * 1000:.0f}",
             f"{hits / queries:.1%}",
             f"{max(served) / statistics.fmean(served):.2f}",
@@ -112,10 +130,10 @@ class Replay:
         ]
 
 
-def replay(workload: Workload, spec: str) -> tuple[list[str], float]:
+def replay(workload: Workload, spec: str, replicas: int = 1) -> tuple[list[str], float]:
     config = policy_config(spec)
-    policy = make_policy(config.pop("name"), "replica", config)
-    r = Replay(workload, policy)
+    name = config.pop("name")
+    r = Replay(workload, [make_policy(name, "replica", dict(config)) for _ in range(replicas)])
     wall = r.run()
     return r.row(wall), statistics.median(r.ttft)
 
@@ -125,6 +143,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default="")
     parser.add_argument("--policies", default=DEFAULT_POLICIES)
+    parser.add_argument("--replicas", default="1", help="gateway replicas behind round robin, e.g. 1,2,4")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     rows = []
@@ -133,10 +152,12 @@ def main() -> None:
             continue
         base = None
         for spec in ["least_outstanding", *args.policies.split(",")]:
-            row, p50 = replay(workload, spec)
-            base = base or p50
-            rows.append(["replay", workload.name, spec, *row, f"{p50 / base:.2f}x"])
-            print(_table(rows[-1:]).splitlines()[-1], flush=True)
+            for replicas in [int(n) for n in args.replicas.split(",")]:
+                row, p50 = replay(workload, spec, replicas)
+                base = base or p50
+                setup = "replay" if replicas == 1 else f"replay x{replicas}"
+                rows.append([setup, workload.name, spec, *row, f"{p50 / base:.2f}x"])
+                print(_table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(_table(rows))
 

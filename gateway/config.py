@@ -270,6 +270,8 @@ class GatewayConfig(_Strict):
     auth: Auth = Auth()
     tuning: Tuning = Tuning()
     drain_s: float = Field(30.0, ge=0)  # on SIGTERM, how long in-flight streams may go on
+    # gateway processes on the one listening port (SO_REUSEPORT); limits are shared out (processes.py)
+    processes: int = Field(1, ge=1, le=256)
     pools: list[PoolConfig] = Field(min_length=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one object per line, access lines included

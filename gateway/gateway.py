@@ -90,6 +90,7 @@ class Gateway:
         tasks = [self.cleanups.run()]
         if self.config.worker_metrics.enabled:
             tasks.append(self.worker_metrics.run())
+        tasks += self.telemetry.background()
         return tasks
 
     @property

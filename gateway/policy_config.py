@@ -31,12 +31,19 @@ class SessionConfig(_Policy):
 class PrefixAwareConfig(_Policy):
     name: Literal["prefix_aware"]
     chunk_chars: int = Field(64, ge=1)  # prompt text per tree node (~16 tokens)
-    max_blocks: int = Field(65536, ge=1)  # chunks remembered per endpoint (LRU beyond)
+    # chunks remembered per endpoint (LRU beyond); None: its reported KV cache (vllm:cache_config_info)
+    max_blocks: int | None = Field(None, ge=1)
+    chars_per_token: float = Field(4.0, gt=0)  # converts a reported cache size into chunks
     match_threshold: float = Field(0.5, ge=0, le=1)  # matched fraction of the prompt to follow the cache
-    balance_abs_threshold: int = Field(8, ge=0)  # requests above the least loaded ...
+    # requests above the least loaded (None: the mean load per endpoint, at least 8) ...
+    balance_abs_threshold: int | None = Field(None, ge=0)
     balance_rel_threshold: float = Field(1.5, ge=1)  # ... and times its load: then the cache is not followed
     # match: the deepest match wins; cost: the least queued + uncached prefill tokens (prefix_match.py)
     score: Literal["match", "cost"] = "match"
+    # a prompt no endpoint holds goes by rendezvous hash of its first characters (0: least loaded)
+    affinity_chars: int = Field(256, ge=0)
+    # which endpoints the affinity may pick: None, those the guard allows; k, within k of the least loaded
+    affinity_slack: int | None = Field(None, ge=0)
 
 
 class PrecisePrefixConfig(_Policy):

@@ -32,6 +32,7 @@ class Endpoint:
     # From the worker's /metrics (gateway.worker_metrics), 0 until polled:
     foreign: int = 0  # requests running or waiting there beyond this gateway's own
     kv_usage: float = 0.0  # fraction of its KV cache in use
+    cache_tokens: int = 0  # its KV cache's capacity in tokens (vllm:cache_config_info), 0: unknown
 
     def acquire(self, tokens: int = 0) -> None:
         self.outstanding += 1

@@ -51,12 +51,16 @@ def _on_signal(server: uvicorn.Server) -> None:
     server.should_exit = True
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """`reuse_port`: one of several processes' sockets on one port (the kernel spreads the
+    connections over them)."""
     # proto must say TCP: asyncio only sets TCP_NODELAY on accepted sockets whose proto is
     # IPPROTO_TCP, and without it every response's second write waits 40 ms for a delayed ACK.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
@@ -86,11 +90,15 @@ def _on_hangup(gateway: Gateway) -> None:
 
 
 async def start_gateway(
-    config: GatewayConfig, install_signal_handlers: bool = False, source: Source | None = None
+    config: GatewayConfig,
+    install_signal_handlers: bool = False,
+    source: Source | None = None,
+    reuse_port: bool = False,
 ) -> RunningGateway:
     """Start serving on config.listen (port 0 picks a free port); returns once accepting.
-    `source` reads the config again (SIGHUP, `POST /admin/config/reload`)."""
-    sock = bind(config.listen.host, config.listen.port)
+    `source` reads the config again (SIGHUP, `POST /admin/config/reload`); `reuse_port`: one of
+    several processes on the port (gateway/processes.py)."""
+    sock = bind(config.listen.host, config.listen.port, reuse_port)
     app = create_app(config, source)
     server = uvicorn.Server(
         uvicorn.Config(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -24,6 +25,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--between-chunks-timeout", type=float, dest="between_chunks_s")
     p.add_argument("--total-timeout", type=float, dest="total_s")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--processes", type=int, help="gateway processes on the one port (processes); limits are shared out")
     p.add_argument("--check-config", action="store_true", help="validate the config, print it, and exit")
 
 
@@ -40,6 +42,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         out["pools"] = [{"name": "default", "kind": "replicas", "workers": args.worker}]
     if args.log_level:
         out["log_level"] = args.log_level
+    if getattr(args, "processes", None) is not None:
+        out["processes"] = args.processes
     return out
 
 
@@ -127,5 +131,10 @@ def run_serve(args: argparse.Namespace, own_process: bool = False) -> int:
         print(config.model_dump_json(indent=2))
         return 0
     configure_logging(config.log_format, config.log_level)
-    _run(serve(config, lambda: load_config(args.config, overrides)))
+    source = functools.partial(load_config, args.config, overrides)  # read again on SIGHUP
+    if config.processes > 1:
+        from gateway.processes import serve_processes
+
+        return serve_processes(config, source)
+    _run(serve(config, source))
     return 0

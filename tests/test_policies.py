@@ -73,7 +73,7 @@ def test_choices_recorded_a_turn_later_record_each_requests_own_prompt(score: st
     """The balancer runs `routed` a loop turn after `choose`: a second request may choose in
     between, and each prompt must still be learnt for its own endpoint, hashed once."""
     eps = endpoints(2)
-    policy = make_policy("prefix_aware", "replica", {"score": score})
+    policy = make_policy("prefix_aware", "replica", {"score": score, "affinity_chars": 0})  # fresh: least loaded
     hashed: list[str] = []
     names = policy.names
     policy.names = lambda req: hashed.append(req.prefix_text) or names(req)  # type: ignore[method-assign]

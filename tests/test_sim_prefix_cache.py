@@ -175,6 +175,11 @@ async def test_metrics_have_vllm_names_types_and_labels(sim: StartSim, client: h
     assert {name: families[name].type for name in expect} == expect
     for name in expect:
         assert {smp.labels["model_name"] for smp in families[name].samples} == {"m-7"}
+    # The KV cache's size as vLLM 0.32 reports it: an info-style gauge of 1, no model_name label.
+    (info,) = families["vllm:cache_config_info"].samples
+    assert (info.value, info.labels["num_gpu_blocks"], info.labels["block_size"], info.labels["engine"]) == (
+        1.0, "10", "4", "0")  # fmt: skip
+    assert "model_name" not in info.labels
 
 
 async def test_running_and_kv_usage_follow_a_live_stream(sim: StartSim, client: httpx.AsyncClient) -> None:

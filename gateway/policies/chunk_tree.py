@@ -26,10 +26,12 @@ def chain_hashes(text: str, chunk: int) -> list[int]:
 
 
 class ChunkTree:
-    """Per-endpoint LRU sets of chain hashes, at most `max_blocks` per endpoint."""
+    """Per-endpoint LRU sets of chain hashes, at most `max_blocks` per endpoint unless
+    `set_limit` gave that endpoint its own bound."""
 
     def __init__(self, max_blocks: int) -> None:
         self.max_blocks = max_blocks
+        self._limits: dict[int, int] = {}  # bit -> its endpoint's own bound
         self.owners: dict[Hashable, int] = {}  # chain hash -> bitmask of endpoints
         self._bits: dict[Hashable, int] = {}  # endpoint key -> its bit
         self._lrus: dict[int, OrderedDict[Hashable, None]] = {}  # bit -> hashes, oldest first
@@ -44,6 +46,14 @@ class ChunkTree:
             self._bits[key] = found
             self._lrus[found] = OrderedDict()
         return found
+
+    def set_limit(self, key: Hashable, max_blocks: int) -> None:
+        """Bound `key`'s names to `max_blocks` from its next insert on (its cache's real size)."""
+        self._limits[self.bit(key)] = max_blocks
+
+    def limit(self, key: Hashable) -> int:
+        b = self._bits.get(key)
+        return self._limits.get(b, self.max_blocks) if b is not None else self.max_blocks
 
     def blocks(self, key: Hashable) -> int:
         """How many chunk names the endpoint holds."""
@@ -61,7 +71,7 @@ class ChunkTree:
             else:
                 lru[h] = None
                 owners[h] = held_by(h, 0) | bit
-        excess = len(lru) - self.max_blocks
+        excess = len(lru) - self._limits.get(bit, self.max_blocks)
         if excess > 0:
             oldest, keep = lru.popitem, ~bit
             for _ in range(excess):
@@ -86,6 +96,7 @@ class ChunkTree:
         """Drop everything `key` held, and free its bit."""
         bit = self._bits.pop(key, None)
         if bit is not None:
+            self._limits.pop(bit, None)
             for h in self._lrus.pop(bit):
                 self._drop(h, bit)
 

@@ -16,6 +16,7 @@ from abc import abstractmethod
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING
 
+from .affinity import adaptive_threshold, heaviest, opening
 from .backlog import Backlog
 from .base import Policy, RoutingRequest, requests_load
 from .chunk_tree import ChunkTree
@@ -26,11 +27,13 @@ if TYPE_CHECKING:
     from ..pool import Endpoint
 
 
-def overloaded(loads: Sequence[int], abs_threshold: int, rel_threshold: float) -> list[bool]:
+def overloaded(loads: Sequence[int], abs_threshold: int | None, rel_threshold: float) -> list[bool]:
     """The balance guard (as SGLang's router): a worker may not take a request for its cache
     while it has more than `abs_threshold` requests above the least loaded one AND more than
-    `rel_threshold` times its load."""
+    `rel_threshold` times its load. `abs_threshold` None: the mean load (affinity.adaptive_threshold)."""
     low = min(loads)
+    if abs_threshold is None:
+        abs_threshold = adaptive_threshold(loads)
     return [load - low > abs_threshold and load > low * rel_threshold for load in loads]
 
 
@@ -38,7 +41,7 @@ def pick(
     candidates: Sequence[Endpoint],
     depths: Sequence[int],
     loads: Sequence[int],
-    abs_threshold: int,
+    abs_threshold: int | None,
     rel_threshold: float,
 ) -> tuple[int, list[Endpoint]]:
     """The deepest match among the workers the guard allows, and the workers that have it."""
@@ -49,7 +52,8 @@ def pick(
 
 class PrefixPolicy(Policy):
     """Sends a request to the endpoint holding its longest prefix (`view`), unless that endpoint is
-    overloaded; a match that covers less than `match_threshold` of the prompt loses to the least loaded."""
+    overloaded; below `match_threshold` of the prompt, to its opening's affinity worker (affinity.py)
+    when `affinity_chars` > 0, else to the least loaded."""
 
     learns = False  # whether `learn` records routed requests (then `routed` needs their names)
 
@@ -58,9 +62,10 @@ class PrefixPolicy(Policy):
         role: str,
         view: ChunkTree,
         match_threshold: float,
-        balance_abs_threshold: int,
+        balance_abs_threshold: int | None,
         balance_rel_threshold: float,
         score: str = "match",
+        affinity_chars: int = 0,
     ) -> None:
         super().__init__(role)
         if score not in SCORES:
@@ -70,6 +75,8 @@ class PrefixPolicy(Policy):
         self.abs_threshold = balance_abs_threshold
         self.rel_threshold = balance_rel_threshold
         self.by_cost = score == "cost"
+        self.affinity_chars = affinity_chars
+        self.affinity_slack: int | None = None
         self.backlog = Backlog()
         self._turn = 0
         self._last: tuple[RoutingRequest | None, list[Hashable]] = (None, [])
@@ -110,6 +117,22 @@ class PrefixPolicy(Policy):
                 best, holders = pick(candidates, depths, loads, self.abs_threshold, self.rel_threshold)
                 if best and self.enough(best, request, names):
                     return self.score.least(holders, self._turn)
+        return self.fresh(request, candidates)
+
+    def fresh(self, request: RoutingRequest, candidates: Sequence[Endpoint]) -> Endpoint:
+        """No candidate holds enough of the prompt: its opening's affinity worker among those the
+        guard allows (the same in every gateway process), else the least loaded."""
+        if self.affinity_chars and len(candidates) > 1:
+            loads = [requests_load(e) for e in candidates]
+            if self.affinity_slack is None:
+                allowed = [not o for o in overloaded(loads, self.abs_threshold, self.rel_threshold)]
+            else:
+                low = min(loads)
+                allowed = [load - low <= self.affinity_slack for load in loads]
+            key = opening(request.prefix_text, self.affinity_chars)
+            chosen = heaviest(key, candidates, allowed)
+            if chosen is not None:
+                return chosen
         return self.score.least(candidates, self._turn)
 
     def _uncached_on(self, request: RoutingRequest, depth: int, names: list[Hashable]) -> float:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -22,6 +23,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from ..limits import Admission
 from ..pool import Endpoint, Pool
 from .families import Families
+from .shared import SharedState, shared_dir
 from .state import PoolStateCollector
 from .trace import Trace, usage_of
 from .tracing import Tracing
@@ -60,7 +62,10 @@ class Telemetry:
         self.registry = CollectorRegistry()
         self.families = Families(self.registry)
         self.state = PoolStateCollector(pools, admission)  # its pools follow a reload
-        self.registry.register(self.state)
+        directory = shared_dir()  # one of several gateway processes (gateway/processes.py)
+        self.shared = SharedState(directory, self.state) if directory else None
+        if self.shared is None:
+            self.registry.register(self.state)
         self.request_metrics = request_metrics
         self.access_log = access_log
         self.tracing = tracing if tracing is not None and tracing.on else None
@@ -166,4 +171,10 @@ class Telemetry:
         self.families.ejections.labels(ep.pool, ep.role, ep.url).inc()
 
     def exposition(self) -> bytes:
+        if self.shared is not None:
+            return self.shared.exposition()
         return generate_latest(self.registry)
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        """One of several processes: its gauges written for its siblings' scrapes."""
+        return [self.shared.run()] if self.shared is not None else []

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from .config import SimConfig
     from .server import SimServer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what vLLM's /metrics sends
@@ -47,6 +48,7 @@ class SimCollector(Collector):
         in_use = s.kv_blocks_in_use + self._server.kv_held_blocks
         usage = min(1.0, in_use / cache.capacity_blocks) if cache.capacity_blocks else 0.0
         yield self._gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", usage)
+        yield cache_config_info(self._server.config)
         yield self._counter(
             "vllm:prefix_cache_queries",
             "Prefix cache queries, in terms of number of queried tokens.",
@@ -83,6 +85,25 @@ class SimCollector(Collector):
             "Number of requests that had their KV expire. NOTE: This metric is tracked on the P instance.",
             s.kv_expired,
         )
+
+
+def cache_config_info(config: SimConfig) -> GaugeMetricFamily:
+    """vLLM's `vllm:cache_config_info`: a gauge of 1 whose labels are the engine's CacheConfig
+    (vLLM 0.32 writes ~35 of them, no model_name); the ones a router reads are here, spelled as
+    vLLM spells them: `num_gpu_blocks` x `block_size` is the KV cache's size in tokens."""
+    blocks = config.prefix_cache_blocks
+    info = {
+        "block_size": str(config.block_size),
+        "cache_dtype": "auto",
+        "enable_prefix_caching": str(config.enable_prefix_caching),
+        "engine": "0",
+        "kv_cache_size_tokens": str(blocks * config.block_size),
+        "num_cpu_blocks": "None",
+        "num_gpu_blocks": str(blocks),
+    }
+    g = GaugeMetricFamily("vllm:cache_config_info", "Information of the LLMEngine CacheConfig", labels=list(info))
+    g.add_metric(list(info.values()), 1.0)
+    return g
 
 
 def new_registry(server: SimServer) -> CollectorRegistry:
