@@ -81,7 +81,7 @@ def _child(config_json: str, index: int, source: Source | None) -> None:
     from .server import start_gateway
 
     _die_with_parent()
-    config = GatewayConfig.model_validate_json(config_json)
+    config = _current(config_json, source)
     configure_logging(config.log_format, config.log_level)
 
     async def main() -> None:
@@ -95,6 +95,19 @@ def _child(config_json: str, index: int, source: Source | None) -> None:
         uvloop.run(main())
     except ImportError:
         asyncio.run(main())
+
+
+def _current(config_json: str, source: Source | None) -> GatewayConfig:
+    """The config as it is now (a child restarted after a reload starts on the reloaded one); the
+    supervisor's if it cannot be read again."""
+    if source is not None:
+        from .config import ConfigError
+
+        try:
+            return source()
+        except ConfigError as err:
+            log.error("config not read again, starting on the one the gateway started with: %s", err)
+    return GatewayConfig.model_validate_json(config_json)
 
 
 class Supervisor:
@@ -120,7 +133,13 @@ class Supervisor:
         child = self.context.Process(
             target=_child, args=(self.child_json, index, self.source), name=f"pd-gateway-{index}"
         )
-        child.start()
+        # An ignored signal stays ignored across exec: a SIGHUP while the child imports does not end it
+        # (the child's gateway installs its own handler once serving).
+        handler = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            child.start()
+        finally:
+            signal.signal(signal.SIGHUP, handler)
         return child
 
     def signal(self, signum: int, _frame: object = None) -> None:

@@ -1,14 +1,17 @@
 """Selective disaggregation on real vLLM CPU (1P1D NixlConnector plus a colocated server, the tiny
-model with --max-model-len 2048): the measurement behind `disaggregate_min_tokens`' default, and
-its proof. Short prompts through the PD pool cost what they cost on a colocated worker; long ones
-still go disaggregated (the decode's KV for them arrives over NIXL).
+model with --max-model-len 2048). The test: short prompts through the PD pool never reach the
+prefill (the decode serves them alone), long ones still go disaggregated (the decode's KV for
+them arrives over NIXL).
 
-Run alone (`pytest tests/real/test_pd_selective_real.py -s`): the figures are printed.
+The measurement behind `disaggregate_min_tokens`' default (TTFT p50 by prompt length: colocated,
+decode direct, PD always, PD selective) is a benchmark, not a test: it runs only when asked, on a
+quiet machine, and prints its table (`PD_MEASURE=1 pytest tests/real/test_pd_selective_real.py -s`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import time
@@ -94,12 +97,31 @@ async def _moved_over_nixl(c: httpx.AsyncClient, gateway_url: str, decode_url: s
     return moved, answer["usage"]["prompt_tokens"]
 
 
-async def test_short_prompts_cost_what_colocated_ones_do_and_long_ones_go_disaggregated(servers, real_gateway):
-    prefill, decode, colocated = servers
+def _pools(prefill: VllmServer, decode: VllmServer) -> tuple[dict, dict]:
     pd = {"name": "pd", "kind": "pd", "protocol": "nixl", "prefill": [prefill.url], "decode": [decode.url]}
-    always = await real_gateway([{**pd, "disaggregate_min_tokens": 0}])
+    return {**pd, "disaggregate_min_tokens": 0}, {**pd, "name": "sel"}
+
+
+async def test_short_prompts_stay_on_the_decode_and_long_ones_go_disaggregated(servers, real_gateway):
+    prefill, decode, colocated = servers
+    selective = await real_gateway([_pools(prefill, decode)[1]])
+    rng = random.Random(1)
+    async with httpx.AsyncClient(timeout=120) as c:
+        for _ in range(4):
+            await _ttft(c, selective.url, await _prompt(c, colocated.url, 32, rng))
+        moved, prompt_tokens = await _moved_over_nixl(
+            c, selective.url, decode.url, await _prompt(c, colocated.url, 1000, rng)
+        )
+    assert selective.gateway.telemetry.local.get(("sel", "short_prompt"), 0) == 4
+    assert moved == prompt_tokens  # the long one: every prompt token's KV came from the prefill
+
+
+@pytest.mark.skipif(not os.environ.get("PD_MEASURE"), reason="a measurement: PD_MEASURE=1 on a quiet machine")
+async def test_measure_ttft_by_prompt_length(servers, real_gateway):
+    prefill, decode, colocated = servers
+    always_pool, selective_pool = _pools(prefill, decode)
+    always, selective = await real_gateway([always_pool]), await real_gateway([selective_pool])
     default = PoolConfig.model_fields["disaggregate_min_tokens"].default
-    selective = await real_gateway([{**pd, "name": "sel"}])
     rng = random.Random(0)
     async with httpx.AsyncClient(timeout=120) as c:
         for url in (always.url, selective.url, colocated.url):  # warm every path (NIXL handshake)
@@ -115,15 +137,9 @@ async def test_short_prompts_cost_what_colocated_ones_do_and_long_ones_go_disagg
                 for k, w in (("colocated", 9), ("decode", 13), ("always", 9), ("selective", 12))
             )
             print(f"{tokens:13d} | {row}")
-        first, last = LENGTHS[0], LENGTHS[-1]
-        overhead = table[first]["always"] - table[first]["colocated"]
-        slope = (table[last]["colocated"] - table[first]["colocated"]) / (last - first)
-        print(f"PD hop at {first} tokens: +{overhead * 1e3:.1f} ms; colocated prefill: {slope * 1e6:.1f} us/token")
-        short = table[32]
-        assert short["selective"] <= 1.1 * short["colocated"], short
-        moved, prompt_tokens = await _moved_over_nixl(
-            c, selective.url, decode.url, await _prompt(c, colocated.url, 1000, rng)
-        )
-        print(f"a {prompt_tokens}-token prompt through the selective pool: {moved:.0f} tokens over NIXL")
-        assert moved == prompt_tokens
-    assert selective.gateway.telemetry.local.get(("sel", "short_prompt"), 0) >= ROUNDS
+    first, last = LENGTHS[0], LENGTHS[-1]
+    overhead = table[first]["always"] - table[first]["colocated"]
+    slope = (table[last]["colocated"] - table[first]["colocated"]) / (last - first)
+    print(f"PD hop at {first} tokens: +{overhead * 1e3:.1f} ms; colocated prefill: {slope * 1e6:.1f} us/token")
+    short = table[first]
+    print(f"{first} tokens, selective / colocated: {short['selective'] / short['colocated']:.2f}x (target 1.1x)")
