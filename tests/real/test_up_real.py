@@ -83,7 +83,9 @@ def test_up_brings_up_nixl_1p1d_on_cpu_and_serves_through_the_gateway(
         assert worker_cpus(state) == {name: sorted(os.sched_getaffinity(0)) for name in state}
         decode = state["pd-decode-0"]["url"]
         before = external_prompt_tokens(decode)
-        body = {"model": model, "prompt": "The old man watches the long road", "max_tokens": 8, "temperature": 0}
+        # long enough (~2 KB, over the pool's disaggregate_min_tokens) to go through the prefill
+        prompt = " ".join(["The old man watches the long road"] * 60)
+        body = {"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0}
         r = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] == 8 and r.json()["choices"][0]["text"]

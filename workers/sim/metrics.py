@@ -87,12 +87,48 @@ class SimCollector(Collector):
         )
 
 
+# The rest of vLLM 0.32's CacheConfig labels, as a CPU worker of the tests' tiny model writes them.
+_CACHE_CONFIG = {
+    "_block_size_resolved": "True",
+    "cache_hit_alignment_tokens": "None",
+    "effective_attention_block_size": "128",
+    "enable_mamba_shared_prefix_checkpoint": "False",
+    "gpu_memory_utilization": "0.92",
+    "hash_block_size": "None",
+    "is_attention_free": "False",
+    "kv_cache_dtype_skip_layers": "[]",
+    "kv_cache_layout": "None",
+    "kv_cache_max_concurrency": "128.0",
+    "kv_cache_memory_bytes": "67108864",
+    "kv_offloading_backend": "native",
+    "kv_offloading_size": "None",
+    "kv_sharing_fast_prefill": "False",
+    "mamba_block_size": "None",
+    "mamba_cache_dtype": "auto",
+    "mamba_cache_mode": "none",
+    "mamba_page_size_padded": "None",
+    "mamba_ssm_cache_dtype": "float32",
+    "num_gpu_blocks_override": "None",
+    "prefix_cache_retention_interval": "0",
+    "prefix_caching_hash_algo": "sha256",
+    "prefix_match_unit": "None",
+    "replayssm_buffer_len": "16",
+    "skip_page_size_padded": "None",
+    "sliding_window": "None",
+    "swa_bounded_replay": "True",
+    "use_kda_recoverssm": "False",
+    "use_replayssm": "False",
+    "user_specified_block_size": "False",
+}
+
+
 def cache_config_info(config: SimConfig) -> GaugeMetricFamily:
     """vLLM's `vllm:cache_config_info`: a gauge of 1 whose labels are the engine's CacheConfig
-    (vLLM 0.32 writes ~35 of them, no model_name); the ones a router reads are here, spelled as
-    vLLM spells them: `num_gpu_blocks` x `block_size` is the KV cache's size in tokens."""
+    (no model_name); the ones a router reads follow the simulator's config:
+    `num_gpu_blocks` x `block_size` is the KV cache's size in tokens."""
     blocks = config.prefix_cache_blocks
     info = {
+        **_CACHE_CONFIG,
         "block_size": str(config.block_size),
         "cache_dtype": "auto",
         "enable_prefix_caching": str(config.enable_prefix_caching),
