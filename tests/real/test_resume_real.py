@@ -75,7 +75,8 @@ async def test_killing_a_decode_mid_stream_loses_no_stream_and_no_text(one_p_two
 
         tasks = [asyncio.create_task(one(i)) for i in range(STREAMS)]
         a_ep = gw.gateway.pools[0].groups["decode"][0]
-        await wait_until(lambda: sum(e.is_set() for e in started) >= 6 and a_ep.outstanding >= 4, timeout_s=120)
+        # kill as soon as A holds streams that have begun: on a quiet machine they do not last long
+        await wait_until(lambda: any(e.is_set() for e in started) and a_ep.outstanding >= 2, timeout_s=120)
         on_a = a_ep.outstanding
         assert a.handle is not None
         os.killpg(a.handle.pgid, signal.SIGKILL)  # kill -9, mid-stream
@@ -135,7 +136,7 @@ async def test_killing_a_decode_mid_chat_stream_continues_the_assistant_message(
 
         tasks = [asyncio.create_task(one(i)) for i in range(CHAT_STREAMS)]
         b_ep = gw.gateway.pools[0].groups["decode"][0]
-        await wait_until(lambda: sum(e.is_set() for e in started) >= 4 and b_ep.outstanding >= 3, timeout_s=120)
+        await wait_until(lambda: any(e.is_set() for e in started) and b_ep.outstanding >= 2, timeout_s=120)
         on_b = b_ep.outstanding
         assert b.handle is not None
         os.killpg(b.handle.pgid, signal.SIGKILL)
