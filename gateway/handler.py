@@ -103,13 +103,12 @@ class Handler:
             ctx.tenant = self.gateway.tenants.identify(authorization(headers, header_list))
             if body is None:
                 body = await self.read_body(ctx, receive, headers)
-            raw = body
             ctx.watch_client(receive)
-            await ctx.admit(len(raw))
+            await ctx.admit(len(body))
             session = headers.get(b"x-session-id")
             session_key = session.decode("latin-1") if session else None
             content_type = headers.get(b"content-type", b"")
-            req = parse_request(ctx.route, raw, self.config.limits, session_key, content_type)
+            req = parse_request(ctx.route, body, self.config.limits, session_key, content_type)
             self.gateway.names.rewrite(req)  # an alias or split: the served name
             ctx.parsed(req)
             pool = self.gateway.pool_for(ctx.req.model)
