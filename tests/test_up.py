@@ -10,9 +10,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -44,14 +44,14 @@ START_S = 60.0  # generous: the machine may be busy with other suites
 
 
 def free_base_ports(n: int, width: int = 2) -> list[int]:
-    """`n` distinct bases, each with `width` consecutive free ports (replicas count up)."""
+    """`n` distinct bases, each with `width` consecutive free ports (replicas count up), below the
+    kernel's ephemeral range (32768-60999 here), as tests/real's distinct_ports: a bind(0) in a
+    worker (vLLM's internal sockets) could otherwise take the gateway's port before `up` binds it."""
     bases: list[int] = []
     while len(bases) < n:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
+        base = random.randrange(20000, 32000 - width)
         span = range(base, base + width)
-        if base + width < 65536 and all(bindable(p) for p in span) and not any(b in span for b in bases):
+        if all(bindable(p) for p in span) and not any(b in span for b in bases):
             bases.append(base)
     return bases
 
